@@ -1,0 +1,46 @@
+"""Start every role's actor with its CPU reservation and thread count."""
+
+from dataclasses import asdict, dataclass
+
+from actors.policy import PolicyActor
+from actors.reference import ReferenceActor
+from actors.reward import RewardActor
+from actors.rollout import RolloutActor
+from rlhf.config import Config
+from rlhf.engines.vllm_engine import engine_environment
+from rlhf.models.resolve import cache_root
+
+
+@dataclass
+class Actors:
+    rollouts: list
+    reward: object
+    reference: object | None  # None when kl_beta == 0: no reference forward pass is needed
+    policy: object
+
+
+def _threads(n: int) -> dict[str, str]:
+    # Each actor gets as many threads as its share of the cores: oversubscription costs 5-10x on small CPUs.
+    return {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n), "TOKENIZERS_PARALLELISM": "false"}
+
+
+def launch_actors(cfg: Config, model_path: str) -> Actors:
+    batch_size = cfg.prompts_per_step * cfg.algo.group_size
+    rollout_env = {**_threads(cfg.rollout.threads),
+                   **engine_environment(cfg.rollout.threads, cfg.rollout.kv_cache_gib)}
+    rollout = RolloutActor.options(num_cpus=cfg.rollout.num_cpus, runtime_env={"env_vars": rollout_env}).remote(
+        cfg.rollout.engine, model_path, cfg.rollout.dtype,
+        cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens, cfg.seed,
+    )
+    reward = RewardActor.options(
+        num_cpus=cfg.reward_actor.num_cpus, runtime_env={"env_vars": _threads(cfg.reward_actor.threads)}
+    ).remote([asdict(f) for f in cfg.reward.functions])
+    reference = None
+    if cfg.algo.kl_beta > 0:
+        reference = ReferenceActor.options(
+            num_cpus=cfg.reference.num_cpus, runtime_env={"env_vars": _threads(cfg.reference.threads)}
+        ).remote(model_path, cfg.reference.micro_batch_size, cfg.rollout.temperature)
+    # DeepSpeed JIT-builds its CPU communication op once (about a minute); keep the build in our own cache.
+    policy_env = {**_threads(cfg.train.threads), "TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions")}
+    policy = PolicyActor.options(num_cpus=cfg.train.num_cpus, runtime_env={"env_vars": policy_env}).remote(model_path, cfg.train, cfg.algo, batch_size, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.seed)
+    return Actors([rollout], reward, reference, policy)

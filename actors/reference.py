@@ -1,0 +1,15 @@
+"""Scores completions under the frozen reference model."""
+
+import ray
+
+from rlhf.experience import Experience
+from rlhf.training.reference import ReferenceModel
+
+
+@ray.remote
+class ReferenceActor:
+    def __init__(self, model_path: str, micro_batch_size: int, temperature: float):
+        self.model = ReferenceModel(model_path, micro_batch_size, temperature)
+
+    def logprobs(self, experience: Experience):
+        return self.model.logprobs(experience)

@@ -1,0 +1,79 @@
+"""Per-token policy losses, KL estimators and loss aggregation (spec §0, §3, §4.5). Pure tensor math."""
+
+import torch
+
+from rlhf.algorithms.registry import POLICY_LOSSES
+
+AGGREGATION_MODES = ("grpo", "token-mean", "dr_grpo", "seq-mean-token-sum-norm")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+LOG_RATIO_CLAMP = 20.0  # exp() of a log-ratio past this overflows float32 (verl clamps the same way)
+
+
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1, k2, k3)."""
+    log_ratio = (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # log(pi_ref / pi)
+    if kind == "k1":
+        return -log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio**2
+    if kind == "k3":
+        return torch.exp(log_ratio) - log_ratio - 1.0
+    raise ValueError(f"unknown KL estimator {kind!r}; choose one of {KL_ESTIMATORS}")
+
+
+def clipped_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    dual_clip: float | None = None,
+) -> torch.Tensor:
+    """PPO's clipped surrogate as a per-token loss: -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A).
+
+    With `dual_clip = c` (> 1), tokens with A < 0 are further bounded by -c A (verl's dual-clip).
+    """
+    ratio = torch.exp((logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    loss = torch.maximum(-ratio * advantages, -ratio.clamp(1 - eps_low, 1 + eps_high) * advantages)
+    if dual_clip is not None:
+        loss = torch.where(advantages < 0, torch.minimum(loss, -dual_clip * advantages), loss)
+    return loss
+
+
+def aggregate_loss(
+    token_losses: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    *,
+    num_sequences: int | None = None,
+    num_tokens: float | None = None,
+    max_len: int | None = None,
+) -> torch.Tensor:
+    """Reduce [B, T] token losses to a scalar (the table in spec §0).
+
+    The keyword counts describe the whole optimizer batch. A learner that splits a batch into micro-batches
+    passes the whole batch's counts, so the micro-batch losses add up to the whole batch's loss.
+    - grpo: mean over sequences of each sequence's token mean
+    - token-mean: sum over tokens / number of valid tokens (TRL bnpo; DAPO when counts are global)
+    - dr_grpo: sum / (B * max_len) (TRL); seq-mean-token-sum-norm: sum / max_len (verl, no division by B)
+    """
+    mask = mask.to(token_losses.dtype)
+    summed = token_losses * mask
+    batch = num_sequences if num_sequences is not None else token_losses.shape[0]
+    length = max_len if max_len is not None else token_losses.shape[1]
+    if mode == "grpo":
+        per_sequence = summed.sum(-1) / mask.sum(-1).clamp(min=1)
+        return per_sequence.sum() / batch
+    if mode == "token-mean":
+        tokens = num_tokens if num_tokens is not None else mask.sum()
+        return summed.sum() / max(float(tokens), 1.0)
+    if mode == "dr_grpo":
+        return summed.sum() / (batch * length)
+    if mode == "seq-mean-token-sum-norm":
+        return summed.sum() / length
+    raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {AGGREGATION_MODES}")
+
+
+@POLICY_LOSSES.register("clipped")
+def clipped(logp, old_logp, advantages, mask, cfg) -> torch.Tensor:
+    return clipped_policy_loss(logp, old_logp, advantages, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip)

@@ -1,0 +1,32 @@
+"""Name -> function registries, so a new algorithm is one function plus one `conf/algo/*.yaml`."""
+
+from typing import Callable
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, Callable] = {}
+
+    def register(self, name: str) -> Callable[[Callable], Callable]:
+        def add(fn: Callable) -> Callable:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = fn
+            return fn
+
+        return add
+
+    def get(self, name: str) -> Callable:
+        if name not in self._items:
+            raise ValueError(f"unknown {self.kind} {name!r}; registered: {', '.join(sorted(self._items))}")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+
+# fn(experience, algo_cfg) -> token advantages [B, T]
+ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
+# fn(logp, old_logp, advantages, mask, algo_cfg) -> per-token losses [B, T]
+POLICY_LOSSES = Registry("policy loss")

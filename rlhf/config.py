@@ -1,0 +1,187 @@
+"""Typed views of the Hydra config. The values live in `conf/`; these classes only name and type them.
+
+`load_config` merges a composed config into these schemas, so a misspelt key or a value of the wrong type
+fails at start-up with the key's name, and `validate` checks the values the types cannot.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from rlhf.algorithms import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+from rlhf.algorithms.advantages import SCALES
+from rlhf.algorithms.losses import AGGREGATION_MODES, KL_ESTIMATORS
+
+
+@dataclass
+class ModelConfig:
+    source: str = MISSING
+    path: Optional[str] = MISSING
+
+
+@dataclass
+class DataConfig:
+    source: str = MISSING
+    task: Optional[str] = MISSING
+    size: Optional[int] = MISSING
+    seed: int = MISSING
+    path: Optional[str] = MISSING
+    columns: dict[str, Optional[str]] = MISSING
+    system_prompt: Optional[str] = MISSING
+    max_prompt_tokens: int = MISSING
+
+
+@dataclass
+class AlgoConfig:
+    name: str = MISSING
+    group_size: int = MISSING
+    advantage_estimator: str = MISSING
+    advantage_scale: str = MISSING
+    advantage_eps: float = MISSING
+    policy_loss: str = MISSING
+    clip_eps_low: float = MISSING
+    clip_eps_high: float = MISSING
+    dual_clip: Optional[float] = MISSING
+    loss_aggregation: str = MISSING
+    kl_beta: float = MISSING
+    kl_estimator: str = MISSING
+
+
+@dataclass
+class RewardFunctionConfig:
+    name: str = MISSING
+    weight: float = MISSING
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the function
+
+
+@dataclass
+class RewardConfig:
+    functions: list[RewardFunctionConfig] = MISSING
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = MISSING
+    max_new_tokens: int = MISSING
+    temperature: float = MISSING
+    top_p: float = MISSING
+    dtype: str = MISSING
+    kv_cache_gib: int = MISSING
+    num_cpus: float = MISSING
+    threads: int = MISSING
+    sync_dir: str = MISSING
+
+
+@dataclass
+class TrainConfig:
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    warmup_steps: int = MISSING
+    max_grad_norm: float = MISSING
+    micro_batch_size: int = MISSING
+    zero_stage: int = MISSING
+    bf16: bool = MISSING
+    gradient_checkpointing: bool = MISSING
+    num_cpus: float = MISSING
+    threads: int = MISSING
+
+
+@dataclass
+class ReferenceConfig:
+    num_cpus: float = MISSING
+    threads: int = MISSING
+    micro_batch_size: int = MISSING
+
+
+@dataclass
+class RewardActorConfig:
+    num_cpus: float = MISSING
+    threads: int = MISSING
+
+
+@dataclass
+class LoggingConfig:
+    wandb_mode: str = MISSING
+    wandb_project: str = MISSING
+    wandb_entity: Optional[str] = MISSING
+    run_name: Optional[str] = MISSING
+    plot: bool = MISSING
+    progress_bar: bool = MISSING
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = MISSING
+    num_cpus: Optional[int] = MISSING
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    algo: AlgoConfig = MISSING
+    reward: RewardConfig = MISSING
+    rollout: RolloutConfig = MISSING
+    train: TrainConfig = MISSING
+    reference: ReferenceConfig = MISSING
+    reward_actor: RewardActorConfig = MISSING
+    logging: LoggingConfig = MISSING
+    ray: RayConfig = MISSING
+    seed: int = MISSING
+    steps: int = MISSING
+    prompts_per_step: int = MISSING
+    output_dir: str = MISSING
+    save_final: bool = MISSING
+
+
+def load_config(cfg: DictConfig) -> Config:
+    """Check a composed config against the schema and return it as typed objects."""
+    merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg, resolve=True))
+    config: Config = OmegaConf.to_object(merged)
+    validate(config)
+    return config
+
+
+def _choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not valid; choose one of {sorted(choices)}")
+
+
+def _positive(key: str, value, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def validate(c: Config) -> None:
+    _choice("rollout.engine", c.rollout.engine, {"vllm", "hf"})
+    _choice("rollout.dtype", c.rollout.dtype, {"float32", "bfloat16"})
+    _choice("algo.advantage_estimator", c.algo.advantage_estimator, ADVANTAGE_ESTIMATORS.names())
+    _choice("algo.policy_loss", c.algo.policy_loss, POLICY_LOSSES.names())
+    _choice("algo.advantage_scale", c.algo.advantage_scale, SCALES)
+    _choice("algo.loss_aggregation", c.algo.loss_aggregation, AGGREGATION_MODES)
+    _choice("algo.kl_estimator", c.algo.kl_estimator, KL_ESTIMATORS)
+    _choice("train.zero_stage", c.train.zero_stage, {0, 1, 2, 3})
+    _choice("logging.wandb_mode", c.logging.wandb_mode, {"offline", "online", "disabled"})
+    for key in ("steps", "prompts_per_step", "algo.group_size", "rollout.max_new_tokens", "train.lr",
+                "train.micro_batch_size", "reference.micro_batch_size", "rollout.threads", "train.threads"):
+        _positive(key, _get(c, key))
+    _positive("algo.kl_beta", c.algo.kl_beta, allow_zero=True)
+    _positive("rollout.temperature", c.rollout.temperature)
+    if not 0 < c.rollout.top_p <= 1:
+        raise ValueError(f"rollout.top_p={c.rollout.top_p} must be in (0, 1]")
+    if c.algo.group_size == 1 and c.algo.advantage_scale == "std":
+        raise ValueError("algo.group_size=1 with algo.advantage_scale=std: one sample has no std; "
+                         "use a group size > 1 or algo.advantage_scale=none")
+    batch = c.prompts_per_step * c.algo.group_size
+    if batch % c.train.micro_batch_size:
+        raise ValueError(f"train.micro_batch_size={c.train.micro_batch_size} does not divide the batch of "
+                         f"{batch} sequences (prompts_per_step x algo.group_size)")
+    if not c.reward.functions:
+        raise ValueError("reward.functions is empty: name at least one reward function")
+
+
+def _get(c: Config, dotted: str):
+    for part in dotted.split("."):
+        c = getattr(c, part)
+    return c

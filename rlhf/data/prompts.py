@@ -1,0 +1,107 @@
+"""Canonical prompt rows and the stream of tokenized prompt batches the driver consumes."""
+
+import random
+from dataclasses import dataclass
+
+from rlhf.data.sources import file_rows, reasoning_gym_rows
+
+CANONICAL = ("prompt", "references", "answer")
+
+
+def load_rows(cfg) -> list[dict]:
+    """Load rows from `cfg.source` and rename columns per `cfg.columns` (canonical name -> column name).
+
+    Every row gets `prompt`; `references` (list of str) and `answer` when mapped; other columns pass through
+    unchanged so reward functions can use them.
+    """
+    if cfg.source == "reasoning_gym":
+        rows = reasoning_gym_rows(cfg.task, cfg.size, cfg.seed)
+    elif cfg.source == "file":
+        rows = file_rows(cfg.path)
+    else:
+        raise ValueError(f"unknown data.source {cfg.source!r}; choose reasoning_gym or file")
+    if not rows:
+        raise ValueError(f"data source {cfg.source!r} produced no rows (path={cfg.path!r})")
+
+    found = sorted(rows[0])
+    mapping = {k: v for k, v in cfg.columns.items() if v is not None}
+    if "prompt" not in mapping:
+        raise ValueError("data.columns.prompt must name the column that holds the prompt")
+    for canonical, column in mapping.items():
+        if canonical not in CANONICAL:
+            raise ValueError(f"data.columns.{canonical}: unknown canonical column; choose from {CANONICAL}")
+        if column not in rows[0]:
+            raise ValueError(f"data.columns.{canonical}={column!r} is not a column of the data; found: {found}")
+
+    out = []
+    for index, row in enumerate(rows):
+        mapped = {k: v for k, v in row.items() if k not in mapping.values()}
+        for canonical, column in mapping.items():
+            mapped[canonical] = row.get(column)
+        _check_row(mapped, index)
+        out.append(mapped)
+    return out
+
+
+def _check_row(row: dict, index: int) -> None:
+    prompt = row["prompt"]
+    if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
+        raise ValueError(f"data row {index}: prompt must be a non-empty string or message list, got {prompt!r}")
+    if "references" in row:
+        refs = row["references"]
+        if isinstance(refs, str):
+            row["references"] = refs = [refs]
+        if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
+            raise ValueError(f"data row {index}: references must be a string or a non-empty list of strings, got {refs!r}")
+
+
+@dataclass
+class PromptBatch:
+    rows: list[dict]  # the canonical rows, for reward functions
+    token_ids: list[list[int]]  # chat-templated prompt tokens
+    texts: list[str]  # the templated prompt text
+
+
+class PromptStream:
+    """Endless shuffled epochs over the rows; its cursor (epoch, position) is all the state a resume needs."""
+
+    def __init__(self, rows: list[dict], tokenizer, system_prompt: str | None, max_prompt_tokens: int, seed: int):
+        self.rows, self.seed = rows, seed
+        self.epoch, self.position = 0, 0
+        self.texts, self.token_ids = [], []
+        for index, row in enumerate(rows):
+            messages = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
+            if system_prompt:
+                messages = [{"role": "system", "content": system_prompt}, *messages]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) > max_prompt_tokens:
+                raise ValueError(
+                    f"data row {index}: prompt has {len(ids)} tokens, more than data.max_prompt_tokens="
+                    f"{max_prompt_tokens}; raise the limit or drop the row"
+                )
+            self.texts.append(text)
+            self.token_ids.append(ids)
+        self._order = self._shuffled(0)
+
+    def _shuffled(self, epoch: int) -> list[int]:
+        order = list(range(len(self.rows)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def next_batch(self, size: int) -> PromptBatch:
+        picked = []
+        while len(picked) < size:
+            if self.position == len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._shuffled(self.epoch)
+            picked.append(self._order[self.position])
+            self.position += 1
+        return PromptBatch(
+            rows=[self.rows[i] for i in picked],
+            token_ids=[self.token_ids[i] for i in picked],
+            texts=[self.texts[i] for i in picked],
+        )
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}

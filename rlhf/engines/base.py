@@ -1,0 +1,29 @@
+"""The generation-engine contract: a rollout actor needs nothing from an engine beyond this."""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+@dataclass
+class Sample:
+    completion_ids: list[int]  # generated tokens, the stop token included when one was produced
+    logprobs: list[float]  # the engine's logprob of each generated token (temperature applied)
+    text: str  # decoded completion, without the stop token
+    truncated: bool  # stopped by the token budget rather than by a stop token
+
+
+@dataclass
+class SamplingSettings:
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+
+
+class GenerationEngine(ABC):
+    @abstractmethod
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[list[Sample]]:
+        """`n` samples for each tokenized prompt, in prompt order."""
+
+    @abstractmethod
+    def load_weights(self, folder: str) -> None:
+        """Replace the model's weights with the safetensors checkpoint in `folder` (full state dict)."""

@@ -1,0 +1,69 @@
+"""The batch that flows from the rollout engine through scoring to the learner, as padded tensors.
+
+Shapes: B sequences, P prompt positions (left-padded), T completion positions (right-padded).
+Prompt and completion side by side make the model input [B, P + T], and every completion token sits at the
+same column for all rows, so one slice of the logits serves the whole batch.
+"""
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from rlhf.engines.base import Sample
+
+
+@dataclass
+class Experience:
+    prompt_ids: torch.Tensor  # [B, P] long, left-padded
+    prompt_mask: torch.Tensor  # [B, P] long
+    completion_ids: torch.Tensor  # [B, T] long, right-padded
+    mask: torch.Tensor  # [B, T] float: 1 on real completion tokens
+    rollout_logp: torch.Tensor  # [B, T] the rollout engine's logprobs of its own samples
+    rewards: torch.Tensor | None = None  # [B] total reward (NaN = unscorable)
+    advantages: torch.Tensor | None = None  # [B, T]
+    ref_logp: torch.Tensor | None = None  # [B, T] reference model's logprobs
+
+    @property
+    def size(self) -> int:
+        return self.completion_ids.shape[0]
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.mask.long()], dim=1)
+
+    def split(self, size: int) -> list["Experience"]:
+        parts = []
+        for start in range(0, self.size, size):
+            sliced = {
+                f.name: getattr(self, f.name)[start : start + size]
+                for f in fields(self)
+                if getattr(self, f.name) is not None
+            }
+            parts.append(replace(self, **sliced))
+        return parts
+
+    @classmethod
+    def from_samples(cls, prompts: list[list[int]], samples: list[list[Sample]], pad_id: int) -> "Experience":
+        """One row per sample; `samples[i]` are the completions of `prompts[i]`, groups kept contiguous."""
+        rows = [(prompt, sample) for prompt, group in zip(prompts, samples) for sample in group]
+        width_p = max(len(p) for p, _ in rows)
+        width_t = max(1, max(len(s.completion_ids) for _, s in rows))
+        batch = len(rows)
+        prompt_ids = torch.full((batch, width_p), pad_id, dtype=torch.long)
+        prompt_mask = torch.zeros((batch, width_p), dtype=torch.long)
+        completion_ids = torch.full((batch, width_t), pad_id, dtype=torch.long)
+        mask = torch.zeros((batch, width_t))
+        rollout_logp = torch.zeros((batch, width_t))
+        for i, (prompt, sample) in enumerate(rows):
+            n, t = len(prompt), len(sample.completion_ids)
+            prompt_ids[i, width_p - n :] = torch.tensor(prompt)
+            prompt_mask[i, width_p - n :] = 1
+            if t:
+                completion_ids[i, :t] = torch.tensor(sample.completion_ids)
+                rollout_logp[i, :t] = torch.tensor(sample.logprobs)
+                mask[i, :t] = 1.0
+        return cls(prompt_ids, prompt_mask, completion_ids, mask, rollout_logp)
