@@ -31,5 +31,10 @@ def file_rows(path: str) -> list[dict]:
         raise FileNotFoundError(f"data.path={path!r} does not exist")
     if file.suffix not in FILE_FORMATS:
         raise ValueError(f"data.path={path!r}: unsupported format {file.suffix!r}; use one of {sorted(FILE_FORMATS)}")
-    dataset = load_dataset(FILE_FORMATS[file.suffix], data_files=str(file), split="train")
+    if file.stat().st_size == 0:
+        return []
+    try:
+        dataset = load_dataset(FILE_FORMATS[file.suffix], data_files=str(file), split="train")
+    except Exception as err:  # datasets raises many kinds; the user needs the file's name
+        raise ValueError(f"data.path={path!r} could not be read as {FILE_FORMATS[file.suffix]}: {err!r}") from err
     return list(dataset)

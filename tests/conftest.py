@@ -1,0 +1,44 @@
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    from rlhf.models.tiny import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A Ray instance of the tests' own: own temp dir and ports, stopped at the end (never `ray stop`)."""
+    import ray
+
+    # short path: Ray's socket paths must fit in 107 bytes
+    temp_dir = Path("/tmp") / f"rlhf-test-ray-{os.getpid()}"
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(temp_dir),
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    yield
+    ray.shutdown()
+
+
+def compose(*overrides: str):
+    """The project's Hydra config with overrides, as the entry point would see it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

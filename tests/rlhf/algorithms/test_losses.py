@@ -1,0 +1,82 @@
+"""Loss aggregation, clipped surrogate and KL estimators against the spec's vectors (T7-T11)."""
+
+import pytest
+import torch
+
+from rlhf.algorithms import aggregate_loss, clipped_policy_loss, group_advantages, kl_estimate
+
+LOSSES = torch.tensor([[1.0, 3.0, 0.0, 0.0], [2.0, 2.0, 2.0, 6.0]])
+MASK = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+
+
+@pytest.mark.parametrize("mode, expected", [("grpo", 2.5), ("token-mean", 16 / 6), ("dr_grpo", 2.0),
+                                            ("seq-mean-token-sum-norm", 4.0)])
+def test_aggregation_t7(mode, expected):
+    assert aggregate_loss(LOSSES, MASK, mode).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_padding_values_never_leak():
+    polluted = LOSSES.clone()
+    polluted[0, 2:] = 1e6
+    assert aggregate_loss(polluted, MASK, "token-mean").item() == pytest.approx(16 / 6)
+
+
+def test_micro_batches_add_up_to_the_batch():
+    for mode in ("grpo", "token-mean", "dr_grpo", "seq-mean-token-sum-norm"):
+        whole = aggregate_loss(LOSSES, MASK, mode)
+        parts = sum(aggregate_loss(LOSSES[i : i + 1], MASK[i : i + 1], mode, num_sequences=2,
+                                   num_tokens=MASK.sum().item(), max_len=4) for i in range(2))
+        assert parts.item() == pytest.approx(whole.item()), mode
+
+
+@pytest.mark.parametrize("mode, expected", [("grpo", 0.0), ("token-mean", 0.346350), ("dr_grpo", 0.216469)])
+def test_initial_loss_t8(mode, expected):
+    lengths = [2, 4, 3, 1]
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), group_size=4)
+    mask = torch.tensor([[1.0] * n + [0.0] * (4 - n) for n in lengths])
+    logp = torch.zeros(4, 4)
+    token_losses = clipped_policy_loss(logp, logp, adv[:, None].expand(4, 4))
+    assert aggregate_loss(token_losses, mask, mode).item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("ratio, adv, eps_high, expected", [
+    (1.3, 1.0, 0.2, -1.2), (1.3, 1.0, 0.28, -1.28), (1.3, -1.0, 0.2, 1.3), (0.7, -1.0, 0.2, 0.8),
+    (0.7, 1.0, 0.2, -0.7), (5.0, -1.0, 0.2, 5.0),
+])
+def test_clipped_surrogate_t9(ratio, adv, eps_high, expected):
+    logp = torch.tensor([float(torch.log(torch.tensor(ratio)))])
+    loss = clipped_policy_loss(logp, torch.zeros(1), torch.tensor([adv]), 0.2, eps_high)
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_dual_clip_t10():
+    logp = torch.log(torch.tensor([5.0, 5.0]))
+    loss = clipped_policy_loss(logp, torch.zeros(2), torch.tensor([-1.0, 1.0]), dual_clip=3.0)
+    assert loss.tolist() == pytest.approx([3.0, -1.2], abs=1e-5)
+
+
+def test_on_policy_ratio_has_the_gradient_of_logp():
+    logp = torch.tensor([-1.0, -2.0], requires_grad=True)
+    loss = clipped_policy_loss(logp, logp.detach(), torch.tensor([2.0, -1.0])).sum()
+    loss.backward()
+    assert logp.grad.tolist() == pytest.approx([-2.0, 1.0])
+
+
+def test_kl_estimators_t11():
+    logp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])
+    assert kl_estimate(logp, ref, "k1").tolist() == pytest.approx([0.5, -1.0])
+    assert kl_estimate(logp, ref, "k2").tolist() == pytest.approx([0.125, 0.5])
+    assert kl_estimate(logp, ref, "k3").tolist() == pytest.approx([0.106531, 0.718282], abs=1e-6)
+
+
+def test_ratio_overflow_is_clamped():
+    loss = clipped_policy_loss(torch.tensor([500.0]), torch.zeros(1), torch.tensor([-1.0]))
+    assert torch.isfinite(loss).all()
+    assert torch.isfinite(kl_estimate(torch.tensor([-500.0]), torch.zeros(1), "k3")).all()
+
+
+def test_unknown_names():
+    with pytest.raises(ValueError, match="k1"):
+        kl_estimate(torch.zeros(1), torch.zeros(1), "k4")
+    with pytest.raises(ValueError, match="token-mean"):
+        aggregate_loss(LOSSES, MASK, "mean")

@@ -1,0 +1,88 @@
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from rlhf.data import PromptStream, load_rows
+
+
+def file_cfg(path, **columns):
+    return SimpleNamespace(source="file", path=str(path), task=None, size=None, seed=0,
+                           columns={"prompt": "prompt", "references": "references", "answer": None, **columns})
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_reasoning_gym_rows_have_references():
+    cfg = SimpleNamespace(source="reasoning_gym", task="gsm_symbolic", size=4, seed=0, path=None,
+                          columns={"prompt": "question", "references": "answer_cot", "answer": "answer"})
+    rows = load_rows(cfg)
+    assert len(rows) == 4
+    assert all(isinstance(r["prompt"], str) and r["references"] and r["answer"] for r in rows)
+    assert rows == load_rows(cfg)  # seeded: the same questions every time
+
+
+def test_jsonl_with_column_mapping_and_string_reference(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"q": "hi", "ref": "hello", "extra": 1}])
+    rows = load_rows(file_cfg(path, prompt="q", references="ref"))
+    assert rows == [{"prompt": "hi", "references": ["hello"], "extra": 1}]
+
+
+def test_misnamed_column_is_named_with_those_found(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"question": "hi", "references": ["x"]}])
+    with pytest.raises(ValueError, match=r"data.columns.prompt='prompt'.*found: \['question', 'references'\]"):
+        load_rows(file_cfg(path))
+
+
+def test_empty_dataset(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(ValueError, match="no rows"):
+        load_rows(file_cfg(path))
+
+
+def test_blank_prompt_row_is_named(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "ok", "references": ["x"]}, {"prompt": " ", "references": ["x"]}])
+    with pytest.raises(ValueError, match="data row 1: prompt"):
+        load_rows(file_cfg(path))
+
+
+def test_missing_file_and_unknown_format(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_rows(file_cfg(tmp_path / "nope.jsonl"))
+    (tmp_path / "d.txt").write_text("x")
+    with pytest.raises(ValueError, match="unsupported format"):
+        load_rows(file_cfg(tmp_path / "d.txt"))
+
+
+def test_parquet(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"prompt": ["a", "b"], "references": [["x"], ["y"]]}).to_parquet(tmp_path / "d.parquet")
+    assert [r["references"] for r in load_rows(file_cfg(tmp_path / "d.parquet"))] == [["x"], ["y"]]
+
+
+def test_stream_applies_the_chat_template_and_cycles(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rows = [{"prompt": f"question {i}"} for i in range(3)]
+    stream = PromptStream(rows, tok, system_prompt="be brief", max_prompt_tokens=200, seed=1)
+    batch = stream.next_batch(2)
+    assert batch.texts[0].startswith("<|im_start|>system\nbe brief<|im_end|>")
+    assert batch.texts[0].endswith("<|im_start|>assistant\n")
+    seen = [r["prompt"] for r in batch.rows + stream.next_batch(1).rows]
+    assert sorted(seen) == sorted(r["prompt"] for r in rows)  # one epoch visits every row once
+    stream.next_batch(2)
+    assert stream.state() == {"epoch": 1, "position": 2}
+
+
+def test_prompt_longer_than_the_limit_is_named(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    with pytest.raises(ValueError, match=r"data row 1: prompt has \d+ tokens"):
+        PromptStream([{"prompt": "hi"}, {"prompt": "word " * 200}], tok, None, max_prompt_tokens=50, seed=0)

@@ -1,0 +1,17 @@
+import torch
+
+from rlhf.engines import Sample
+from rlhf.experience import Experience
+
+
+def test_from_samples_pads_prompts_left_and_completions_right():
+    samples = [[Sample([5, 6], [-0.5, -0.6], "ab", False), Sample([], [], "", False)],
+               [Sample([7], [-0.7], "c", True), Sample([8, 9, 10], [-1.0, -1.1, -1.2], "def", True)]]
+    exp = Experience.from_samples([[1, 2, 3], [4]], samples, pad_id=0)
+    assert exp.prompt_ids.tolist() == [[1, 2, 3], [1, 2, 3], [0, 0, 4], [0, 0, 4]]
+    assert exp.completion_ids.tolist() == [[5, 6, 0], [0, 0, 0], [7, 0, 0], [8, 9, 10]]
+    assert exp.mask.tolist() == [[1, 1, 0], [0, 0, 0], [1, 0, 0], [1, 1, 1]]
+    assert exp.attention_mask[2].tolist() == [0, 0, 1, 1, 0, 0]
+    assert torch.allclose(exp.rollout_logp[3], torch.tensor([-1.0, -1.1, -1.2]))
+    parts = exp.split(3)
+    assert [p.size for p in parts] == [3, 1] and parts[1].completion_ids.tolist() == [[8, 9, 10]]
