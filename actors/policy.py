@@ -28,6 +28,9 @@ class PolicyActor:
     def train_step(self, experience: Experience) -> dict[str, float]:
         return self.learner.train_step(experience)
 
+    def logprobs(self, experience: Experience):
+        return self.learner.logprobs(experience)
+
     def save_weights(self, folder: str) -> str:
         return self.learner.save_weights(folder)
 

@@ -24,7 +24,7 @@ def ray_cluster(tmp_path_factory):
     # short path: Ray's socket paths must fit in 107 bytes
     temp_dir = Path("/tmp") / f"rlhf-test-ray-{os.getpid()}"
     ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(temp_dir),
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+             runtime_env={"env_vars": {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}})
     yield
     ray.shutdown()
 

@@ -58,6 +58,8 @@ class PolicyLearner:
         self.steps = 0
 
     def train_step(self, experience: Experience) -> dict[str, float]:
+        if self.algo.kl_beta > 0 and experience.ref_logp is None:
+            raise ValueError("algo.kl_beta > 0 but the experience carries no reference logprobs (ref_logp)")
         self.engine.train()
         num_tokens = experience.mask.sum().item()
         totals = {"loss": 0.0, "kl": 0.0, "logprob_gap": 0.0}
@@ -78,6 +80,10 @@ class PolicyLearner:
                 raise NonFiniteLossError(f"policy loss is {loss.item()} at step {self.steps}; "
                                          f"non-finite quantity: {_first_non_finite(logp, part, kl)}")
             self.engine.backward(loss, scale_wrt_gas=False)  # already a share of the whole batch
+            if self.engine.is_gradient_accumulation_boundary() and not self.engine.zero_optimization():
+                # without ZeRO, DeepSpeed clips but does not keep the norm
+                grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+                totals["grad_norm"] = torch.nn.utils.get_total_norm(grads).item()
             self.engine.step()
 
             share = part.mask.sum().item() / max(num_tokens, 1.0)
@@ -86,9 +92,20 @@ class PolicyLearner:
             if kl is not None:
                 totals["kl"] += _masked_mean(kl.detach(), part.mask) * share
         self.steps += 1
-        totals["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        if self.engine.zero_optimization():
+            totals["grad_norm"] = float(self.engine.get_global_grad_norm())
         totals["lr"] = self.engine.get_lr()[0]
         return totals
+
+    @torch.no_grad()
+    def logprobs(self, experience: Experience) -> torch.Tensor:
+        """[B, T] logprobs of the completions under the current weights (masked to 0 past each end)."""
+        self.engine.eval()
+        return torch.cat([
+            completion_logprobs(self.engine, part.input_ids, part.attention_mask, part.completion_ids.shape[1],
+                                self.temperature)
+            for part in experience.split(self.micro_batch_size)
+        ]) * experience.mask
 
     def save_weights(self, folder: str) -> str:
         """Write the full state dict (tied weights included) as one safetensors file; rank 0 writes."""

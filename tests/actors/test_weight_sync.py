@@ -1,0 +1,70 @@
+"""The real actors on a real Ray instance: a DeepSpeed learner step, the CPU weight-sync route, vLLM."""
+
+import os
+
+import pytest
+import ray
+import torch
+from transformers import AutoTokenizer
+
+from actors.policy import PolicyActor
+from actors.rollout import RolloutActor
+from actors.weight_sync import SharedMemoryRoute
+from conftest import compose
+from rlhf.algorithms import group_advantages
+from rlhf.config import load_config
+from rlhf.engines import SamplingSettings
+from rlhf.engines.vllm_engine import engine_environment
+from rlhf.experience import Experience
+
+pytestmark = pytest.mark.integration
+SAMPLING = SamplingSettings(max_new_tokens=8, temperature=1.0, top_p=1.0)
+
+
+def start_rollout(engine: str, model: str):
+    env = {**engine_environment(threads=1, kv_cache_gib=1)}
+    return RolloutActor.options(num_cpus=0, runtime_env={"env_vars": env}).remote(engine, model, "float32", 256, 0)
+
+
+def start_policy(model: str, zero_stage: int, batch_size: int):
+    cfg = load_config(compose("experiment=smoke", f"train.zero_stage={zero_stage}", "train.lr=0.05", "algo.kl_beta=0",
+                              f"train.micro_batch_size={batch_size // 2}", "output_dir=/tmp/unused"))
+    env = {"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": os.path.expanduser("~/.cache/rlhf/torch_extensions")}
+    return PolicyActor.options(num_cpus=0, runtime_env={"env_vars": env}).remote(
+        model, cfg.train, cfg.algo, batch_size, SAMPLING.max_new_tokens, SAMPLING.temperature, 0)
+
+
+def rollout_batch(rollout, tokenizer, n=4):
+    prompts = [tokenizer("what is 3 plus 4?")["input_ids"], tokenizer("the cat")["input_ids"]]
+    samples = ray.get(rollout.generate.remote(prompts, n, SAMPLING))
+    assert [len(g) for g in samples] == [n, n]
+    experience = Experience.from_samples(prompts, samples, tokenizer.pad_token_id)
+    experience.rewards = torch.arange(experience.size, dtype=torch.float32)  # any non-constant reward
+    experience.advantages = group_advantages(experience.rewards, n)[:, None] * experience.mask
+    return experience
+
+
+@pytest.mark.parametrize("engine, zero_stage", [("vllm", 0), ("hf", 3)])
+def test_engine_generates_with_the_learners_newest_weights(ray_cluster, tiny_model, tmp_path, engine, zero_stage):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rollout = start_rollout(engine, tiny_model)
+    policy = start_policy(tiny_model, zero_stage, batch_size=8)
+
+    before = rollout_batch(rollout, tokenizer)
+    # fp32 engine logprobs equal the learner's on the same weights
+    torch.testing.assert_close(before.rollout_logp, ray.get(policy.logprobs.remote(before)), atol=1e-5, rtol=0)
+
+    metrics = ray.get(policy.train_step.remote(before))
+    assert metrics["grad_norm"] > 0 and torch.isfinite(torch.tensor(metrics["loss"]))
+    route = SharedMemoryRoute(policy, [rollout], str(tmp_path / "sync"))
+    route.push()
+
+    after = rollout_batch(rollout, tokenizer)
+    learner_after = ray.get(policy.logprobs.remote(after))
+    torch.testing.assert_close(after.rollout_logp, learner_after, atol=1e-5, rtol=0)
+    # and the weights really moved: the old batch is now scored differently
+    assert (ray.get(policy.logprobs.remote(before)) - before.rollout_logp).abs().max() > 1e-3
+    route.close()
+    assert not (tmp_path / "sync").exists()
+    ray.kill(rollout)
+    ray.kill(policy)
