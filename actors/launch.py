@@ -2,6 +2,9 @@
 
 from dataclasses import asdict, dataclass
 
+import ray
+
+from actors.critic import CriticActor
 from actors.policy import PolicyActor
 from actors.reference import ReferenceActor
 from actors.reward import RewardActor
@@ -15,8 +18,15 @@ from rlhf.models.resolve import cache_root
 class Actors:
     rollouts: list
     reward: object
-    reference: object | None  # None when kl_beta == 0: no reference forward pass is needed
+    reference: object | None  # None when no KL is used: no reference forward pass is needed
     policy: object
+    critic: object | None  # None unless algo.use_critic
+
+    def kill(self) -> None:
+        """Free the actors' resources now rather than when their handles are collected."""
+        for actor in [*self.rollouts, self.reward, self.reference, self.policy, self.critic]:
+            if actor is not None:
+                ray.kill(actor)
 
 
 def _threads(n: int) -> dict[str, str]:
@@ -36,11 +46,17 @@ def launch_actors(cfg: Config, model_path: str) -> Actors:
         num_cpus=cfg.reward_actor.num_cpus, runtime_env={"env_vars": _threads(cfg.reward_actor.threads)}
     ).remote([asdict(f) for f in cfg.reward.functions])
     reference = None
-    if cfg.algo.kl_beta > 0:
+    if cfg.algo.kl_beta > 0 or cfg.algo.kl_reward_beta > 0:
         reference = ReferenceActor.options(
             num_cpus=cfg.reference.num_cpus, runtime_env={"env_vars": _threads(cfg.reference.threads)}
         ).remote(model_path, cfg.reference.micro_batch_size, cfg.rollout.temperature)
     # DeepSpeed JIT-builds its CPU communication op once (about a minute); keep the build in our own cache.
     policy_env = {**_threads(cfg.train.threads), "TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions")}
-    policy = PolicyActor.options(num_cpus=cfg.train.num_cpus, runtime_env={"env_vars": policy_env}).remote(model_path, cfg.train, cfg.algo, batch_size, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.seed)
-    return Actors([rollout], reward, reference, policy)
+    policy = PolicyActor.options(num_cpus=cfg.train.num_cpus, runtime_env={"env_vars": policy_env}).remote(
+        model_path, cfg.train, cfg.algo, batch_size, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.seed)
+    critic = None
+    if cfg.algo.use_critic:
+        critic_env = {**_threads(cfg.critic.threads), "TORCH_EXTENSIONS_DIR": policy_env["TORCH_EXTENSIONS_DIR"]}
+        critic = CriticActor.options(num_cpus=cfg.critic.num_cpus, runtime_env={"env_vars": critic_env}).remote(
+            cfg.critic.model_path or model_path, cfg.critic, cfg.algo, batch_size, cfg.seed)
+    return Actors([rollout], reward, reference, policy, critic)

@@ -14,13 +14,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def join_process_group() -> None:
+    """A single rank forms its own process group; several ranks would share MASTER_ADDR/PORT (issue 5)."""
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+                       "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+
+
 @ray.remote
 class PolicyActor:
     def __init__(self, model_path: str, train_cfg, algo_cfg, batch_size: int, max_new_tokens: int,
                  temperature: float, seed: int):
-        # A single rank forms its own process group; several ranks would share MASTER_ADDR/PORT (issue 5).
-        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-                           "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+        join_process_group()
         from rlhf.training.policy import PolicyLearner
 
         self.learner = PolicyLearner(model_path, train_cfg, algo_cfg, batch_size, max_new_tokens, temperature, seed)

@@ -5,6 +5,7 @@ fails at start-up with the key's name, and `validate` checks the values the type
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -46,6 +47,20 @@ class AlgoConfig:
     loss_aggregation: str = MISSING
     kl_beta: float = MISSING
     kl_estimator: str = MISSING
+    kl_reward_beta: float = MISSING
+    kl_target: Optional[float] = MISSING
+    kl_horizon: int = MISSING
+    gamma: float = MISSING
+    lam: float = MISSING
+    whiten_advantages: bool = MISSING
+    reward_norm: bool = MISSING
+    reward_clip: Optional[float] = MISSING
+    epochs: int = MISSING
+    mini_batch_size: Optional[int] = MISSING
+    old_logprobs: str = MISSING
+    use_critic: bool = MISSING
+    value_clip: Optional[float] = MISSING
+    critic_warmup_steps: int = MISSING
 
 
 @dataclass
@@ -88,6 +103,11 @@ class TrainConfig:
 
 
 @dataclass
+class CriticConfig(TrainConfig):
+    model_path: Optional[str] = MISSING
+
+
+@dataclass
 class ReferenceConfig:
     num_cpus: float = MISSING
     threads: int = MISSING
@@ -124,6 +144,7 @@ class Config:
     reward: RewardConfig = MISSING
     rollout: RolloutConfig = MISSING
     train: TrainConfig = MISSING
+    critic: CriticConfig = MISSING
     reference: ReferenceConfig = MISSING
     reward_actor: RewardActorConfig = MISSING
     logging: LoggingConfig = MISSING
@@ -133,6 +154,18 @@ class Config:
     prompts_per_step: int = MISSING
     output_dir: str = MISSING
     save_final: bool = MISSING
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The project's Hydra config with overrides, as `python -m rlhf.train` would compose it (for scripts
+    and tests; `output_dir` must be among the overrides, there being no Hydra run folder)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
 
 
 def load_config(cfg: DictConfig) -> Config:
@@ -167,16 +200,24 @@ def validate(c: Config) -> None:
                 "train.micro_batch_size", "reference.micro_batch_size", "rollout.threads", "train.threads"):
         _positive(key, _get(c, key))
     _positive("algo.kl_beta", c.algo.kl_beta, allow_zero=True)
+    _positive("algo.kl_reward_beta", c.algo.kl_reward_beta, allow_zero=True)
     _positive("rollout.temperature", c.rollout.temperature)
     if not 0 < c.rollout.top_p <= 1:
         raise ValueError(f"rollout.top_p={c.rollout.top_p} must be in (0, 1]")
     if c.algo.group_size == 1 and c.algo.advantage_scale == "std":
         raise ValueError("algo.group_size=1 with algo.advantage_scale=std: one sample has no std; "
                          "use a group size > 1 or algo.advantage_scale=none")
+    _choice("algo.old_logprobs", c.algo.old_logprobs, {"recompute", "rollout"})
+    _positive("algo.epochs", c.algo.epochs)
     batch = c.prompts_per_step * c.algo.group_size
-    if batch % c.train.micro_batch_size:
-        raise ValueError(f"train.micro_batch_size={c.train.micro_batch_size} does not divide the batch of "
-                         f"{batch} sequences (prompts_per_step x algo.group_size)")
+    mini = c.algo.mini_batch_size or batch
+    if batch % mini:
+        raise ValueError(f"algo.mini_batch_size={mini} does not divide the batch of {batch} sequences "
+                         f"(prompts_per_step x algo.group_size)")
+    for key in ("train.micro_batch_size", "critic.micro_batch_size"):
+        if mini % _get(c, key):
+            raise ValueError(f"{key}={_get(c, key)} does not divide the batch of {mini} sequences per optimizer "
+                             f"step (algo.mini_batch_size, or prompts_per_step x algo.group_size)")
     if not c.reward.functions:
         raise ValueError("reward.functions is empty: name at least one reward function")
 

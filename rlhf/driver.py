@@ -5,7 +5,7 @@ import math
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import ray
@@ -15,6 +15,8 @@ from tqdm import tqdm
 from actors.launch import Actors, launch_actors
 from actors.weight_sync import SharedMemoryRoute
 from rlhf.algorithms import ADVANTAGE_ESTIMATORS
+from rlhf.algorithms.advantages import masked_whiten
+from rlhf.algorithms.reward_shaping import KLController, RunningMoments, normalize_rewards
 from rlhf.config import Config
 from rlhf.data import PromptBatch, PromptStream, load_rows
 from rlhf.engines.base import SamplingSettings
@@ -34,6 +36,8 @@ def run(cfg: Config) -> dict[str, float]:
     model_path = resolve_model_path(cfg.model.source, cfg.model.path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     check_context_length(model_path, cfg)
+    if cfg.algo.use_critic and cfg.critic.model_path:
+        check_same_tokenizer(tokenizer, cfg.critic.model_path)
     prompts = PromptStream(load_rows(cfg.data), tokenizer, cfg.data.system_prompt, cfg.data.max_prompt_tokens, cfg.seed)
 
     started_ray = connect_ray(cfg)
@@ -43,6 +47,8 @@ def run(cfg: Config) -> dict[str, float]:
     metrics_log = MetricsLog(str(output_dir), cfg.logging.run_name or output_dir.name, cfg.logging.wandb_mode,
                              cfg.logging.wandb_project, cfg.logging.wandb_entity, asdict(cfg), cfg.logging.plot)
     estimate_advantages = ADVANTAGE_ESTIMATORS.get(cfg.algo.advantage_estimator)
+    kl_control = KLController(cfg.algo.kl_reward_beta, cfg.algo.kl_target, cfg.algo.kl_horizon)
+    reward_moments = RunningMoments()
     sampling = SamplingSettings(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p)
     metrics: dict[str, float] = {}
     try:
@@ -50,39 +56,81 @@ def run(cfg: Config) -> dict[str, float]:
         for step in bar:
             timer = PhaseTimer()
             batch = prompts.next_batch(cfg.prompts_per_step)
-            with timer("generate"):
-                samples = generate(actors, batch.token_ids, cfg.algo.group_size, sampling)
-                experience = Experience.from_samples(batch.token_ids, samples, tokenizer.pad_token_id)
-            with timer("score"):  # reward and reference run side by side
-                completions = [s.text for group in samples for s in group]
-                rewards = score(actors, batch, completions, cfg.algo.group_size)
-                if actors.reference is not None:
-                    experience.ref_logp = ray.get(actors.reference.logprobs.remote(experience))
-                rewards = ray.get(rewards)
+            experience, rewards, samples = make_experience(actors, batch, cfg, sampling, tokenizer.pad_token_id, timer)
             experience.rewards = torch.tensor(rewards.total, dtype=torch.float32)
-            experience.advantages = estimate_advantages(experience, cfg.algo)
-            with timer("train"):
-                train_metrics = ray.get(actors.policy.train_step.remote(experience))
-            with timer("weight_sync"):
-                weight_sync.push()
+            if cfg.algo.reward_norm:
+                experience.rewards = normalize_rewards(experience.rewards, reward_moments, cfg.algo.reward_clip)
+            add_advantages(experience, estimate_advantages, replace(cfg.algo, kl_reward_beta=kl_control.value))
 
-            metrics = {**rollout_metrics(experience, rewards, samples), **train_metrics, **timer.seconds()}
-            metrics_log.log(step, metrics)
-            metrics_log.log_samples(step, [{"prompt": batch.texts[0], "completion": completions[0],
-                                            "reward": rewards.total[0]}])
-            bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.4f}",
-                            len=f"{metrics['completion_length']:.0f}", s_per_step=f"{metrics['time/step']:.1f}")
-            if step % 5 == 4:
-                metrics_log.plot()
+            train_policy = step >= cfg.algo.critic_warmup_steps
+            with timer("train"):
+                train_metrics = train(actors, experience, train_policy)
+            if train_policy:
+                with timer("weight_sync"):
+                    weight_sync.push()
+
+            rollout_kl = sequence_kl(experience)
+            kl_control.update(rollout_kl, experience.size)
+            metrics = {**rollout_metrics(experience, rewards, samples), **train_metrics,
+                       "rollout_kl": rollout_kl, "kl_coef": kl_control.value, **timer.seconds()}
+            report(step, metrics, batch, samples, rewards, metrics_log, bar)
         if cfg.save_final:
             ray.get(actors.policy.save_pretrained.remote(str(output_dir / "final"), model_path))
             log.info("final policy saved to %s", output_dir / "final")
     finally:
         weight_sync.close()
         metrics_log.close()
+        actors.kill()
         if started_ray:
             ray.shutdown()
     return metrics
+
+
+def make_experience(actors: Actors, batch: PromptBatch, cfg: Config, sampling: SamplingSettings, pad_id: int,
+                    timer: "PhaseTimer"):
+    """Generate, then score with the reward functions, the reference and the critic side by side."""
+    with timer("generate"):
+        samples = generate(actors, batch.token_ids, cfg.algo.group_size, sampling)
+        experience = Experience.from_samples(batch.token_ids, samples, pad_id)
+    with timer("score"):
+        completions = [s.text for group in samples for s in group]
+        rewards = score(actors, batch, completions, cfg.algo.group_size)
+        ref_logp = actors.reference.logprobs.remote(experience) if actors.reference else None
+        values = actors.critic.values.remote(experience) if actors.critic else None
+        experience.ref_logp = ray.get(ref_logp) if ref_logp else None
+        experience.values = ray.get(values) if values else None
+        return experience, ray.get(rewards), samples
+
+
+def add_advantages(experience: Experience, estimate, algo) -> None:
+    """Advantages from the registered estimator; the critic's targets are taken before any whitening."""
+    advantages = estimate(experience, algo)
+    if experience.values is not None:
+        experience.returns = (advantages + experience.values) * experience.mask
+    if algo.whiten_advantages:
+        advantages = masked_whiten(advantages, experience.mask)
+    experience.advantages = advantages
+
+
+def train(actors: Actors, experience: Experience, train_policy: bool) -> dict[str, float]:
+    """Policy and critic train side by side (the policy waits out the critic's warm-up)."""
+    learners = ([actors.policy] if train_policy else []) + ([actors.critic] if actors.critic else [])
+    results = ray.get([learner.train_step.remote(experience) for learner in learners])
+    return {key: value for metrics in results for key, value in metrics.items()}
+
+
+def report(step: int, metrics: dict, batch: PromptBatch, samples, rewards: RewardResult, metrics_log: MetricsLog,
+           bar) -> None:
+    if metrics["reward_unscorable"]:
+        log.warning("step %d: %d of %d samples unscorable (a reward function returned None/NaN); "
+                    "they get advantage 0", step, metrics["reward_unscorable"], len(rewards.total))
+    metrics_log.log(step, metrics)
+    metrics_log.log_samples(step, [{"prompt": batch.texts[0], "completion": samples[0][0].text,
+                                    "reward": rewards.total[0]}])
+    bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['rollout_kl']:.4f}",
+                    len=f"{metrics['completion_length']:.0f}", s_per_step=f"{metrics['time/step']:.1f}")
+    if step % 5 == 4:
+        metrics_log.plot()
 
 
 def check_context_length(model_path: str, cfg: Config) -> None:
@@ -95,6 +143,14 @@ def check_context_length(model_path: str, cfg: Config) -> None:
                          f"of {context} tokens; lower one of them")
 
 
+def check_same_tokenizer(policy_tokenizer, critic_path: str) -> None:
+    from transformers import AutoTokenizer
+
+    if AutoTokenizer.from_pretrained(critic_path).get_vocab() != policy_tokenizer.get_vocab():
+        raise ValueError(f"critic.model_path={critic_path!r} has a tokenizer different from the policy's: the critic "
+                         "reads the policy's token ids, so both must share one vocabulary")
+
+
 def connect_ray(cfg: Config) -> bool:
     """Join the configured cluster or the Ray job's one; otherwise start a local instance. True if started."""
     if ray.is_initialized():
@@ -103,7 +159,10 @@ def connect_ray(cfg: Config) -> bool:
     if address:
         ray.init(address=address)
         return False
-    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+    # Workers import `rlhf` and `actors` from this checkout, wherever the driver was started from.
+    repo = str(Path(__file__).resolve().parents[1])
+    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}})
     return True
 
 
@@ -122,6 +181,13 @@ def score(actors: Actors, batch: PromptBatch, completions: list[str], group_size
     columns = {key: repeat([row.get(key) for row in batch.rows]) for key in batch.rows[0] if key != "prompt"}
     prompts = repeat([row["prompt"] for row in batch.rows])
     return actors.reward.score.remote(prompts, completions, columns)
+
+
+def sequence_kl(experience: Experience) -> float:
+    """Mean over sequences of the summed k1 KL between the rollout policy and the reference (0 without one)."""
+    if experience.ref_logp is None:
+        return 0.0
+    return ((experience.rollout_logp - experience.ref_logp) * experience.mask).sum(-1).mean().item()
 
 
 def rollout_metrics(experience: Experience, rewards: RewardResult, samples) -> dict[str, float]:

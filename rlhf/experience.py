@@ -22,6 +22,9 @@ class Experience:
     rewards: torch.Tensor | None = None  # [B] total reward (NaN = unscorable)
     advantages: torch.Tensor | None = None  # [B, T]
     ref_logp: torch.Tensor | None = None  # [B, T] reference model's logprobs
+    values: torch.Tensor | None = None  # [B, T] critic's value of the state before each token
+    returns: torch.Tensor | None = None  # [B, T] critic targets (advantages + values, before any whitening)
+    old_logp: torch.Tensor | None = None  # [B, T] the learner's logprobs before this batch's first update
 
     @property
     def size(self) -> int:

@@ -48,32 +48,60 @@ class MetricsLog:
             self.wandb.finish()
 
 
-def plot_curves(history: list[dict], path: Path) -> Path:
-    """Reward (with per-function rewards), KL and completion length against the step."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    _pyplot().close(fig)
+    os.replace(tmp, path)  # readers never see a half-written picture
+    return path
+
+
+def plot_comparison(curves: dict[str, list[float]], path: Path) -> Path:
+    """Several runs' reward against the step, on one axis."""
+    fig, ax = _pyplot().subplots(figsize=(7, 4))
+    for name, rewards in curves.items():
+        ax.plot(range(len(rewards)), rewards, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean reward")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_curves(history: list[dict], path: Path) -> Path:
+    """Reward (with per-function rewards), KL and completion length against the step."""
     steps = [h["step"] for h in history]
-    panels = [("reward", [k for k in history[-1] if k.startswith("reward")]), ("kl", ["kl"]),
+    per_function = [k for k in history[-1] if k.startswith("reward/")]
+    panels = [("reward", ["reward", *per_function] if len(per_function) > 1 else ["reward"]),
+              ("KL to the reference (per sequence)", ["rollout_kl"]),
               ("completion length", ["completion_length"])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+    fig, axes = _pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
     for ax, (title, keys) in zip(axes, panels):
         for key in keys:
             values = [h.get(key, math.nan) for h in history]
-            ax.plot(steps, values, label=key, marker="." if len(steps) < 50 else None)
+            line, = ax.plot(steps, values, label=key, alpha=0.5, marker="." if len(steps) < 50 else None)
+            if len(values) >= 10:  # per-step values are noisy: draw the trend over it
+                window = max(5, len(values) // 10)
+                trend = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+                         for i in range(len(values))]
+                ax.plot(steps, trend, color=line.get_color(), linewidth=2, label=f"{key} (mean of {window})")
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if len(keys) > 1:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)  # readers never see a half-written picture
-    return path
+    return _save(fig, path)
 
 
 def _plain(value):

@@ -29,15 +29,6 @@ def ray_cluster(tmp_path_factory):
     ray.shutdown()
 
 
-def compose(*overrides: str):
-    """The project's Hydra config with overrides, as the entry point would see it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

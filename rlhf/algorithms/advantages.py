@@ -1,7 +1,12 @@
-"""Advantage estimators (spec §3.1, §3.2). Pure tensor math; registered estimators adapt them to a batch."""
+"""Advantage estimators (spec §3, §4.2, §6). Pure tensor math; registered estimators adapt them to a batch.
+
+Tensors are [B, T] with a 0/1 mask of real completion tokens; sequence-level rewards are [B] with groups of
+`group_size` contiguous rows. NaN rewards (unscorable samples) are left out of group statistics, advantage 0.
+"""
 
 import torch
 
+from rlhf.algorithms.losses import kl_estimate
 from rlhf.algorithms.registry import ADVANTAGE_ESTIMATORS
 
 SCALES = ("std", "none")
@@ -31,8 +36,119 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std",
     return centred.reshape(-1).to(rewards.dtype)
 
 
+def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO: each reward minus the mean of the OTHER scorable rewards of its group (spec §6.1)."""
+    if group_size < 2:
+        raise ValueError("RLOO needs a group size of at least 2 (the baseline leaves the sample out)")
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    grouped = rewards.reshape(-1, group_size).to(torch.float64)
+    valid = ~torch.isnan(grouped)
+    values = torch.where(valid, grouped, torch.zeros_like(grouped))
+    others = (valid.sum(-1, keepdim=True) - 1).clamp(min=1)
+    baseline = (values.sum(-1, keepdim=True) - values) / others
+    return torch.where(valid, grouped - baseline, torch.zeros_like(grouped)).reshape(-1).to(rewards.dtype)
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation over token rewards (spec §4.2). Returns (advantages, returns).
+
+    The value after a sequence's last token is 0; padded positions get 0 and pass nothing back.
+    """
+    mask = mask.to(values.dtype)
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+    return advantages, (advantages + values) * mask
+
+
+def token_rewards(scores: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | None = None,
+                  kl_coef: float = 0.0) -> torch.Tensor:
+    """Per-token rewards: -kl_coef * KL_t on every token, plus the sequence score on its last token (spec §4.1)."""
+    mask = mask.to(torch.float32)
+    rewards = torch.zeros_like(mask) if kl is None else -kl_coef * kl * mask
+    lengths = mask.sum(-1).long()
+    rows = torch.nonzero(lengths > 0).squeeze(-1)  # an empty completion has no token to carry its score
+    scores = torch.nan_to_num(scores.to(rewards.dtype), nan=0.0)
+    rewards[rows, lengths[rows] - 1] += scores[rows]
+    return rewards
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """G_t = sum over s >= t of gamma^(s-t) r_s, within each sequence."""
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = (rewards[:, t] + gamma * running) * mask[:, t]
+        returns[:, t] = running
+    return returns
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) over the valid tokens of the whole batch (unbiased variance)."""
+    mask = mask.to(values.dtype)
+    count = mask.sum()
+    if count < 2:
+        return torch.zeros_like(values)
+    mean = (values * mask).sum() / count
+    var = (((values - mean) * mask) ** 2).sum() / (count - 1)
+    return (values - mean) * torch.rsqrt(var + eps) * mask
+
+
 @ADVANTAGE_ESTIMATORS.register("group")
 def group(experience, cfg) -> torch.Tensor:
     """Every token of a completion carries its sequence's group advantage (GRPO, Dr. GRPO)."""
     adv = group_advantages(experience.rewards, cfg.group_size, cfg.advantage_scale, cfg.advantage_eps)
     return adv[:, None] * experience.mask
+
+
+@ADVANTAGE_ESTIMATORS.register("rloo")
+def rloo(experience, cfg) -> torch.Tensor:
+    """Leave-one-out baseline on the sequence reward (KL, when in the reward, already subtracted)."""
+    adv = rloo_advantages(sequence_rewards(experience, cfg), cfg.group_size)
+    return adv[:, None] * experience.mask
+
+
+@ADVANTAGE_ESTIMATORS.register("reinforce_pp")
+def reinforce_pp(experience, cfg) -> torch.Tensor:
+    """REINFORCE++: returns of token rewards (score on the last token, -beta KL on each), whitened over the batch."""
+    kl = kl_in_reward(experience, cfg)
+    rewards = token_rewards(experience.rewards, experience.mask, kl, cfg.kl_reward_beta)
+    return masked_whiten(discounted_returns(rewards, experience.mask, cfg.gamma), experience.mask)
+
+
+@ADVANTAGE_ESTIMATORS.register("reinforce_pp_baseline")
+def reinforce_pp_baseline(experience, cfg) -> torch.Tensor:
+    """REINFORCE++-baseline: the group mean reward is subtracted first, then as REINFORCE++."""
+    centred = group_advantages(experience.rewards, cfg.group_size, scale="none")
+    kl = kl_in_reward(experience, cfg)
+    rewards = token_rewards(centred, experience.mask, kl, cfg.kl_reward_beta)
+    return masked_whiten(discounted_returns(rewards, experience.mask, cfg.gamma), experience.mask)
+
+
+def kl_in_reward(experience, cfg) -> torch.Tensor | None:
+    """Per-token KL between the rollout policy and the reference, for algorithms that put KL in the reward."""
+    if cfg.kl_reward_beta == 0:
+        return None
+    return kl_estimate(experience.rollout_logp, experience.ref_logp, cfg.kl_estimator) * experience.mask
+
+
+def sequence_rewards(experience, cfg) -> torch.Tensor:
+    """The score minus kl_reward_beta times the sequence's summed KL (TRL's RLOO)."""
+    kl = kl_in_reward(experience, cfg)
+    return experience.rewards if kl is None else experience.rewards - cfg.kl_reward_beta * kl.sum(-1)
+
+
+@ADVANTAGE_ESTIMATORS.register("gae")
+def gae_estimator(experience, cfg) -> torch.Tensor:
+    """PPO: token rewards (score on the last token, -beta KL on each) through GAE on the critic's values."""
+    if experience.values is None:
+        raise ValueError("the gae advantage estimator needs a critic's values: set algo.use_critic=true")
+    rewards = token_rewards(experience.rewards, experience.mask, kl_in_reward(experience, cfg), cfg.kl_reward_beta)
+    advantages, _ = gae(rewards, experience.values, experience.mask, cfg.gamma, cfg.lam)
+    return advantages

@@ -77,3 +77,13 @@ def aggregate_loss(
 @POLICY_LOSSES.register("clipped")
 def clipped(logp, old_logp, advantages, mask, cfg) -> torch.Tensor:
     return clipped_policy_loss(logp, old_logp, advantages, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip)
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                       clip: float | None) -> torch.Tensor:
+    """Per-token 0.5 * max((V - R)^2, (clip(V, V_old +- clip) - R)^2) (spec §4.3); no clipping when clip is None."""
+    loss = (values - returns) ** 2
+    if clip is not None:
+        clipped = old_values + (values - old_values).clamp(-clip, clip)
+        loss = torch.maximum(loss, (clipped - returns) ** 2)
+    return 0.5 * loss

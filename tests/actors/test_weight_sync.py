@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 from actors.policy import PolicyActor
 from actors.rollout import RolloutActor
 from actors.weight_sync import SharedMemoryRoute
-from conftest import compose
+from rlhf.config import compose_config
 from rlhf.algorithms import group_advantages
 from rlhf.config import load_config
 from rlhf.engines import SamplingSettings
@@ -27,7 +27,7 @@ def start_rollout(engine: str, model: str):
 
 
 def start_policy(model: str, zero_stage: int, batch_size: int):
-    cfg = load_config(compose("experiment=smoke", f"train.zero_stage={zero_stage}", "train.lr=0.05", "algo.kl_beta=0",
+    cfg = load_config(compose_config("experiment=smoke", f"train.zero_stage={zero_stage}", "train.lr=0.05", "algo.kl_beta=0",
                               f"train.micro_batch_size={batch_size // 2}", "output_dir=/tmp/unused"))
     env = {"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": os.path.expanduser("~/.cache/rlhf/torch_extensions")}
     return PolicyActor.options(num_cpus=0, runtime_env={"env_vars": env}).remote(
@@ -66,5 +66,17 @@ def test_engine_generates_with_the_learners_newest_weights(ray_cluster, tiny_mod
     assert (ray.get(policy.logprobs.remote(before)) - before.rollout_logp).abs().max() > 1e-3
     route.close()
     assert not (tmp_path / "sync").exists()
+    ray.kill(rollout)
+    ray.kill(policy)
+
+
+def test_a_non_finite_loss_names_the_quantity(ray_cluster, tiny_model):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rollout = start_rollout("hf", tiny_model)
+    policy = start_policy(tiny_model, zero_stage=0, batch_size=8)
+    experience = rollout_batch(rollout, tokenizer)
+    experience.advantages[0, 0] = float("nan")
+    with pytest.raises(ray.exceptions.RayTaskError, match="non-finite quantity: advantages"):
+        ray.get(policy.train_step.remote(experience))
     ray.kill(rollout)
     ray.kill(policy)

@@ -1,42 +1,54 @@
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from conftest import compose
+from rlhf.config import compose_config
 from rlhf.config import load_config
 
 
 def test_default_config_is_valid_and_typed():
-    cfg = load_config(compose("output_dir=/tmp/x"))
+    cfg = load_config(compose_config("output_dir=/tmp/x"))
     assert cfg.algo.name == "grpo" and cfg.model.source == "smollm2"
     assert cfg.reward.functions[0].name == "bleu"
 
 
 def test_presets_compose():
-    smoke = load_config(compose("experiment=smoke", "output_dir=/tmp/x"))
+    smoke = load_config(compose_config("experiment=smoke", "output_dir=/tmp/x"))
     assert smoke.model.source == "tiny" and smoke.steps < 10
-    dr = load_config(compose("algo=dr_grpo", "output_dir=/tmp/x"))
+    dr = load_config(compose_config("algo=dr_grpo", "output_dir=/tmp/x"))
     assert dr.algo.advantage_scale == "none" and dr.algo.loss_aggregation == "dr_grpo"
 
 
 def test_unknown_key_is_refused():
     with pytest.raises(ConfigCompositionException, match="learning_rate"):
-        compose("train.learning_rate=1e-5")
+        compose_config("train.learning_rate=1e-5")
 
 
 @pytest.mark.parametrize("override, message", [
     ("algo.loss_aggregation=mean", "algo.loss_aggregation='mean'"),
     ("algo.kl_estimator=k9", "algo.kl_estimator"),
     ("rollout.engine=sglang", "rollout.engine"),
-    ("train.micro_batch_size=3", "does not divide the batch of 16"),
+    ("train.micro_batch_size=3", "does not divide the batch of 8"),
+    ("algo.mini_batch_size=3", "algo.mini_batch_size=3 does not divide the batch of 8"),
+    ("algo.old_logprobs=cached", "algo.old_logprobs"),
     ("algo.group_size=1", "one sample has no std"),
     ("rollout.top_p=1.5", "rollout.top_p"),
     ("steps=0", "steps=0 must be > 0"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-        load_config(compose(override, "output_dir=/tmp/x"))
+        load_config(compose_config(override, "output_dir=/tmp/x"))
 
 
 def test_wrong_type_names_the_key():
     with pytest.raises(Exception, match="train.lr|lr"):
-        load_config(compose("train.lr=fast", "output_dir=/tmp/x"))
+        load_config(compose_config("train.lr=fast", "output_dir=/tmp/x"))
+
+
+def test_every_algorithm_preset_is_valid():
+    for algo in ("grpo", "dr_grpo", "ppo", "ppo_max", "rloo", "reinforce_pp", "reinforce_pp_baseline"):
+        assert load_config(compose_config(f"algo={algo}", "output_dir=/tmp/x")).algo.name == algo
+
+
+def test_unknown_algorithm_lists_the_presets():
+    with pytest.raises(Exception, match="ppo"):
+        compose_config("algo=ppo3")

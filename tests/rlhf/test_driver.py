@@ -5,7 +5,7 @@ import json
 import pytest
 import ray
 
-from conftest import compose
+from rlhf.config import compose_config
 from rlhf.config import load_config
 from rlhf.driver import run
 
@@ -21,16 +21,25 @@ def write_task(path, rows=16):
 
 
 def config(tiny_model, tmp_path, *overrides):
-    return load_config(compose(
+    return load_config(compose_config(
         "model=path", f"model.path={tiny_model}", "data=file", f"data.path={write_task(tmp_path / 'task.jsonl')}",
         "prompts_per_step=4", "algo.group_size=8", "rollout.max_new_tokens=12", "rollout.temperature=1.0",
-        "train.lr=1e-2", "train.micro_batch_size=16", "algo.kl_beta=0.01", "logging.progress_bar=false",
+        "train.lr=1e-2", "train.micro_batch_size=16", "logging.progress_bar=false",
         f"output_dir={tmp_path / 'run'}", *overrides,
     ))
 
 
-def test_grpo_learns_through_the_actor_stack(ray_cluster, tiny_model, tmp_path):
-    cfg = config(tiny_model, tmp_path, "steps=32")
+ALGORITHMS = {
+    "grpo": ["algo=grpo", "algo.kl_beta=0.01"],  # with the reference model: KL in the loss
+    "ppo": ["algo=ppo", "critic.lr=1e-2", "critic.micro_batch_size=16"],
+    "rloo": ["algo=rloo"],
+    "reinforce_pp": ["algo=reinforce_pp"],
+}
+
+
+@pytest.mark.parametrize("algo", ALGORITHMS)
+def test_algorithm_learns_through_the_actor_stack(ray_cluster, tiny_model, tmp_path, algo):
+    cfg = config(tiny_model, tmp_path, "steps=32", *ALGORITHMS[algo])
     run(cfg)
 
     out = tmp_path / "run"
@@ -38,13 +47,18 @@ def test_grpo_learns_through_the_actor_stack(ray_cluster, tiny_model, tmp_path):
     assert [h["step"] for h in history] == list(range(32))
     rewards = [h["reward"] for h in history]
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
-    assert last > first + 0.3, f"reward did not improve: {rewards}"
-    assert all(h["kl"] >= 0 for h in history) and history[-1]["kl"] > 0  # the reference model took part
+    assert last > first + 0.3, f"{algo}: reward did not improve: {rewards}"
+    assert history[-1]["rollout_kl"] > 0  # the reference model took part
     assert max(h["logprob_gap"] for h in history) < 1e-4  # fp32 engine logprobs match the learner's
     assert {"time/generate", "time/score", "time/train", "time/weight_sync"} <= set(history[0])
+    if algo == "ppo":
+        assert history[-1]["critic/value_loss"] < history[0]["critic/value_loss"]
+        assert max(h["clip_fraction"] for h in history) > 0  # two epochs: the ratio moves off 1
+    if algo != "grpo":
+        return
+    assert history[-1]["kl"] > 0
     assert (out / "reward_curve.png").stat().st_size > 0
     assert list((out / "wandb").glob("offline-run-*"))
-
     from transformers import AutoModelForCausalLM
 
     final = AutoModelForCausalLM.from_pretrained(out / "final")
@@ -66,4 +80,13 @@ def test_a_raising_reward_function_is_named_and_earlier_output_survives(ray_clus
 def test_a_misnamed_column_fails_before_any_actor_starts(tiny_model, tmp_path):
     cfg = config(tiny_model, tmp_path, "steps=1", "data.columns.prompt=question")
     with pytest.raises(ValueError, match=r"data.columns.prompt='question'.*found: \['prompt', 'references'\]"):
+        run(cfg)
+
+
+def test_a_critic_with_another_tokenizer_is_refused(tiny_model, tmp_path):
+    from rlhf.models.tiny import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other", vocab_size=300)
+    cfg = config(tiny_model, tmp_path, "steps=1", "algo=ppo", f"critic.model_path={other}")
+    with pytest.raises(ValueError, match="tokenizer different from the policy's"):
         run(cfg)

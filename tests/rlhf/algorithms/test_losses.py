@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from rlhf.algorithms import aggregate_loss, clipped_policy_loss, group_advantages, kl_estimate
+from rlhf.algorithms.losses import clipped_value_loss
 
 LOSSES = torch.tensor([[1.0, 3.0, 0.0, 0.0], [2.0, 2.0, 2.0, 6.0]])
 MASK = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
@@ -80,3 +81,15 @@ def test_unknown_names():
         kl_estimate(torch.zeros(1), torch.zeros(1), "k4")
     with pytest.raises(ValueError, match="token-mean"):
         aggregate_loss(LOSSES, MASK, "mean")
+
+
+def test_clipped_value_loss():
+    values, old, returns = torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.5]), torch.tensor([0.0, 1.0])
+    # token 1: unclipped (1-0)^2=1, clipped V=0.7 -> 0.49: max 1 -> 0.5; token 2: (0-1)^2=1, clipped 0.3 -> 0.49
+    assert clipped_value_loss(values, old, returns, 0.2).tolist() == pytest.approx([0.5, 0.5])
+    values = torch.tensor([0.9, 0.55])
+    # clipping can only raise the loss: V=0.9 clipped to 0.7 (-> 0.245 vs 0.405); V=0.55 unclipped
+    assert clipped_value_loss(values, old, torch.tensor([0.0, 1.0]), 0.2).tolist() == pytest.approx(
+        [0.405, 0.10125])
+    assert clipped_value_loss(values, old, torch.tensor([0.0, 1.0]), None).tolist() == pytest.approx(
+        [0.405, 0.10125])

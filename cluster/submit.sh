@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Submit an experiment to a running Ray cluster as a Ray job; logs stream back here.
+#   cluster/submit.sh [hydra overrides...]         e.g. cluster/submit.sh experiment=smoke steps=10
+# RAY_ADDRESS   the head's job-server address (default http://127.0.0.1:8265)
+# OUTPUT_ROOT   an ABSOLUTE folder every node can write (default $HOME/rlhf-runs). The job runs in a copy of
+#               this checkout inside Ray's session folder, which disappears with the cluster: relative
+#               output paths would be lost.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+address="${RAY_ADDRESS:-http://127.0.0.1:8265}"
+output_root="${OUTPUT_ROOT:-$HOME/rlhf-runs}"
+case "$output_root" in /*) ;; *) echo "OUTPUT_ROOT must be an absolute path, got '$output_root'" >&2; exit 2 ;; esac
+run_dir="$output_root/$(date +%Y%m%d-%H%M%S)"
+runtime_env='{"excludes": [".git", "outputs", "multirun", "wandb"], "env_vars": {"WANDB_MODE": "offline"}}'
+echo "outputs: $run_dir"
+exec ray job submit --address "$address" --working-dir . --runtime-env-json "$runtime_env" -- \
+    python -m rlhf.train "output_dir=$run_dir" "hydra.run.dir=$run_dir" "$@"

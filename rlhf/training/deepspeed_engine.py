@@ -1,0 +1,63 @@
+"""One place that turns a HF model and the `train` config into a DeepSpeed engine (policy and critic alike)."""
+
+import torch
+
+
+def deepspeed_config(train_cfg, batch_size: int, world_size: int) -> dict:
+    micro = train_cfg.micro_batch_size
+    return {
+        "train_batch_size": batch_size,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": batch_size // (micro * world_size),
+        "gradient_clipping": train_cfg.max_grad_norm,
+        "zero_optimization": {"stage": train_cfg.zero_stage},
+        "bf16": {"enabled": train_cfg.bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def make_engine(model, train_cfg, batch_size: int, world_size: int = 1):
+    """`batch_size` sequences make one optimizer step. The optimizer is a client AdamW: DeepSpeed's own Adam
+    variants JIT-compile for minutes on CPU."""
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    if train_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    warmup = max(1, train_cfg.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                      config=deepspeed_config(train_cfg, batch_size, world_size))
+    return engine
+
+
+def backward_and_step(engine, loss: torch.Tensor, metrics: dict) -> None:
+    """Backward a loss that is already its share of the optimizer batch, then let DeepSpeed step at the
+    accumulation boundary. Records the pre-clip gradient norm in `metrics["grad_norm"]`."""
+    engine.backward(loss, scale_wrt_gas=False)
+    at_boundary = engine.is_gradient_accumulation_boundary()
+    if at_boundary and not engine.zero_optimization():
+        # without ZeRO, DeepSpeed clips but does not keep the norm
+        grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+        metrics["grad_norm"] = torch.nn.utils.get_total_norm(grads).item()
+    engine.step()
+    if at_boundary and engine.zero_optimization():
+        metrics["grad_norm"] = float(engine.get_global_grad_norm())
+
+
+def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """Every parameter, gathered from ZeRO-3 shards if needed; None on ranks other than 0."""
+    module = engine.module
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    else:
+        state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return None
+    # Tied embeddings: vLLM needs lm_head.weight present, and safetensors refuses shared storage.
+    return {k: v.contiguous().clone() for k, v in state.items()}

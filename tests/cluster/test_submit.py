@@ -1,0 +1,59 @@
+"""`cluster/submit.sh` against a Ray head of the test's own (own ports, own temp dir, stopped by PID)."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from conftest import REPO, free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    dashboard = free_port()
+    temp_dir = f"/tmp/rlhf-test-head-{os.getpid()}"  # Ray's socket paths must stay short
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        os.killpg(head.pid, signal.SIGTERM)
+        pytest.fail("the Ray head's job server did not come up")
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)  # only the processes this test started
+    head.wait(timeout=60)
+
+
+def test_smoke_experiment_as_a_ray_job(ray_head, tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+           "RAY_ADDRESS": ray_head, "OUTPUT_ROOT": str(tmp_path / "runs")}
+    result = subprocess.run(["bash", "cluster/submit.sh", "experiment=smoke", "steps=2"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    (run_dir,) = list((tmp_path / "runs").iterdir())  # outputs at the absolute path, not in the job's copy
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (run_dir / "final" / "config.json").exists()
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 1
+
+
+def test_submit_refuses_a_relative_output_root():
+    env = {**os.environ, "OUTPUT_ROOT": "runs"}
+    result = subprocess.run(["bash", "cluster/submit.sh"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and "absolute" in result.stderr

@@ -1,0 +1,84 @@
+"""RLOO, GAE and REINFORCE++ against the spec's vectors (T13, T14, T20), and their registered estimators."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rlhf.algorithms import ADVANTAGE_ESTIMATORS
+from rlhf.algorithms.advantages import (discounted_returns, gae, masked_whiten, rloo_advantages,
+                                        token_rewards)
+
+
+def test_rloo_t13():
+    assert rloo_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4).tolist() == pytest.approx(
+        [0.666667, -0.666667, -0.666667, 0.666667], abs=1e-6)
+    assert rloo_advantages(torch.tensor([0.2, 0.5, 0.9, 0.4]), 4).tolist() == pytest.approx(
+        [-0.4, 0.0, 0.533333, -0.133333], abs=1e-6)
+
+
+def test_rloo_leaves_unscorable_samples_out():
+    adv = rloo_advantages(torch.tensor([1.0, float("nan"), 0.0]), 3)
+    assert adv.tolist() == pytest.approx([1.0, 0.0, -1.0])
+    with pytest.raises(ValueError, match="at least 2"):
+        rloo_advantages(torch.tensor([1.0]), 1)
+
+
+def test_gae_t14():
+    adv, ret = gae(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.6, 0.7]]), torch.ones(1, 3), 1.0, 0.95)
+    assert adv[0].tolist() == pytest.approx([0.46575, 0.385, 0.3], abs=1e-6)
+    assert ret[0].tolist() == pytest.approx([0.96575, 0.985, 1.0], abs=1e-6)
+
+
+def test_gae_ignores_padding():
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    adv, _ = gae(torch.tensor([[0.0, 0.0, 1.0, 9.0]]), torch.tensor([[0.5, 0.6, 0.7, 9.0]]), mask, 1.0, 0.95)
+    assert adv[0].tolist() == pytest.approx([0.46575, 0.385, 0.3, 0.0], abs=1e-6)
+
+
+def test_reinforce_pp_t20():
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    kl = torch.tensor([[0.1, 0.0, 0.2], [0.0, 0.3, 0.0]])
+    rewards = token_rewards(torch.tensor([1.0, 0.0]), mask, kl, kl_coef=0.1)
+    returns = discounted_returns(rewards, mask)
+    assert returns.flatten().tolist() == pytest.approx([0.97, 0.98, 0.98, -0.03, -0.03, 0.0], abs=1e-6)
+    whitened = masked_whiten(returns, mask)
+    assert whitened[0].tolist() == pytest.approx([0.7182, 0.7363, 0.7363], abs=1e-4)
+    assert whitened[1, :2].tolist() == pytest.approx([-1.0954, -1.0954], abs=1e-4)
+
+
+def test_empty_completion_carries_no_score():
+    mask = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    assert token_rewards(torch.tensor([5.0, 2.0]), mask).tolist() == [[0.0, 0.0], [2.0, 0.0]]
+
+
+def experience(rewards, lengths, width=3):
+    mask = torch.tensor([[1.0] * n + [0.0] * (width - n) for n in lengths])
+    return SimpleNamespace(rewards=torch.tensor(rewards), mask=mask, rollout_logp=torch.full(mask.shape, -1.0),
+                           ref_logp=torch.full(mask.shape, -1.5))
+
+
+ALGO = SimpleNamespace(group_size=2, advantage_scale="std", advantage_eps=1e-4, kl_estimator="k1",
+                       kl_reward_beta=0.0, gamma=1.0)
+
+
+@pytest.mark.parametrize("name", ["group", "rloo", "reinforce_pp", "reinforce_pp_baseline"])
+def test_registered_estimators_give_masked_token_advantages(name):
+    exp = experience([1.0, 0.0, 0.5, 0.5], [3, 2, 1, 0])
+    adv = ADVANTAGE_ESTIMATORS.get(name)(exp, ALGO)
+    assert adv.shape == exp.mask.shape
+    assert (adv[exp.mask == 0] == 0).all()
+    assert adv[0, 0] > adv[1, 0]  # the better sample of the first group is pushed up
+
+
+def test_kl_in_the_reward_lowers_rloo_rewards_by_the_summed_kl():
+    exp = experience([1.0, 1.0], [3, 1])
+    algo = SimpleNamespace(**{**vars(ALGO), "kl_reward_beta": 0.1})
+    adv = ADVANTAGE_ESTIMATORS.get("rloo")(exp, algo)
+    # k1 = 0.5 per token: rewards 1 - 0.15 and 1 - 0.05 -> the longer (more KL) sample is worse
+    assert adv[0, 0].item() == pytest.approx(-0.1) and adv[1, 0].item() == pytest.approx(0.1)
+
+
+def test_unknown_estimator_lists_the_registered_ones():
+    with pytest.raises(ValueError, match="group, reinforce_pp, reinforce_pp_baseline, rloo"):
+        ADVANTAGE_ESTIMATORS.get("ppo2")

@@ -1,0 +1,35 @@
+"""The command line a user types, as a subprocess: Hydra, a local Ray of its own, outputs on disk."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def train(*overrides, cwd):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never join another cluster
+    return subprocess.run([sys.executable, "-m", "rlhf.train", *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_smoke_experiment_from_the_command_line(tmp_path):
+    out = tmp_path / "smoke"
+    result = train("experiment=smoke", f"output_dir={out}", f"hydra.run.dir={out}", cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all("reward" in line and "time/step" in line for line in lines)
+    assert (out / "final" / "config.json").exists() and (out / "final" / "tokenizer_config.json").exists()
+    assert (out / "reward_curve.png").exists()
+    assert list((out / "wandb").glob("offline-run-*"))
+    assert (out / ".hydra" / "config.yaml").exists()
+
+
+def test_unknown_override_fails_fast_and_names_the_key(tmp_path):
+    result = train("experiment=smoke", "train.learning_rate=3", f"hydra.run.dir={tmp_path}", cwd=REPO)
+    assert result.returncode != 0 and "learning_rate" in result.stderr
