@@ -11,6 +11,10 @@ address="${RAY_ADDRESS:-http://127.0.0.1:8265}"
 output_root="${OUTPUT_ROOT:-$HOME/rlhf-runs}"
 case "$output_root" in /*) ;; *) echo "OUTPUT_ROOT must be an absolute path, got '$output_root'" >&2; exit 2 ;; esac
 run_dir="$output_root/$(date +%Y%m%d-%H%M%S)"
+# Ray 2.60 heads use token authentication; the CLI sends the token only in token mode.
+if [ -z "${RAY_AUTH_MODE:-}" ] && { [ -n "${RAY_AUTH_TOKEN:-}" ] || [ -f "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}" ]; }; then
+    export RAY_AUTH_MODE=token
+fi
 runtime_env='{"excludes": [".git", "outputs", "multirun", "wandb"], "env_vars": {"WANDB_MODE": "offline"}}'
 echo "outputs: $run_dir"
 exec ray job submit --address "$address" --working-dir . --runtime-env-json "$runtime_env" -- \
