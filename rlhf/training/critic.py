@@ -59,4 +59,14 @@ class CriticLearner:
                     totals["value_loss"] += loss.item()
                 updates += 1
         totals["value_loss"] /= updates
+        totals["explained_variance"] = explained_variance(experience.values, experience.returns, experience.mask)
         return {f"critic/{k}": v for k, v in totals.items()}
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns) over valid tokens: 1 is a perfect critic, <= 0 a useless one."""
+    valid = mask.bool()
+    target = returns[valid]
+    if target.numel() < 2 or target.var() == 0:
+        return float("nan")
+    return (1 - (target - values[valid]).var() / target.var()).item()

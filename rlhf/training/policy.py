@@ -41,11 +41,15 @@ class PolicyLearner:
         # With one optimizer step per batch the sampling policy is the one being trained: the ratio is 1 in
         # value and carries the gradient of logp (TRL's num_iterations=1); no forward pass is spent on it.
         on_policy = self.algo.epochs == 1 and self.mini_batch_size >= experience.size
+        totals = {"loss": 0.0, "kl": 0.0, "logprob_gap": 0.0, "clip_fraction": 0.0}
         if not on_policy:
             experience.old_logp = (experience.rollout_logp if self.algo.old_logprobs == "rollout"
                                    else self.logprobs(experience))
+            # how far the engine's logprobs are from the learner's on the same weights (0 by construction
+            # when the engine's are used as the old ones)
+            totals["logprob_gap"] = _masked_mean((experience.old_logp - experience.rollout_logp).abs(),
+                                                 experience.mask)
         self.engine.train()
-        totals = {"loss": 0.0, "kl": 0.0, "logprob_gap": 0.0, "clip_fraction": 0.0}
         updates = 0
         for _ in range(self.algo.epochs):
             for mini in experience.split(self.mini_batch_size):
@@ -71,7 +75,9 @@ class PolicyLearner:
                     ratio = torch.exp(logp.detach() - old_logp)
                     clipped = (ratio < 1 - self.algo.clip_eps_low) | (ratio > 1 + self.algo.clip_eps_high)
                     totals["clip_fraction"] += _masked_mean(clipped.float(), part.mask) * share
-                    totals["logprob_gap"] += _masked_mean((logp.detach() - part.rollout_logp).abs(), part.mask) * share
+                    if on_policy:
+                        totals["logprob_gap"] += _masked_mean((logp.detach() - part.rollout_logp).abs(),
+                                                              part.mask) * share
                     if kl is not None:
                         totals["kl"] += _masked_mean(kl.detach(), part.mask) * share
                 updates += 1

@@ -39,6 +39,14 @@ def ray_head(tmp_path):
     else:
         os.killpg(head.pid, signal.SIGTERM)
         pytest.fail("the Ray head's job server did not come up")
+    # The job agent registers a little after the dashboard answers ("No available agent to submit job").
+    probe_env = {**env, "RAY_AUTH_MODE": "token"}
+    while time.time() < deadline:
+        probe = subprocess.run(["ray", "job", "submit", "--address", address, "--", "true"], env=probe_env,
+                               capture_output=True, text=True, timeout=120)
+        if probe.returncode == 0:
+            break
+        time.sleep(2)
     yield address
     os.killpg(head.pid, signal.SIGTERM)  # only the processes this test started
     head.wait(timeout=60)

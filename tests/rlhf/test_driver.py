@@ -24,15 +24,19 @@ def config(tiny_model, tmp_path, *overrides):
     return load_config(compose_config(
         "model=path", f"model.path={tiny_model}", "data=file", f"data.path={write_task(tmp_path / 'task.jsonl')}",
         "prompts_per_step=4", "algo.group_size=8", "rollout.max_new_tokens=12", "rollout.temperature=1.0",
-        "train.lr=1e-2", "train.micro_batch_size=16", "logging.progress_bar=false",
+        "train.lr=1e-2", "train.micro_batch_size=16", "reward.functions.0.weight=10", "logging.progress_bar=false",
         f"output_dir={tmp_path / 'run'}", *overrides,
     ))
 
 
+# Per-algorithm settings for this task: BLEU starts near 0.06 here, so a KL-in-reward weight of 0.05 (the
+# presets' default) drowns the signal; 0.01 and whitened advantages let every algorithm learn in 32 steps.
 ALGORITHMS = {
     "grpo": ["algo=grpo", "algo.kl_beta=0.01"],  # with the reference model: KL in the loss
-    "ppo": ["algo=ppo", "critic.lr=1e-2", "critic.micro_batch_size=16"],
-    "rloo": ["algo=rloo"],
+    # value clipping (0.2 per step) would hold the critic far behind returns of 10 x BLEU
+    "ppo": ["algo=ppo", "algo.kl_reward_beta=0.01", "algo.value_clip=null", "critic.lr=1e-2",
+            "critic.micro_batch_size=16"],
+    "rloo": ["algo=rloo", "algo.kl_reward_beta=0.01", "algo.whiten_advantages=true"],
     "reinforce_pp": ["algo=reinforce_pp"],
 }
 
@@ -47,12 +51,14 @@ def test_algorithm_learns_through_the_actor_stack(ray_cluster, tiny_model, tmp_p
     assert [h["step"] for h in history] == list(range(32))
     rewards = [h["reward"] for h in history]
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
-    assert last > first + 0.3, f"{algo}: reward did not improve: {rewards}"
+    assert last > first + 3.0, f"{algo}: reward (10 x BLEU) did not improve: {rewards}"
     assert history[-1]["rollout_kl"] > 0  # the reference model took part
     assert max(h["logprob_gap"] for h in history) < 1e-4  # fp32 engine logprobs match the learner's
     assert {"time/generate", "time/score", "time/train", "time/weight_sync"} <= set(history[0])
     if algo == "ppo":
-        assert history[-1]["critic/value_loss"] < history[0]["critic/value_loss"]
+        # the critic tracks the returns (~ the reward level): an untrained one (values ~0) would have a loss of
+        # about 0.5 * reward^2
+        assert history[-1]["critic/value_loss"] < 0.05 * history[-1]["reward"] ** 2
         assert max(h["clip_fraction"] for h in history) > 0  # two epochs: the ratio moves off 1
     if algo != "grpo":
         return
