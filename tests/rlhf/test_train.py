@@ -33,3 +33,15 @@ def test_smoke_experiment_from_the_command_line(tmp_path):
 def test_unknown_override_fails_fast_and_names_the_key(tmp_path):
     result = train("experiment=smoke", "train.learning_rate=3", f"hydra.run.dir={tmp_path}", cwd=REPO)
     assert result.returncode != 0 and "learning_rate" in result.stderr
+
+
+def test_a_sweep_gives_every_member_its_own_folder_and_wandb_run(tmp_path):
+    result = train("-m", "experiment=smoke", "steps=1", "train.lr=1e-4,1e-3", f"hydra.sweep.dir={tmp_path}",
+                   "save_final=false", cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    members = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert [m.name.split("-")[0] for m in members] == ["0", "1"]
+    assert all("train.lr=" in m.name for m in members)
+    for member in members:
+        assert len((member / "metrics.jsonl").read_text().splitlines()) == 1
+        assert len(list((member / "wandb").glob("offline-run-*"))) == 1
