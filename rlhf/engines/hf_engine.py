@@ -12,7 +12,6 @@ class HFEngine(GenerationEngine):
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
-        self.generator_seed = seed
         torch.manual_seed(seed)
 
     @torch.no_grad()
