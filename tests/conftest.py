@@ -1,4 +1,5 @@
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -27,6 +28,7 @@ def ray_cluster(tmp_path_factory):
              runtime_env={"env_vars": {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}})
     yield
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def free_port() -> int:

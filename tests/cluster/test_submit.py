@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -52,7 +53,8 @@ def ray_head(tmp_path):
         time.sleep(2)
     yield address
     os.killpg(head.pid, signal.SIGTERM)  # only the processes this test started
-    head.wait(timeout=60)
+    head.wait(timeout=90)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_smoke_experiment_as_a_ray_job(ray_head, tmp_path):
