@@ -1,6 +1,5 @@
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -29,9 +28,3 @@ def ray_cluster(tmp_path_factory):
     yield
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

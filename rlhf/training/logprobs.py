@@ -20,3 +20,12 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     logits = logits.float() / temperature
     targets = input_ids[:, -completion_len:]
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+@torch.no_grad()
+def batch_logprobs(model, experience, micro_batch_size: int, temperature: float) -> torch.Tensor:
+    """[B, T] logprobs of a whole batch's completions, micro-batch by micro-batch, 0 past each completion's end."""
+    return torch.cat([
+        completion_logprobs(model, part.input_ids, part.attention_mask, part.completion_ids.shape[1], temperature)
+        for part in experience.split(micro_batch_size)
+    ]) * experience.mask

@@ -14,7 +14,7 @@ from rlhf.algorithms import POLICY_LOSSES, aggregate_loss, kl_estimate
 from rlhf.experience import Experience
 from rlhf.models.folders import write_atomically
 from rlhf.training.deepspeed_engine import backward_and_step, full_state_dict, make_engine
-from rlhf.training.logprobs import completion_logprobs
+from rlhf.training.logprobs import batch_logprobs, completion_logprobs
 
 
 class NonFiniteLossError(RuntimeError):
@@ -86,15 +86,10 @@ class PolicyLearner:
         self.steps += 1
         return totals
 
-    @torch.no_grad()
     def logprobs(self, experience: Experience) -> torch.Tensor:
         """[B, T] logprobs of the completions under the current weights (masked to 0 past each end)."""
         self.engine.eval()
-        return torch.cat([
-            completion_logprobs(self.engine, part.input_ids, part.attention_mask, part.completion_ids.shape[1],
-                                self.temperature)
-            for part in experience.split(self.micro_batch_size)
-        ]) * experience.mask
+        return batch_logprobs(self.engine, experience, self.micro_batch_size, self.temperature)
 
     def save_weights(self, folder: str) -> str:
         """Write the full state dict (tied weights included) as one safetensors file; rank 0 writes."""

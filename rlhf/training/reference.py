@@ -3,7 +3,7 @@
 import torch
 
 from rlhf.experience import Experience
-from rlhf.training.logprobs import completion_logprobs
+from rlhf.training.logprobs import batch_logprobs
 
 
 class ReferenceModel:
@@ -13,10 +13,5 @@ class ReferenceModel:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
         self.micro_batch_size, self.temperature = micro_batch_size, temperature
 
-    @torch.no_grad()
     def logprobs(self, experience: Experience) -> torch.Tensor:
-        return torch.cat([
-            completion_logprobs(self.model, part.input_ids, part.attention_mask, part.completion_ids.shape[1],
-                                self.temperature)
-            for part in experience.split(self.micro_batch_size)
-        ]) * experience.mask
+        return batch_logprobs(self.model, experience, self.micro_batch_size, self.temperature)

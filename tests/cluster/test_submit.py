@@ -11,7 +11,8 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, free_port
+from actors.policy import free_port
+from conftest import REPO
 
 pytestmark = pytest.mark.integration
 
