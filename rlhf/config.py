@@ -61,6 +61,11 @@ class AlgoConfig:
     use_critic: bool = MISSING
     value_clip: Optional[float] = MISSING
     critic_warmup_steps: int = MISSING
+    dynamic_sampling: bool = MISSING
+    max_sampling_rounds: int = MISSING
+    overlong_buffer: Optional[int] = MISSING
+    overlong_penalty: float = MISSING
+    mask_truncated: bool = MISSING
 
 
 @dataclass
@@ -209,6 +214,10 @@ def validate(c: Config) -> None:
                          "use a group size > 1 or algo.advantage_scale=none")
     _choice("algo.old_logprobs", c.algo.old_logprobs, {"recompute", "rollout"})
     _positive("algo.epochs", c.algo.epochs)
+    _positive("algo.max_sampling_rounds", c.algo.max_sampling_rounds)
+    if c.algo.overlong_buffer is not None and not 0 < c.algo.overlong_buffer <= c.rollout.max_new_tokens:
+        raise ValueError(f"algo.overlong_buffer={c.algo.overlong_buffer} must be in (0, rollout.max_new_tokens="
+                         f"{c.rollout.max_new_tokens}]: the punishment ramps over the budget's last tokens")
     batch = c.prompts_per_step * c.algo.group_size
     mini = c.algo.mini_batch_size or batch
     if batch % mini:

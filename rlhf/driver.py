@@ -16,13 +16,19 @@ from actors.launch import Actors, launch_actors
 from actors.weight_sync import SharedMemoryRoute
 from rlhf.algorithms import ADVANTAGE_ESTIMATORS
 from rlhf.algorithms.advantages import masked_whiten
-from rlhf.algorithms.reward_shaping import KLController, RunningMoments, normalize_rewards
+from rlhf.algorithms.reward_shaping import (
+    KLController,
+    RunningMoments,
+    informative_groups,
+    normalize_rewards,
+    soft_overlong_punishment,
+)
 from rlhf.config import Config
 from rlhf.data import PromptBatch, PromptStream, load_rows
 from rlhf.engines.base import SamplingSettings
 from rlhf.experience import Experience
+from rlhf.groups import Groups
 from rlhf.models import resolve_model_path
-from rlhf.rewards import RewardResult
 from rlhf.tracking import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -55,25 +61,25 @@ def run(cfg: Config) -> dict[str, float]:
         bar = tqdm(range(cfg.steps), desc="train", disable=not cfg.logging.progress_bar, dynamic_ncols=True)
         for step in bar:
             timer = PhaseTimer()
-            batch = prompts.next_batch(cfg.prompts_per_step)
-            experience, rewards, samples = make_experience(actors, batch, cfg, sampling, tokenizer.pad_token_id, timer)
-            experience.rewards = torch.tensor(rewards.total, dtype=torch.float32)
+            groups, sampling_metrics = sample_groups(actors, prompts, cfg, sampling, timer)
+            experience = make_experience(actors, groups, tokenizer.pad_token_id, timer)
             if cfg.algo.reward_norm:
                 experience.rewards = normalize_rewards(experience.rewards, reward_moments, cfg.algo.reward_clip)
             add_advantages(experience, estimate_advantages, replace(cfg.algo, kl_reward_beta=kl_control.value))
 
             train_policy = step >= cfg.algo.critic_warmup_steps
             with timer("train"):
-                train_metrics = train(actors, experience, train_policy)
+                train_metrics = train(actors, experience.without_truncated() if cfg.algo.mask_truncated else experience,
+                                      train_policy)
             if train_policy:
                 with timer("weight_sync"):
                     weight_sync.push()
 
             rollout_kl = sequence_kl(experience)
             kl_control.update(rollout_kl, experience.size)
-            metrics = {**rollout_metrics(experience, rewards, samples), **train_metrics,
+            metrics = {**rollout_metrics(experience, groups), **sampling_metrics, **train_metrics,
                        "rollout_kl": rollout_kl, "kl_coef": kl_control.value, **timer.seconds()}
-            report(step, metrics, batch, samples, rewards, metrics_log, bar)
+            report(step, metrics, groups, metrics_log, bar)
         if cfg.save_final:
             ray.get(actors.policy.save_pretrained.remote(str(output_dir / "final"), model_path))
             log.info("final policy saved to %s", output_dir / "final")
@@ -86,20 +92,59 @@ def run(cfg: Config) -> dict[str, float]:
     return metrics
 
 
-def make_experience(actors: Actors, batch: PromptBatch, cfg: Config, sampling: SamplingSettings, pad_id: int,
-                    timer: "PhaseTimer"):
-    """Generate, then score with the reward functions, the reference and the critic side by side."""
-    with timer("generate"):
-        samples = generate(actors, batch.token_ids, cfg.algo.group_size, sampling)
-        experience = Experience.from_samples(batch.token_ids, samples, pad_id)
-    with timer("score"):
-        completions = [s.text for group in samples for s in group]
-        rewards = score(actors, batch, completions, cfg.algo.group_size)
-        ref_logp = actors.reference.logprobs.remote(experience) if actors.reference else None
-        values = actors.critic.values.remote(experience) if actors.critic else None
+def sample_groups(actors: Actors, prompts: PromptStream, cfg: Config, sampling: SamplingSettings,
+                  timer: "PhaseTimer") -> tuple[Groups, dict[str, float]]:
+    """Draw prompts, generate a group of completions for each, and score them.
+
+    With DAPO's dynamic sampling, groups whose rewards are all equal (nothing to learn from) are dropped and
+    more prompts drawn until the batch is full. After `algo.max_sampling_rounds` rounds the batch is topped up
+    with dropped groups (advantage 0, logged), so every step trains on the same number of sequences.
+    """
+    wanted, size = cfg.prompts_per_step, cfg.algo.group_size
+    kept, dropped = [], []
+    for rounds in range(1, cfg.algo.max_sampling_rounds + 1):
+        batch = prompts.next_batch(wanted)
+        with timer("generate"):
+            samples = generate(actors, batch.token_ids, size, sampling)
+        with timer("reward"):
+            groups = Groups(batch, samples, ray.get(score(actors, batch, [s.text for g in samples for s in g], size)))
+            if cfg.algo.overlong_buffer:
+                add_overlong_punishment(groups, cfg)
+        if not cfg.algo.dynamic_sampling:
+            return groups, {}
+        informative = informative_groups(torch.tensor(groups.rewards.total), size).tolist()
+        kept.append(groups.take(i for i, keep in enumerate(informative) if keep))
+        dropped.append(groups.take(i for i, keep in enumerate(informative) if not keep))
+        if sum(map(len, kept)) >= wanted:
+            break
+    filled = max(0, wanted - sum(map(len, kept)))
+    if filled:
+        log.warning("dynamic sampling: %d of %d groups still uninformative after %d rounds (algo.max_sampling_rounds); "
+                    "training on them with advantage 0", filled, wanted, rounds)
+    groups = Groups.concat(kept + dropped).take(range(wanted))
+    return groups, {"sampling/rounds": rounds, "sampling/uninformative_in_batch": filled}
+
+
+def add_overlong_punishment(groups: Groups, cfg: Config) -> None:
+    """DAPO's soft overlong punishment, added to the total and logged as its own reward."""
+    lengths = torch.tensor([len(s.completion_ids) for s in groups.completions])
+    penalty = soft_overlong_punishment(lengths, cfg.rollout.max_new_tokens, cfg.algo.overlong_buffer,
+                                       cfg.algo.overlong_penalty).tolist()
+    groups.rewards.per_function["overlong"] = penalty
+    groups.rewards.total = [t + p for t, p in zip(groups.rewards.total, penalty)]
+
+
+def make_experience(actors: Actors, groups: Groups, pad_id: int, timer: "PhaseTimer") -> Experience:
+    """The batch as tensors, with the reference's logprobs and the critic's values (computed side by side)."""
+    experience = Experience.from_samples(groups.batch.token_ids, groups.samples, pad_id)
+    experience.rewards = torch.tensor(groups.rewards.total, dtype=torch.float32)
+    ref_logp = actors.reference.logprobs.remote(experience) if actors.reference else None
+    values = actors.critic.values.remote(experience) if actors.critic else None
+    with timer("reference"):
         experience.ref_logp = ray.get(ref_logp) if ref_logp else None
+    with timer("values"):
         experience.values = ray.get(values) if values else None
-        return experience, ray.get(rewards), samples
+    return experience
 
 
 def add_advantages(experience: Experience, estimate, algo) -> None:
@@ -119,14 +164,13 @@ def train(actors: Actors, experience: Experience, train_policy: bool) -> dict[st
     return {key: value for metrics in results for key, value in metrics.items()}
 
 
-def report(step: int, metrics: dict, batch: PromptBatch, samples, rewards: RewardResult, metrics_log: MetricsLog,
-           bar) -> None:
+def report(step: int, metrics: dict, groups: Groups, metrics_log: MetricsLog, bar) -> None:
     if metrics["reward_unscorable"]:
         log.warning("step %d: %d of %d samples unscorable (a reward function returned None/NaN); "
-                    "they get advantage 0", step, metrics["reward_unscorable"], len(rewards.total))
+                    "they get advantage 0", step, metrics["reward_unscorable"], len(groups.rewards.total))
     metrics_log.log(step, metrics)
-    metrics_log.log_samples(step, [{"prompt": batch.texts[0], "completion": samples[0][0].text,
-                                    "reward": rewards.total[0]}])
+    metrics_log.log_samples(step, [{"prompt": groups.batch.texts[0], "completion": groups.samples[0][0].text,
+                                    "reward": groups.rewards.total[0]}])
     bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['rollout_kl']:.4f}",
                     len=f"{metrics['completion_length']:.0f}", s_per_step=f"{metrics['time/step']:.1f}")
     if step % 5 == 4:
@@ -190,7 +234,8 @@ def sequence_kl(experience: Experience) -> float:
     return ((experience.rollout_logp - experience.ref_logp) * experience.mask).sum(-1).mean().item()
 
 
-def rollout_metrics(experience: Experience, rewards: RewardResult, samples) -> dict[str, float]:
+def rollout_metrics(experience: Experience, groups: Groups) -> dict[str, float]:
+    rewards = groups.rewards
     totals = torch.tensor(rewards.total)
     scorable = ~torch.isnan(totals)
     metrics = {
@@ -198,7 +243,7 @@ def rollout_metrics(experience: Experience, rewards: RewardResult, samples) -> d
         "reward_std": totals[scorable].std().item() if scorable.sum() > 1 else 0.0,
         "reward_unscorable": int((~scorable).sum()),
         "completion_length": experience.mask.sum(-1).mean().item(),
-        "truncated_fraction": sum(s.truncated for g in samples for s in g) / experience.size,
+        "truncated_fraction": experience.truncated.float().mean().item(),
     }
     for name, values in rewards.per_function.items():
         metrics[f"reward/{name}"] = torch.tensor(values).nanmean().item()

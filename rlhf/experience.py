@@ -19,6 +19,7 @@ class Experience:
     completion_ids: torch.Tensor  # [B, T] long, right-padded
     mask: torch.Tensor  # [B, T] float: 1 on real completion tokens
     rollout_logp: torch.Tensor  # [B, T] the rollout engine's logprobs of its own samples
+    truncated: torch.Tensor  # [B] bool: the completion hit the token budget
     rewards: torch.Tensor | None = None  # [B] total reward (NaN = unscorable)
     advantages: torch.Tensor | None = None  # [B, T]
     ref_logp: torch.Tensor | None = None  # [B, T] reference model's logprobs
@@ -49,6 +50,10 @@ class Experience:
             parts.append(replace(self, **sliced))
         return parts
 
+    def without_truncated(self) -> "Experience":
+        """The same batch with truncated completions masked out of every loss (DAPO's overlong filtering)."""
+        return replace(self, mask=self.mask * ~self.truncated[:, None])
+
     @classmethod
     def from_samples(cls, prompts: list[list[int]], samples: list[list[Sample]], pad_id: int) -> "Experience":
         """One row per sample; `samples[i]` are the completions of `prompts[i]`, groups kept contiguous."""
@@ -61,6 +66,7 @@ class Experience:
         completion_ids = torch.full((batch, width_t), pad_id, dtype=torch.long)
         mask = torch.zeros((batch, width_t))
         rollout_logp = torch.zeros((batch, width_t))
+        truncated = torch.tensor([sample.truncated for _, sample in rows], dtype=torch.bool)
         for i, (prompt, sample) in enumerate(rows):
             n, t = len(prompt), len(sample.completion_ids)
             prompt_ids[i, width_p - n :] = torch.tensor(prompt)
@@ -69,4 +75,4 @@ class Experience:
                 completion_ids[i, :t] = torch.tensor(sample.completion_ids)
                 rollout_logp[i, :t] = torch.tensor(sample.logprobs)
                 mask[i, :t] = 1.0
-        return cls(prompt_ids, prompt_mask, completion_ids, mask, rollout_logp)
+        return cls(prompt_ids, prompt_mask, completion_ids, mask, rollout_logp, truncated)

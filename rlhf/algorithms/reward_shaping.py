@@ -50,3 +50,25 @@ class KLController:
             return
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
+
+
+def soft_overlong_punishment(lengths: torch.Tensor, max_len: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's length penalty (spec §3.3): 0 up to max_len - buffer, then falling linearly to -factor at max_len,
+    and -factor beyond. `lengths` are completion token counts."""
+    if not 0 < buffer <= max_len:
+        raise ValueError(f"overlong buffer {buffer} must be in (0, max_len={max_len}]")
+    lengths = lengths.to(torch.float64)
+    penalty = ((max_len - buffer) - lengths) / buffer
+    return (penalty.clamp(min=-1.0, max=0.0) * factor).to(torch.float32)
+
+
+def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """DAPO's dynamic-sampling filter: True for each group whose scorable rewards are not all equal (population
+    std > 0), and for groups of one sample (verl's rule). `rewards` is [num_groups * group_size], NaN = unscorable."""
+    grouped = rewards.reshape(-1, group_size)
+    if group_size == 1:
+        return torch.ones(grouped.shape[0], dtype=torch.bool)
+    valid = ~torch.isnan(grouped)
+    highest = torch.where(valid, grouped, torch.full_like(grouped, -torch.inf)).amax(-1)
+    lowest = torch.where(valid, grouped, torch.full_like(grouped, torch.inf)).amin(-1)
+    return (valid.sum(-1) > 1) & (highest > lowest)

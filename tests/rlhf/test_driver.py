@@ -54,7 +54,7 @@ def test_algorithm_learns_through_the_actor_stack(ray_cluster, tiny_model, tmp_p
     assert last > first + 3.0, f"{algo}: reward (10 x BLEU) did not improve: {rewards}"
     assert history[-1]["rollout_kl"] > 0  # the reference model took part
     assert max(h["logprob_gap"] for h in history) < 1e-4  # fp32 engine logprobs match the learner's
-    assert {"time/generate", "time/score", "time/train", "time/weight_sync"} <= set(history[0])
+    assert {"time/generate", "time/reward", "time/reference", "time/train", "time/weight_sync"} <= set(history[0])
     if algo == "ppo":
         # the critic tracks the returns (~ the reward level): an untrained one (values ~0) would have a loss of
         # about 0.5 * reward^2
@@ -69,6 +69,22 @@ def test_algorithm_learns_through_the_actor_stack(ray_cluster, tiny_model, tmp_p
 
     final = AutoModelForCausalLM.from_pretrained(out / "final")
     assert final.config.vocab_size > 0
+
+
+def test_dapo_trains_only_on_groups_that_teach_something(ray_cluster, tiny_model, tmp_path):
+    # 12-token budget: the last 4 tokens carry the overlong punishment
+    cfg = config(tiny_model, tmp_path, "steps=24", "algo=dapo", "algo.overlong_buffer=4")
+    run(cfg)
+
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rewards = [h["reward"] for h in history]
+    assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 3.0, f"DAPO did not learn: {rewards}"
+    assert min(h["reward/overlong"] for h in history) < 0  # some completions ran into the buffer
+    assert all(h["sampling/rounds"] >= 1 for h in history)
+    # a group whose 8 rewards are all equal is dropped unless the round cap forced it in, and then counted
+    kept = [h for h in history if h["sampling/uninformative_in_batch"] == 0]
+    assert kept and all(h["reward_std"] > 0 for h in kept)
+    assert "kl" in history[0] and "rollout_kl" in history[0] and history[0]["rollout_kl"] == 0  # no reference
 
 
 def test_a_raising_reward_function_is_named_and_earlier_output_survives(ray_cluster, tiny_model, tmp_path):

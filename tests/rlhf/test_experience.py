@@ -15,3 +15,11 @@ def test_from_samples_pads_prompts_left_and_completions_right():
     assert torch.allclose(exp.rollout_logp[3], torch.tensor([-1.0, -1.1, -1.2]))
     parts = exp.split(3)
     assert [p.size for p in parts] == [3, 1] and parts[1].completion_ids.tolist() == [[8, 9, 10]]
+
+
+def test_overlong_filtering_masks_only_truncated_completions():
+    samples = [[Sample([5, 6], [-0.5, -0.6], "ab", False), Sample([7, 8], [-0.7, -0.8], "cd", True)]]
+    exp = Experience.from_samples([[1]], samples, pad_id=0)
+    assert exp.truncated.tolist() == [False, True]
+    assert exp.without_truncated().mask.tolist() == [[1, 1], [0, 0]]
+    assert exp.mask.tolist() == [[1, 1], [1, 1]]  # the original is left alone
