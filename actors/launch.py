@@ -8,23 +8,27 @@ from actors.critic import CriticActor
 from actors.policy import PolicyActor
 from actors.reference import ReferenceActor
 from actors.reward import RewardActor
+from actors.reward_model import RewardModelActor
 from actors.rollout import RolloutActor
 from rlhf.config import Config
 from rlhf.engines.vllm_engine import engine_environment
 from rlhf.models.resolve import cache_root
+from rlhf.rewards import REWARD_AGGREGATIONS
 
 
 @dataclass
 class Actors:
     rollouts: list
-    reward: object
-    reference: object | None  # None when no KL is used: no reference forward pass is needed
+    reward: object | None  # None when every objective is a reward model
+    reward_models: dict  # objective label -> RewardModelActor
+    reference: object | None  # None when neither a KL term nor the ratio needs the reference model
     policy: object
     critic: object | None  # None unless algo.use_critic
 
     def kill(self) -> None:
         """Free the actors' resources now rather than when their handles are collected."""
-        for actor in [*self.rollouts, self.reward, self.reference, self.policy, self.critic]:
+        for actor in [*self.rollouts, self.reward, *self.reward_models.values(), self.reference, self.policy,
+                      self.critic]:
             if actor is not None:
                 ray.kill(actor)
 
@@ -42,11 +46,18 @@ def launch_actors(cfg: Config, model_path: str) -> Actors:
         cfg.rollout.engine, model_path, cfg.rollout.dtype,
         cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens, cfg.seed,
     )
-    reward = RewardActor.options(
-        num_cpus=cfg.reward_actor.num_cpus, runtime_env={"env_vars": _threads(cfg.reward_actor.threads)}
-    ).remote([asdict(f) for f in cfg.reward.functions])
+    reward_env = {"env_vars": _threads(cfg.reward_actor.threads)}
+    reward = None
+    if cfg.reward.functions:
+        reward = RewardActor.options(num_cpus=cfg.reward_actor.num_cpus, runtime_env=reward_env).remote(
+            [asdict(f) for f in cfg.reward.functions], cfg.reward.timeout_s)
+    reward_models = {
+        m.label: RewardModelActor.options(num_cpus=cfg.reward_actor.num_cpus, runtime_env=reward_env).remote(
+            m.path, m.batch_size, m.max_length)
+        for m in cfg.reward.models
+    }
     reference = None
-    if cfg.algo.kl_beta > 0 or cfg.algo.kl_reward_beta > 0:
+    if cfg.algo.kl_beta > 0 or cfg.algo.kl_reward_beta > 0 or cfg.algo.ratio_against == "reference":
         reference = ReferenceActor.options(
             num_cpus=cfg.reference.num_cpus, runtime_env={"env_vars": _threads(cfg.reference.threads)}
         ).remote(model_path, cfg.reference.micro_batch_size, cfg.rollout.temperature)
@@ -58,5 +69,11 @@ def launch_actors(cfg: Config, model_path: str) -> Actors:
     if cfg.algo.use_critic:
         critic_env = {**_threads(cfg.critic.threads), "TORCH_EXTENSIONS_DIR": policy_env["TORCH_EXTENSIONS_DIR"]}
         critic = CriticActor.options(num_cpus=cfg.critic.num_cpus, runtime_env={"env_vars": critic_env}).remote(
-            cfg.critic.model_path or model_path, cfg.critic, cfg.algo, batch_size, cfg.seed)
-    return Actors([rollout], reward, reference, policy, critic)
+            cfg.critic.model_path or model_path, cfg.critic, cfg.algo, batch_size, cfg.seed, value_heads(cfg))
+    return Actors([rollout], reward, reward_models, reference, policy, critic)
+
+
+def value_heads(cfg: Config) -> int:
+    """One value head per objective when the aggregation works on per-objective advantages (PAMA with PPO)."""
+    per_objective = REWARD_AGGREGATIONS.get(cfg.reward.aggregation).per_objective_advantages
+    return len(cfg.reward.objective_labels()) if per_objective else 1

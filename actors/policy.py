@@ -32,6 +32,12 @@ class PolicyActor:
     def train_step(self, experience: Experience) -> dict[str, float]:
         return self.learner.train_step(experience)
 
+    def save_checkpoint(self, folder: str) -> None:
+        self.learner.save_checkpoint(folder)
+
+    def load_checkpoint(self, folder: str) -> None:
+        self.learner.load_checkpoint(folder)
+
     def logprobs(self, experience: Experience):
         return self.learner.logprobs(experience)
 

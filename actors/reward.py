@@ -2,13 +2,13 @@
 
 import ray
 
-from rlhf.rewards import RewardResult, RewardScorer
+from rlhf.rewards import RewardScorer
 
 
 @ray.remote
 class RewardActor:
-    def __init__(self, functions: list[dict]):
-        self.scorer = RewardScorer(functions)
+    def __init__(self, functions: list[dict], timeout_s: float):
+        self.scorer = RewardScorer(functions, timeout_s)
 
-    def score(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> RewardResult:
+    def score(self, prompts: list, completions: list[str], columns: dict[str, list]) -> dict[str, list[float]]:
         return self.scorer.score(prompts, completions, columns)

@@ -13,6 +13,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from rlhf.algorithms import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
 from rlhf.algorithms.advantages import SCALES
 from rlhf.algorithms.losses import AGGREGATION_MODES, KL_ESTIMATORS
+from rlhf.rewards.aggregation import REWARD_AGGREGATIONS
 
 
 @dataclass
@@ -66,6 +67,7 @@ class AlgoConfig:
     overlong_buffer: Optional[int] = MISSING
     overlong_penalty: float = MISSING
     mask_truncated: bool = MISSING
+    ratio_against: str = MISSING
 
 
 @dataclass
@@ -73,11 +75,47 @@ class RewardFunctionConfig:
     name: str = MISSING
     weight: float = MISSING
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the function
+    label: Optional[str] = None  # the objective's name in logs (default: `name`)
+
+
+@dataclass
+class RewardModelConfig:
+    label: str = MISSING
+    path: str = MISSING
+    weight: float = MISSING
+    batch_size: int = 16
+    max_length: int = 1024
+
+
+@dataclass
+class LscConfig:
+    ref_samples: int = MISSING
+    quantile: float = MISSING
+    estimator: str = MISSING
+
+
+@dataclass
+class PamaConfig:
+    granularity: str = MISSING
+    apply: str = MISSING
 
 
 @dataclass
 class RewardConfig:
     functions: list[RewardFunctionConfig] = MISSING
+    models: list[RewardModelConfig] = MISSING
+    weights: Optional[list[float]] = MISSING
+    aggregation: str = MISSING
+    normalize_eps: float = MISSING
+    timeout_s: float = MISSING
+    lsc: LscConfig = MISSING
+    pama: PamaConfig = MISSING
+
+    def objective_labels(self) -> list[str]:
+        return [f.label or f.name for f in self.functions] + [m.label for m in self.models]
+
+    def objective_weights(self) -> list[float]:
+        return list(self.weights) if self.weights is not None else [o.weight for o in [*self.functions, *self.models]]
 
 
 @dataclass
@@ -136,6 +174,13 @@ class LoggingConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every: int = MISSING
+    keep_last: int = MISSING
+    dir: Optional[str] = MISSING
+
+
+@dataclass
 class RayConfig:
     address: Optional[str] = MISSING
     num_cpus: Optional[int] = MISSING
@@ -154,6 +199,8 @@ class Config:
     reward_actor: RewardActorConfig = MISSING
     logging: LoggingConfig = MISSING
     ray: RayConfig = MISSING
+    checkpoint: CheckpointConfig = MISSING
+    resume: Optional[str] = MISSING
     seed: int = MISSING
     steps: int = MISSING
     prompts_per_step: int = MISSING
@@ -215,6 +262,8 @@ def validate(c: Config) -> None:
     _choice("algo.old_logprobs", c.algo.old_logprobs, {"recompute", "rollout"})
     _positive("algo.epochs", c.algo.epochs)
     _positive("algo.max_sampling_rounds", c.algo.max_sampling_rounds)
+    _positive("checkpoint.every", c.checkpoint.every, allow_zero=True)
+    _positive("checkpoint.keep_last", c.checkpoint.keep_last)
     if c.algo.overlong_buffer is not None and not 0 < c.algo.overlong_buffer <= c.rollout.max_new_tokens:
         raise ValueError(f"algo.overlong_buffer={c.algo.overlong_buffer} must be in (0, rollout.max_new_tokens="
                          f"{c.rollout.max_new_tokens}]: the punishment ramps over the budget's last tokens")
@@ -227,8 +276,22 @@ def validate(c: Config) -> None:
         if mini % _get(c, key):
             raise ValueError(f"{key}={_get(c, key)} does not divide the batch of {mini} sequences per optimizer "
                              f"step (algo.mini_batch_size, or prompts_per_step x algo.group_size)")
-    if not c.reward.functions:
-        raise ValueError("reward.functions is empty: name at least one reward function")
+    labels = c.reward.objective_labels()
+    if not labels:
+        raise ValueError("reward.functions and reward.models are both empty: configure at least one objective")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"reward objectives need distinct labels, got {labels}: set `label` on the duplicates")
+    if c.reward.weights is not None and len(c.reward.weights) != len(labels):
+        raise ValueError(f"reward.weights has {len(c.reward.weights)} values for {len(labels)} objectives {labels}")
+    _choice("reward.aggregation", c.reward.aggregation, REWARD_AGGREGATIONS.names())
+    _choice("reward.lsc.estimator", c.reward.lsc.estimator, {"empirical", "normal"})
+    _choice("reward.pama.granularity", c.reward.pama.granularity, {"batch", "token"})
+    _choice("reward.pama.apply", c.reward.pama.apply, {"weights", "scalar"})
+    _choice("algo.ratio_against", c.algo.ratio_against, {"rollout", "reference"})
+    if not 0 < c.reward.lsc.quantile < 1:
+        raise ValueError(f"reward.lsc.quantile={c.reward.lsc.quantile} must be in (0, 1)")
+    _positive("reward.lsc.ref_samples", c.reward.lsc.ref_samples)
+    _positive("reward.timeout_s", c.reward.timeout_s)
 
 
 def _get(c: Config, dotted: str):

@@ -16,18 +16,21 @@ from actors.launch import Actors, launch_actors
 from actors.weight_sync import SharedMemoryRoute
 from rlhf.algorithms import ADVANTAGE_ESTIMATORS
 from rlhf.algorithms.advantages import masked_whiten
-from rlhf.algorithms.reward_shaping import (
-    KLController,
-    RunningMoments,
-    informative_groups,
-    normalize_rewards,
-    soft_overlong_punishment,
+from rlhf.algorithms.reward_shaping import KLController, RunningMoments, normalize_rewards
+from rlhf.checkpoint import (
+    check_no_later_checkpoints,
+    find_checkpoint,
+    read_driver_state,
+    remove_unfinished,
+    save_checkpoint,
 )
 from rlhf.config import Config
-from rlhf.data import PromptBatch, PromptStream, load_rows
-from rlhf.engines.base import SamplingSettings
+from rlhf.data import PromptStream, load_rows
 from rlhf.experience import Experience
 from rlhf.groups import Groups
+from rlhf.rewards import REWARD_AGGREGATIONS
+from rlhf.rewards.aggregation import Aggregation
+from rlhf.sampling import Sampler
 from rlhf.models import resolve_model_path
 from rlhf.tracking import MetricsLog
 
@@ -46,26 +49,48 @@ def run(cfg: Config) -> dict[str, float]:
         check_same_tokenizer(tokenizer, cfg.critic.model_path)
     prompts = PromptStream(load_rows(cfg.data), tokenizer, cfg.data.system_prompt, cfg.data.max_prompt_tokens, cfg.seed)
 
+    checkpoint_root = Path(cfg.checkpoint.dir or output_dir / "checkpoints").absolute()
+    resume_from = find_checkpoint(cfg.resume, checkpoint_root)
+    state = read_driver_state(resume_from) if resume_from else None
+    if state and cfg.algo.use_critic and not (resume_from / "critic").is_dir():
+        raise ValueError(f"{resume_from} holds no critic but algo.use_critic is true: resume with the algorithm "
+                         "the checkpoint was written with")
+    check_no_later_checkpoints(checkpoint_root, state["step"] if state else -1)
+    remove_unfinished(checkpoint_root)
+
     started_ray = connect_ray(cfg)
     actors = launch_actors(cfg, model_path)
     weight_sync = SharedMemoryRoute(actors.policy, actors.rollouts,
                                     os.path.join(cfg.rollout.sync_dir, f"rlhf-weights-{os.getpid()}-{time.time_ns()}"))
     metrics_log = MetricsLog(str(output_dir), cfg.logging.run_name or output_dir.name, cfg.logging.wandb_mode,
-                             cfg.logging.wandb_project, cfg.logging.wandb_entity, asdict(cfg), cfg.logging.plot)
+                             cfg.logging.wandb_project, cfg.logging.wandb_entity, asdict(cfg), cfg.logging.plot,
+                             resume_step=state["step"] + 1 if state else None,
+                             wandb_id=state["wandb_id"] if state else None)
     estimate_advantages = ADVANTAGE_ESTIMATORS.get(cfg.algo.advantage_estimator)
+    aggregation = REWARD_AGGREGATIONS.get(cfg.reward.aggregation)(cfg.reward)
     kl_control = KLController(cfg.algo.kl_reward_beta, cfg.algo.kl_target, cfg.algo.kl_horizon)
     reward_moments = RunningMoments()
-    sampling = SamplingSettings(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p)
+    sampler = Sampler(actors, cfg, aggregation)
     metrics: dict[str, float] = {}
     try:
-        bar = tqdm(range(cfg.steps), desc="train", disable=not cfg.logging.progress_bar, dynamic_ncols=True)
+        if aggregation.needs_reference_rewards:  # from the initial policy: before any checkpoint is loaded
+            sampler.reference_rewards = sampler.estimate_reference_rewards(prompts, output_dir / "reference_rewards.json")
+        first_step = 0
+        if state:
+            restore(actors, resume_from, state, prompts, kl_control, reward_moments)
+            weight_sync.push()
+            first_step = state["step"] + 1
+            log.info("resumed from %s: continuing at step %d", resume_from, first_step)
+        bar = tqdm(range(first_step, cfg.steps), desc="train", disable=not cfg.logging.progress_bar,
+                   dynamic_ncols=True, initial=first_step, total=cfg.steps)
         for step in bar:
             timer = PhaseTimer()
-            groups, sampling_metrics = sample_groups(actors, prompts, cfg, sampling, timer)
+            groups, sampling_metrics = sampler.sample_groups(prompts, step, timer)
             experience = make_experience(actors, groups, tokenizer.pad_token_id, timer)
             if cfg.algo.reward_norm:
                 experience.rewards = normalize_rewards(experience.rewards, reward_moments, cfg.algo.reward_clip)
-            add_advantages(experience, estimate_advantages, replace(cfg.algo, kl_reward_beta=kl_control.value))
+            advantage_metrics = add_advantages(experience, estimate_advantages,
+                                               replace(cfg.algo, kl_reward_beta=kl_control.value), aggregation)
 
             train_policy = step >= cfg.algo.critic_warmup_steps
             with timer("train"):
@@ -77,9 +102,15 @@ def run(cfg: Config) -> dict[str, float]:
 
             rollout_kl = sequence_kl(experience)
             kl_control.update(rollout_kl, experience.size)
-            metrics = {**rollout_metrics(experience, groups), **sampling_metrics, **train_metrics,
+            metrics = {**rollout_metrics(experience, groups), **sampling_metrics, **advantage_metrics, **train_metrics,
                        "rollout_kl": rollout_kl, "kl_coef": kl_control.value, **timer.seconds()}
             report(step, metrics, groups, metrics_log, bar)
+            if cfg.checkpoint.every and ((step + 1) % cfg.checkpoint.every == 0 or step == cfg.steps - 1):
+                driver_state = {"step": step, "prompts": prompts.state_dict(), "kl_coef": kl_control.value,
+                                "reward_moments": reward_moments.state_dict(), "wandb_id": metrics_log.wandb_id}
+                path = save_checkpoint(checkpoint_root, step, lambda folder: save_learners(actors, folder),
+                                       driver_state, cfg.checkpoint.keep_last)
+                log.info("step %d: checkpoint written to %s", step, path)
         if cfg.save_final:
             ray.get(actors.policy.save_pretrained.remote(str(output_dir / "final"), model_path))
             log.info("final policy saved to %s", output_dir / "final")
@@ -92,52 +123,25 @@ def run(cfg: Config) -> dict[str, float]:
     return metrics
 
 
-def sample_groups(actors: Actors, prompts: PromptStream, cfg: Config, sampling: SamplingSettings,
-                  timer: "PhaseTimer") -> tuple[Groups, dict[str, float]]:
-    """Draw prompts, generate a group of completions for each, and score them.
-
-    With DAPO's dynamic sampling, groups whose rewards are all equal (nothing to learn from) are dropped and
-    more prompts drawn until the batch is full. After `algo.max_sampling_rounds` rounds the batch is topped up
-    with dropped groups (advantage 0, logged), so every step trains on the same number of sequences.
-    """
-    wanted, size = cfg.prompts_per_step, cfg.algo.group_size
-    kept, dropped = [], []
-    for rounds in range(1, cfg.algo.max_sampling_rounds + 1):
-        batch = prompts.next_batch(wanted)
-        with timer("generate"):
-            samples = generate(actors, batch.token_ids, size, sampling)
-        with timer("reward"):
-            groups = Groups(batch, samples, ray.get(score(actors, batch, [s.text for g in samples for s in g], size)))
-            if cfg.algo.overlong_buffer:
-                add_overlong_punishment(groups, cfg)
-        if not cfg.algo.dynamic_sampling:
-            return groups, {}
-        informative = informative_groups(torch.tensor(groups.rewards.total), size).tolist()
-        kept.append(groups.take(i for i, keep in enumerate(informative) if keep))
-        dropped.append(groups.take(i for i, keep in enumerate(informative) if not keep))
-        if sum(map(len, kept)) >= wanted:
-            break
-    filled = max(0, wanted - sum(map(len, kept)))
-    if filled:
-        log.warning("dynamic sampling: %d of %d groups still uninformative after %d rounds (algo.max_sampling_rounds); "
-                    "training on them with advantage 0", filled, wanted, rounds)
-    groups = Groups.concat(kept + dropped).take(range(wanted))
-    return groups, {"sampling/rounds": rounds, "sampling/uninformative_in_batch": filled}
+def save_learners(actors: Actors, folder: Path) -> None:
+    learners = {"policy": actors.policy, "critic": actors.critic}
+    ray.get([actor.save_checkpoint.remote(str(folder / name)) for name, actor in learners.items() if actor])
 
 
-def add_overlong_punishment(groups: Groups, cfg: Config) -> None:
-    """DAPO's soft overlong punishment, added to the total and logged as its own reward."""
-    lengths = torch.tensor([len(s.completion_ids) for s in groups.completions])
-    penalty = soft_overlong_punishment(lengths, cfg.rollout.max_new_tokens, cfg.algo.overlong_buffer,
-                                       cfg.algo.overlong_penalty).tolist()
-    groups.rewards.per_function["overlong"] = penalty
-    groups.rewards.total = [t + p for t, p in zip(groups.rewards.total, penalty)]
+def restore(actors: Actors, folder: Path, state: dict, prompts: PromptStream, kl_control: KLController,
+            reward_moments: RunningMoments) -> None:
+    learners = {"policy": actors.policy, "critic": actors.critic}
+    ray.get([actor.load_checkpoint.remote(str(folder / name)) for name, actor in learners.items() if actor])
+    prompts.load_state_dict(state["prompts"])
+    kl_control.value = state["kl_coef"]
+    reward_moments.load_state_dict(state["reward_moments"])
 
 
 def make_experience(actors: Actors, groups: Groups, pad_id: int, timer: "PhaseTimer") -> Experience:
     """The batch as tensors, with the reference's logprobs and the critic's values (computed side by side)."""
     experience = Experience.from_samples(groups.batch.token_ids, groups.samples, pad_id)
     experience.rewards = torch.tensor(groups.rewards.total, dtype=torch.float32)
+    experience.objective_rewards = groups.rewards.objectives()
     ref_logp = actors.reference.logprobs.remote(experience) if actors.reference else None
     values = actors.critic.values.remote(experience) if actors.critic else None
     with timer("reference"):
@@ -147,14 +151,37 @@ def make_experience(actors: Actors, groups: Groups, pad_id: int, timer: "PhaseTi
     return experience
 
 
-def add_advantages(experience: Experience, estimate, algo) -> None:
-    """Advantages from the registered estimator; the critic's targets are taken before any whitening."""
-    advantages = estimate(experience, algo)
-    if experience.values is not None:
-        experience.returns = (advantages + experience.values) * experience.mask
+def add_advantages(experience: Experience, estimate, algo, aggregation: Aggregation) -> dict[str, float]:
+    """Advantages from the registered estimator; the critic's targets are taken before any whitening.
+
+    An aggregation that combines advantages (PAMA) gets the estimator's advantages for each objective on its
+    own, each against its own value head when there is a critic."""
+    metrics = {}
+    if aggregation.per_objective_advantages:
+        objectives = experience.objective_rewards
+        values = experience.values
+        per_objective = torch.stack([
+            estimate(replace(experience, rewards=objectives[:, k],
+                             values=values[..., k] if values is not None and values.dim() == 3 else values), algo)
+            for k in range(objectives.shape[1])
+        ], -1)
+        if values is not None:
+            experience.returns = (per_objective.reshape(values.shape) + values) * _mask_like(experience.mask, values)
+        ratio = (torch.exp(experience.rollout_logp - experience.ref_logp) if algo.ratio_against == "reference"
+                 else torch.ones_like(experience.mask))
+        advantages, metrics = aggregation.combine_advantages(per_objective, experience.mask, ratio, algo.clip_eps_high)
+    else:
+        advantages = estimate(experience, algo)
+        if experience.values is not None:
+            experience.returns = (advantages + experience.values) * experience.mask
     if algo.whiten_advantages:
         advantages = masked_whiten(advantages, experience.mask)
     experience.advantages = advantages
+    return metrics
+
+
+def _mask_like(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    return mask[..., None] if values.dim() == 3 else mask
 
 
 def train(actors: Actors, experience: Experience, train_policy: bool) -> dict[str, float]:
@@ -210,23 +237,6 @@ def connect_ray(cfg: Config) -> bool:
     return True
 
 
-def generate(actors: Actors, prompts: list[list[int]], n: int, sampling: SamplingSettings):
-    """Share the prompts among the rollout engines; results come back in prompt order."""
-    engines = actors.rollouts
-    chunk = math.ceil(len(prompts) / len(engines))
-    parts = [prompts[i : i + chunk] for i in range(0, len(prompts), chunk)]
-    results = ray.get([engine.generate.remote(part, n, sampling) for engine, part in zip(engines, parts)])
-    return [group for part in results for group in part]
-
-
-def score(actors: Actors, batch: PromptBatch, completions: list[str], group_size: int):
-    """Start scoring (returns a Ray reference): every row column is repeated for each sample of its group."""
-    repeat = lambda values: [v for v in values for _ in range(group_size)]  # noqa: E731
-    columns = {key: repeat([row.get(key) for row in batch.rows]) for key in batch.rows[0] if key != "prompt"}
-    prompts = repeat([row["prompt"] for row in batch.rows])
-    return actors.reward.score.remote(prompts, completions, columns)
-
-
 def sequence_kl(experience: Experience) -> float:
     """Mean over sequences of the summed k1 KL between the rollout policy and the reference (0 without one)."""
     if experience.ref_logp is None:
@@ -245,7 +255,7 @@ def rollout_metrics(experience: Experience, groups: Groups) -> dict[str, float]:
         "completion_length": experience.mask.sum(-1).mean().item(),
         "truncated_fraction": experience.truncated.float().mean().item(),
     }
-    for name, values in rewards.per_function.items():
+    for name, values in {**rewards.per_objective, **rewards.shaping}.items():
         metrics[f"reward/{name}"] = torch.tensor(values).nanmean().item()
     return metrics
 

@@ -21,6 +21,7 @@ class Experience:
     rollout_logp: torch.Tensor  # [B, T] the rollout engine's logprobs of its own samples
     truncated: torch.Tensor  # [B] bool: the completion hit the token budget
     rewards: torch.Tensor | None = None  # [B] total reward (NaN = unscorable)
+    objective_rewards: torch.Tensor | None = None  # [B, K] each objective's reward, before aggregation
     advantages: torch.Tensor | None = None  # [B, T]
     ref_logp: torch.Tensor | None = None  # [B, T] reference model's logprobs
     values: torch.Tensor | None = None  # [B, T] critic's value of the state before each token

@@ -3,16 +3,40 @@ together so that whole groups can be dropped and topped up (DAPO's dynamic sampl
 
 from dataclasses import dataclass
 
+import torch
+
 from rlhf.data import PromptBatch
 from rlhf.engines.base import Sample
-from rlhf.rewards import RewardResult
+
+
+@dataclass
+class RewardResult:
+    """Rewards of a batch of samples, flat, group after group."""
+
+    per_objective: dict[str, list[float]]  # one list per objective, in config order; NaN = unscorable
+    total: list[float]  # what the advantage estimator sees: the aggregated objectives plus any shaping
+    shaping: dict[str, list[float]]  # terms added to the total that are not objectives (DAPO's overlong)
+
+    def objectives(self) -> torch.Tensor:
+        """[B, K], objectives in config order."""
+        return torch.tensor(list(self.per_objective.values()), dtype=torch.float32).T.reshape(len(self.total), -1)
+
+    def take(self, indices: list[int]) -> "RewardResult":
+        pick = lambda table: {k: [v[i] for i in indices] for k, v in table.items()}  # noqa: E731
+        return RewardResult(pick(self.per_objective), [self.total[i] for i in indices], pick(self.shaping))
+
+    @staticmethod
+    def concat(parts: list["RewardResult"]) -> "RewardResult":
+        join = lambda tables: {k: [v for t in tables for v in t[k]] for k in tables[0]}  # noqa: E731
+        return RewardResult(join([p.per_objective for p in parts]), [v for p in parts for v in p.total],
+                            join([p.shaping for p in parts]))
 
 
 @dataclass
 class Groups:
     batch: PromptBatch
     samples: list[list[Sample]]  # samples[i] are the completions of prompt i
-    rewards: RewardResult  # flat over samples, group after group
+    rewards: RewardResult
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -25,13 +49,11 @@ class Groups:
         """The groups at `indices`, in that order."""
         indices = list(indices)
         size = len(self.samples[0]) if self.samples else 0
-        flat = [i * size + j for i in indices for j in range(size)]
         pick = lambda values: [values[i] for i in indices]  # noqa: E731
         return Groups(
             PromptBatch(pick(self.batch.rows), pick(self.batch.token_ids), pick(self.batch.texts)),
             pick(self.samples),
-            RewardResult({k: [v[i] for i in flat] for k, v in self.rewards.per_function.items()},
-                         [self.rewards.total[i] for i in flat]),
+            self.rewards.take([i * size + j for i in indices for j in range(size)]),
         )
 
     @staticmethod
@@ -40,6 +62,5 @@ class Groups:
             PromptBatch([r for p in parts for r in p.batch.rows], [t for p in parts for t in p.batch.token_ids],
                         [t for p in parts for t in p.batch.texts]),
             [g for p in parts for g in p.samples],
-            RewardResult({k: [v for p in parts for v in p.rewards.per_function[k]] for k in parts[0].rewards.per_function},
-                         [v for p in parts for v in p.rewards.total]),
+            RewardResult.concat([p.rewards for p in parts]),
         )

@@ -7,21 +7,32 @@ from pathlib import Path
 
 
 class MetricsLog:
+    """Appends to `metrics.jsonl` and `samples.jsonl`. A run resumed at step k first moves the lines of steps
+    >= k (logged after that checkpoint, about to be redone) to `*.superseded.jsonl`: nothing is deleted."""
+
     def __init__(self, output_dir: str, run_name: str, wandb_mode: str, project: str, entity: str | None,
-                 config: dict, plot: bool):
+                 config: dict, plot: bool, resume_step: int | None = None, wandb_id: str | None = None):
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
         self.plot_enabled = plot
         self.history: list[dict] = []
-        self._file = open(self.path, "a", encoding="utf-8")  # append: earlier lines are never rewritten
+        if resume_step is not None:
+            self.history = _keep_steps_before(self.path, resume_step)
+            _keep_steps_before(self.dir / "samples.jsonl", resume_step)
+        self._file = open(self.path, "a", encoding="utf-8")
         self.wandb = None
         if wandb_mode != "disabled":
             import wandb
 
             os.environ.setdefault("WANDB_DIR", str(self.dir))
             self.wandb = wandb.init(project=project, entity=entity, name=run_name, dir=str(self.dir),
-                                    mode=wandb_mode, config=config, reinit="finish_previous")
+                                    mode=wandb_mode, config=config, reinit="finish_previous",
+                                    id=wandb_id, resume="allow" if wandb_id else None)
+
+    @property
+    def wandb_id(self) -> str | None:
+        return self.wandb.id if self.wandb is not None else None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
@@ -46,6 +57,31 @@ class MetricsLog:
         self._file.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _keep_steps_before(path: Path, step: int) -> list[dict]:
+    """Rewrite a JSONL log (atomically) with the records of steps before `step`; append the others to the
+    `.superseded.jsonl` file beside it. Returns the kept records."""
+    if not path.exists():
+        return []
+    kept, superseded = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            (kept if _step_of(line) < step else superseded).append(line)
+    if superseded:
+        with open(path.with_suffix(".superseded.jsonl"), "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in superseded))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return [json.loads(line) for line in kept]
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf  # a line cut short by a crash
 
 
 def _pyplot():
@@ -74,6 +110,20 @@ def plot_comparison(curves: dict[str, list[float]], path: Path) -> Path:
     ax.set_ylabel("mean reward")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_pareto(points: dict[str, list[float]], start: list[float], labels: list[str], path: Path) -> Path:
+    """Each run's final pair of objective rewards as a point, with the shared starting point."""
+    fig, ax = _pyplot().subplots(figsize=(6, 5))
+    ax.scatter([start[0]], [start[1]], marker="x", color="grey", label="start")
+    for name, (x, y) in points.items():
+        ax.scatter([x], [y], marker="*" if "PAMA" in name else "o", s=120 if "PAMA" in name else 40, label=name)
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -54,7 +54,8 @@ def main() -> None:
     for algo in args.algos:
         run_dir = args.out / algo
         cfg = load_config(compose_config(*base, f"algo={algo}", f"steps={args.steps}", f"output_dir={run_dir}",
-                                         "logging.wandb_mode=disabled", "save_final=false"))
+                                         "logging.wandb_mode=disabled", "save_final=false",
+                                         "checkpoint.every=0"))
         run(cfg)
         history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         curves[algo] = [h["reward"] for h in history]

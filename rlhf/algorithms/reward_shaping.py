@@ -30,6 +30,9 @@ class RunningMoments:
     def state_dict(self) -> dict:
         return {"mean": self.mean, "m2": self.m2, "count": self.count}
 
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.m2, self.count = state["mean"], state["m2"], state["count"]
+
 
 def normalize_rewards(rewards: torch.Tensor, moments: RunningMoments, clip: float | None) -> torch.Tensor:
     """Update the running statistics with this batch first, then (r - mean) / std, clipped to +-clip."""

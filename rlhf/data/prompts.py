@@ -103,5 +103,9 @@ class PromptStream:
             texts=[self.texts[i] for i in picked],
         )
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._shuffled(self.epoch)

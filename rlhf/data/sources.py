@@ -17,6 +17,9 @@ def reasoning_gym_rows(task: str, size: int, seed: int) -> list[dict]:
                 "question": item["question"],
                 "answer": str(item["answer"]),
                 "answer_cot": metadata.get("answer_cot", str(item["answer"])),
+                # what the task's own verifier needs (the `reasoning_gym` reward)
+                "rg_task": task,
+                "rg_entry": item,
             }
         )
     return rows

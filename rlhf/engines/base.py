@@ -17,6 +17,7 @@ class SamplingSettings:
     max_new_tokens: int
     temperature: float
     top_p: float
+    seed: int | None = None  # prompt i's n samples use seeds seed + i*n ... (reproducible across restarts)
 
 
 class GenerationEngine(ABC):

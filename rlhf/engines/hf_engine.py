@@ -20,6 +20,8 @@ class HFEngine(GenerationEngine):
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
         out = self.model.generate(
             input_ids=input_ids, attention_mask=attention_mask, do_sample=True,
             temperature=sampling.temperature, top_p=sampling.top_p, top_k=0, max_new_tokens=sampling.max_new_tokens,

@@ -34,10 +34,11 @@ class VLLMEngine(GenerationEngine):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(
-            n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-            max_tokens=sampling.max_new_tokens, logprobs=0,
-        )
+        # vLLM seeds the i-th sample of a request with seed + i: prompts get disjoint seed ranges
+        params = [SamplingParams(
+            n=n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
+            logprobs=0, seed=None if sampling.seed is None else sampling.seed + i * n,
+        ) for i in range(len(prompts))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         groups = []
         for output in outputs:

@@ -17,11 +17,13 @@ _CORPUS = [
 ]
 
 
-def build_tiny_model(folder: str | Path, vocab_size: int = 512, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """Write a tiny LlamaForCausalLM + tokenizer to `folder` (atomically) and return it. Under a second."""
+def build_tiny_model(folder: str | Path, vocab_size: int = 512, hidden: int = 64, layers: int = 2, seed: int = 0,
+                     reward_model: bool = False) -> Path:
+    """Write a tiny LlamaForCausalLM + tokenizer to `folder` (atomically) and return it. Under a second.
+    `reward_model=True`: a LlamaForSequenceClassification with one label instead (a tiny reward model)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
     folder = Path(folder)
     if (folder / "config.json").exists():
@@ -56,7 +58,9 @@ def build_tiny_model(folder: str | Path, vocab_size: int = 512, hidden: int = 64
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    model = LlamaForCausalLM(config)
+    if reward_model:
+        config.num_labels = 1
+    model = LlamaForSequenceClassification(config) if reward_model else LlamaForCausalLM(config)
 
     def save(tmp: Path) -> None:
         model.save_pretrained(tmp)

@@ -1,6 +1,6 @@
 """Combining several objectives: PAMA's closed-form weights (spec §1.4) and the LSC transform (spec §5).
 
-Pure tensor math; the driver wiring (objective vectors per sample, aggregation registry) comes with issue 4.
+Pure tensor math; `rlhf/rewards/aggregation.py` puts them to work.
 """
 
 import torch
@@ -34,9 +34,11 @@ def pama_weights(objective_advantages: torch.Tensor) -> tuple[float, torch.Tenso
     return 0.0, weights
 
 
-def lsc_transform(rewards: torch.Tensor, r_ref: torch.Tensor) -> torch.Tensor:
-    """Log-sigmoid-centred utility summed over objectives: sum_k log sigmoid(r_k - r_ref_k) (spec §5).
+def lsc_transform(rewards: torch.Tensor, r_ref: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-sigmoid-centred utility summed over objectives: sum_k w_k log sigmoid(r_k - r_ref_k) (spec §5;
+    weights default to 1, the paper's plain sum).
 
     `rewards` is [..., K] (K objectives), `r_ref` broadcasts to it. The result is < 0; 0 is the maximum.
     """
-    return torch.nn.functional.logsigmoid(rewards - r_ref).sum(-1)
+    utility = torch.nn.functional.logsigmoid(rewards - r_ref)  # stable: logsigmoid(-50) = -50, not -inf
+    return (utility if weights is None else utility * weights.to(utility.dtype)).sum(-1)

@@ -1,9 +1,10 @@
 """Run the configured reward functions over a batch and check what they return."""
 
+import asyncio
+import concurrent.futures
 import importlib
 import inspect
 import math
-from dataclasses import dataclass
 
 from rlhf.rewards.functions import REWARD_FUNCTIONS
 
@@ -23,33 +24,59 @@ def resolve_function(name: str):
         raise ValueError(f"reward function {name!r} cannot be imported: {err}") from err
 
 
-@dataclass
-class RewardResult:
-    per_function: dict[str, list[float]]  # NaN where a function returned None or NaN (unscorable)
-    total: list[float]  # weighted sum; NaN where any function could not score the sample
-
-
 class RewardScorer:
-    def __init__(self, functions: list[dict]):
-        self.functions = []
-        for spec in functions:
-            fn = resolve_function(spec["name"])
-            if inspect.iscoroutinefunction(fn):
-                raise ValueError(f"reward function {spec['name']!r} is async; async rewards are not supported yet")
-            self.functions.append((spec["name"], fn, float(spec["weight"]), dict(spec.get("kwargs") or {})))
+    """Each function is one objective, labelled by `label` (default: its name). Sync functions run in a worker
+    thread and async ones in an event loop, both under `timeout_s` per call."""
 
-    def score(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> RewardResult:
-        per_function, total = {}, [0.0] * len(completions)
-        for name, fn, weight, kwargs in self.functions:
+    def __init__(self, functions: list[dict], timeout_s: float):
+        self.functions, self.timeout_s = [], timeout_s
+        for spec in functions:
+            label = spec.get("label") or spec["name"]
+            if label in [f[0] for f in self.functions]:
+                raise ValueError(f"two reward functions are labelled {label!r}: give one a distinct `label`")
+            self.functions.append((label, resolve_function(spec["name"]), dict(spec.get("kwargs") or {})))
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    @property
+    def labels(self) -> list[str]:
+        return [label for label, _, _ in self.functions]
+
+    def score(self, prompts: list, completions: list[str], columns: dict[str, list]) -> dict[str, list[float]]:
+        """label -> one float per completion (NaN where the function returned None or NaN: unscorable)."""
+        out = {}
+        for label, fn, kwargs in self.functions:
             try:
-                values = fn(prompts=prompts, completions=completions, **columns, **kwargs)
+                values = self._call(fn, prompts, completions, columns, kwargs)
+            except TimeoutError as err:
+                raise RewardFunctionError(f"reward function {label!r} timed out after {self.timeout_s} s on a batch "
+                                          f"of {len(completions)} (reward.timeout_s)") from err
             except Exception as err:
-                culprit = _find_failing_sample(fn, prompts, completions, columns, kwargs)
-                raise RewardFunctionError(f"reward function {name!r} raised {err!r}{culprit}") from err
-            values = _check_values(name, values, len(completions))
-            per_function[name] = values
-            total = [t + weight * v for t, v in zip(total, values)]
-        return RewardResult(per_function, total)
+                culprit = self._find_failing_sample(fn, prompts, completions, columns, kwargs)
+                raise RewardFunctionError(f"reward function {label!r} raised {err!r}{culprit}") from err
+            out[label] = _check_values(label, values, len(completions))
+        return out
+
+    def _call(self, fn, prompts, completions, columns, kwargs):
+        arguments = {"prompts": prompts, "completions": completions, **columns, **kwargs}
+        if inspect.iscoroutinefunction(fn):
+            return asyncio.run(asyncio.wait_for(fn(**arguments), self.timeout_s))
+        try:
+            return self._pool.submit(fn, **arguments).result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            # the stuck call keeps its thread; later calls get a fresh one
+            self._pool.shutdown(wait=False)
+            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+            raise TimeoutError from None
+
+    def _find_failing_sample(self, fn, prompts, completions, columns, kwargs) -> str:
+        """Re-run sample by sample to name the one that makes the function raise."""
+        for i in range(len(completions)):
+            try:
+                self._call(fn, prompts[i : i + 1], completions[i : i + 1],
+                           {k: v[i : i + 1] for k, v in columns.items()}, kwargs)
+            except Exception:
+                return f" on sample {i} (completion {completions[i][:200]!r})"
+        return ""
 
 
 def _check_values(name: str, values, expected: int) -> list[float]:
@@ -62,18 +89,11 @@ def _check_values(name: str, values, expected: int) -> list[float]:
             out.append(math.nan)
             continue
         try:
-            out.append(float(value))
+            value = float(value)
         except (TypeError, ValueError) as err:
             raise RewardFunctionError(f"reward function {name!r} returned {value!r} for sample {index}") from err
+        if math.isinf(value):
+            raise RewardFunctionError(f"reward function {name!r} returned {value} for sample {index}: rewards must be "
+                                      "finite (return None or NaN for a sample that cannot be scored)")
+        out.append(value)
     return out
-
-
-def _find_failing_sample(fn, prompts, completions, columns, kwargs) -> str:
-    """Re-run sample by sample to name the one that makes the function raise."""
-    for i in range(len(completions)):
-        try:
-            fn(prompts=prompts[i : i + 1], completions=completions[i : i + 1],
-               **{k: v[i : i + 1] for k, v in columns.items()}, **kwargs)
-        except Exception:
-            return f" on sample {i} (completion {completions[i][:200]!r})"
-    return ""

@@ -1,6 +1,6 @@
 """The critic learner: a language model with a scalar value head, trained by DeepSpeed like the policy.
 
-It is a HF `AutoModelForTokenClassification` with one label: the backbone comes from the policy's folder or
+It is a HF `AutoModelForTokenClassification` with one label (one per objective under PAMA): the backbone comes from the policy's folder or
 from any other folder (a reward model's, say), the value head starts fresh when the folder has none.
 """
 
@@ -11,34 +11,38 @@ import torch
 from rlhf.algorithms import aggregate_loss
 from rlhf.algorithms.losses import clipped_value_loss
 from rlhf.experience import Experience
-from rlhf.training.deepspeed_engine import backward_and_step, make_engine
+from rlhf.training.policy import NonFiniteLossError
+from rlhf.training.deepspeed_engine import backward_and_step, load_training_state, make_engine, save_training_state
 
 
 def completion_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int):
-    """[B, T] value of the state before each completion token (the position that predicts it)."""
+    """[B, T] value of the state before each completion token (the position that predicts it); [B, T, K]
+    with K value heads."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    return out[:, -completion_len - 1 : -1, 0].float()
+    values = out[:, -completion_len - 1 : -1].float()
+    return values[..., 0] if values.shape[-1] == 1 else values
 
 
 class CriticLearner:
-    def __init__(self, model_path: str, critic_cfg, algo_cfg, batch_size: int, seed: int):
+    def __init__(self, model_path: str, critic_cfg, algo_cfg, batch_size: int, seed: int, heads: int = 1):
         from transformers import AutoModelForTokenClassification
 
         torch.manual_seed(seed)
         self.algo = algo_cfg
         self.mini_batch_size = algo_cfg.mini_batch_size or batch_size
         self.micro_batch_size = critic_cfg.micro_batch_size
-        model = AutoModelForTokenClassification.from_pretrained(model_path, num_labels=1, dtype=torch.float32)
+        model = AutoModelForTokenClassification.from_pretrained(model_path, num_labels=heads, dtype=torch.float32)
         self.engine = make_engine(model, critic_cfg, self.mini_batch_size)
 
     @torch.no_grad()
     def values(self, experience: Experience) -> torch.Tensor:
         self.engine.eval()
-        return torch.cat([
+        values = torch.cat([
             completion_values(self.engine, p.input_ids, p.attention_mask, p.completion_ids.shape[1])
             for p in experience.split(self.micro_batch_size)
-        ]) * experience.mask
+        ])
+        return values * (experience.mask if values.dim() == 2 else experience.mask[..., None])
 
     def train_step(self, experience: Experience) -> dict[str, float]:
         if experience.values is None or experience.returns is None:
@@ -52,15 +56,23 @@ class CriticLearner:
                     values = completion_values(self.engine, part.input_ids, part.attention_mask,
                                                part.completion_ids.shape[1])
                     token_losses = clipped_value_loss(values, part.values, part.returns, self.algo.value_clip)
+                    if token_losses.dim() == 3:  # one value head per objective: their losses averaged
+                        token_losses = token_losses.mean(-1)
                     loss = aggregate_loss(token_losses, part.mask, "token-mean", num_tokens=num_tokens)
                     if not math.isfinite(loss.item()):
-                        raise ValueError(f"critic loss is {loss.item()}: check the returns and rewards")
+                        raise NonFiniteLossError(f"critic loss is {loss.item()}: check the returns and rewards")
                     backward_and_step(self.engine, loss, totals)
                     totals["value_loss"] += loss.item()
                 updates += 1
         totals["value_loss"] /= updates
         totals["explained_variance"] = explained_variance(experience.values, experience.returns, experience.mask)
         return {f"critic/{k}": v for k, v in totals.items()}
+
+    def save_checkpoint(self, folder: str) -> None:
+        save_training_state(self.engine, folder, {})
+
+    def load_checkpoint(self, folder: str) -> None:
+        load_training_state(self.engine, folder)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

@@ -61,3 +61,20 @@ def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
         return None
     # Tied embeddings: vLLM needs lm_head.weight present, and safetensors refuses shared storage.
     return {k: v.contiguous().clone() for k, v in state.items()}
+
+
+def save_training_state(engine, folder: str, client_state: dict) -> None:
+    """Weights, optimizer, scheduler (DeepSpeed's checkpoint format, sharded under ZeRO) plus the torch RNG.
+    Every rank calls this; the caller makes the enclosing folder appear atomically."""
+    state = {**client_state, "torch_rng": torch.get_rng_state()}
+    engine.save_checkpoint(folder, tag="state", client_state=state, save_latest=False)
+
+
+def load_training_state(engine, folder: str) -> dict:
+    """Restore what `save_training_state` wrote; returns the client state."""
+    _, client_state = engine.load_checkpoint(folder, tag="state", load_optimizer_states=True,
+                                             load_lr_scheduler_states=True)
+    if client_state is None:
+        raise FileNotFoundError(f"no DeepSpeed checkpoint under {folder}/state")
+    torch.set_rng_state(client_state.pop("torch_rng"))
+    return client_state

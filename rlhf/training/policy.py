@@ -13,7 +13,13 @@ import torch
 from rlhf.algorithms import POLICY_LOSSES, aggregate_loss, kl_estimate
 from rlhf.experience import Experience
 from rlhf.models.folders import write_atomically
-from rlhf.training.deepspeed_engine import backward_and_step, full_state_dict, make_engine
+from rlhf.training.deepspeed_engine import (
+    backward_and_step,
+    full_state_dict,
+    load_training_state,
+    make_engine,
+    save_training_state,
+)
 from rlhf.training.logprobs import batch_logprobs, completion_logprobs
 
 
@@ -36,8 +42,9 @@ class PolicyLearner:
         self.steps = 0
 
     def train_step(self, experience: Experience) -> dict[str, float]:
-        if self.algo.kl_beta > 0 and experience.ref_logp is None:
-            raise ValueError("algo.kl_beta > 0 but the experience carries no reference logprobs (ref_logp)")
+        if (self.algo.kl_beta > 0 or self.algo.ratio_against == "reference") and experience.ref_logp is None:
+            raise ValueError("algo.kl_beta > 0 or algo.ratio_against=reference, but the experience carries no "
+                             "reference logprobs (ref_logp)")
         # With one optimizer step per batch the sampling policy is the one being trained: the ratio is 1 in
         # value and carries the gradient of logp (TRL's num_iterations=1); no forward pass is spent on it.
         on_policy = self.algo.epochs == 1 and self.mini_batch_size >= experience.size
@@ -57,7 +64,10 @@ class PolicyLearner:
                 for part in mini.split(self.micro_batch_size):
                     logp = completion_logprobs(self.engine, part.input_ids, part.attention_mask,
                                                part.completion_ids.shape[1], self.temperature)
-                    old_logp = logp.detach() if on_policy else part.old_logp
+                    if self.algo.ratio_against == "reference":  # PAMA as re-implemented by ctwa (UNVERIFIED)
+                        old_logp = part.ref_logp
+                    else:
+                        old_logp = logp.detach() if on_policy else part.old_logp
                     token_losses = self.policy_loss(logp, old_logp, part.advantages, part.mask, self.algo)
                     kl = None
                     if self.algo.kl_beta > 0:
@@ -90,6 +100,12 @@ class PolicyLearner:
         """[B, T] logprobs of the completions under the current weights (masked to 0 past each end)."""
         self.engine.eval()
         return batch_logprobs(self.engine, experience, self.micro_batch_size, self.temperature)
+
+    def save_checkpoint(self, folder: str) -> None:
+        save_training_state(self.engine, folder, {"steps": self.steps})
+
+    def load_checkpoint(self, folder: str) -> None:
+        self.steps = load_training_state(self.engine, folder)["steps"]
 
     def save_weights(self, folder: str) -> str:
         """Write the full state dict (tied weights included) as one safetensors file; rank 0 writes."""

@@ -87,6 +87,20 @@ def test_dapo_trains_only_on_groups_that_teach_something(ray_cluster, tiny_model
     assert "kl" in history[0] and "rollout_kl" in history[0] and history[0]["rollout_kl"] == 0  # no reference
 
 
+def test_a_non_finite_loss_names_step_and_quantity_and_keeps_the_last_checkpoint(ray_cluster, tiny_model, tmp_path):
+    # no std scaling: advantages of +-3e38 reach the loss, whose sum over tokens overflows at the third step
+    cfg = config(tiny_model, tmp_path, "steps=4", "rollout.engine=hf", "algo.kl_beta=0", "algo.advantage_scale=none",
+                 "checkpoint.every=1", "logging.wandb_mode=disabled")
+    cfg.reward.functions[0].name = "tests_reward_helpers:overflow_from_call"
+    with pytest.raises(ray.exceptions.RayTaskError, match=r"policy loss is -?(inf|nan) at step 2; non-finite quantity"):
+        run(cfg)
+    from rlhf.checkpoint import find_checkpoint, read_driver_state
+
+    last = find_checkpoint("auto", tmp_path / "run" / "checkpoints")
+    assert last.name == "step-000001" and read_driver_state(last)["step"] == 1
+    assert (last / "policy" / "state").is_dir()
+
+
 def test_a_raising_reward_function_is_named_and_earlier_output_survives(ray_cluster, tiny_model, tmp_path):
     cfg = config(tiny_model, tmp_path, "steps=2", "rollout.engine=hf", "algo.kl_beta=0", "logging.wandb_mode=disabled")
     cfg.reward.functions[0].name = "tests_reward_helpers:explode_on_second_call"

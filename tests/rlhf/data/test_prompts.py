@@ -77,7 +77,12 @@ def test_stream_applies_the_chat_template_and_cycles(tiny_model):
     seen = [r["prompt"] for r in batch.rows + stream.next_batch(1).rows]
     assert sorted(seen) == sorted(r["prompt"] for r in rows)  # one epoch visits every row once
     stream.next_batch(2)
-    assert stream.state() == {"epoch": 1, "position": 2}
+    assert stream.state_dict() == {"epoch": 1, "position": 2}
+
+    # a stream restored from that cursor continues exactly where this one goes on
+    restored = PromptStream(rows, tok, system_prompt="be brief", max_prompt_tokens=200, seed=1)
+    restored.load_state_dict(stream.state_dict())
+    assert restored.next_batch(5).rows == stream.next_batch(5).rows
 
 
 def test_prompt_longer_than_the_limit_is_named(tiny_model):

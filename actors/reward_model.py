@@ -1,0 +1,14 @@
+"""Hosts one reward model (a sequence classifier) for one objective."""
+
+import ray
+
+from rlhf.rewards.reward_model import RewardModel
+
+
+@ray.remote
+class RewardModelActor:
+    def __init__(self, path: str, batch_size: int, max_length: int):
+        self.model = RewardModel(path, batch_size, max_length)
+
+    def score(self, prompts: list, completions: list[str]) -> list[float]:
+        return self.model.score(prompts, completions)

@@ -1,0 +1,152 @@
+"""The rollout side of a step: draw prompts, generate groups on the rollout engines, score every objective,
+aggregate, and (DAPO) shape and filter. Produces `Groups`; the driver turns them into an `Experience`."""
+
+import json
+import logging
+import math
+import os
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import ray
+import torch
+from tqdm import tqdm
+
+from rlhf.algorithms.reward_shaping import informative_groups, soft_overlong_punishment
+from rlhf.config import Config
+from rlhf.data import PromptBatch, PromptStream
+from rlhf.engines.base import SamplingSettings
+from rlhf.groups import Groups, RewardResult
+from rlhf.rewards.aggregation import Aggregation, reference_quantile
+
+log = logging.getLogger(__name__)
+
+
+class Sampler:
+    def __init__(self, actors, cfg: Config, aggregation: Aggregation, reference_rewards: dict | None = None):
+        self.actors, self.cfg, self.aggregation = actors, cfg, aggregation
+        self.reference_rewards = reference_rewards  # prompt text -> r_ref [K] (LSC)
+        self.settings = SamplingSettings(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p)
+        self.weights = torch.tensor(cfg.reward.objective_weights())
+
+    def sample_groups(self, prompts: PromptStream, step: int, timer) -> tuple[Groups, dict[str, float]]:
+        """Draw prompts, generate a group of completions for each, and score them.
+
+        With DAPO's dynamic sampling, groups whose rewards are all equal (nothing to learn from) are dropped
+        and more prompts drawn until the batch is full. After `algo.max_sampling_rounds` rounds the batch is
+        topped up with dropped groups (advantage 0, logged), so every step trains on the same number of rows.
+        """
+        cfg, wanted, size = self.cfg, self.cfg.prompts_per_step, self.cfg.algo.group_size
+        kept, dropped = [], []
+        for rounds in range(1, cfg.algo.max_sampling_rounds + 1):
+            batch = prompts.next_batch(wanted)
+            with timer("generate"):
+                # seeds depend only on (seed, step, round): a resumed run samples what the first one would have
+                seed = random.Random(f"{cfg.seed}/{step}/{rounds}").getrandbits(48)
+                samples = generate(self.actors, batch.token_ids, size, replace(self.settings, seed=seed))
+            with timer("reward"):
+                groups = Groups(batch, samples, self.rewards(batch, [s.text for g in samples for s in g]))
+                if cfg.algo.overlong_buffer:
+                    add_overlong_punishment(groups, cfg)
+            if not cfg.algo.dynamic_sampling:
+                return groups, {}
+            informative = informative_groups(torch.tensor(groups.rewards.total), size).tolist()
+            kept.append(groups.take(i for i, keep in enumerate(informative) if keep))
+            dropped.append(groups.take(i for i, keep in enumerate(informative) if not keep))
+            if sum(map(len, kept)) >= wanted:
+                break
+        filled = max(0, wanted - sum(map(len, kept)))
+        if filled:
+            log.warning("dynamic sampling: %d of %d groups still uninformative after %d rounds "
+                        "(algo.max_sampling_rounds); training on them with advantage 0", filled, wanted, rounds)
+        groups = Groups.concat(kept + dropped).take(range(wanted))
+        return groups, {"sampling/rounds": rounds, "sampling/uninformative_in_batch": filled}
+
+    def rewards(self, batch: PromptBatch, completions: list[str]) -> RewardResult:
+        """Every objective's rewards, then their aggregation into the total the estimator sees."""
+        size = len(completions) // len(batch.rows)
+        per_objective = score(self.actors, batch, completions, size)
+        per_objective = {label: per_objective[label] for label in self.cfg.reward.objective_labels()}
+        objectives = torch.tensor(list(per_objective.values()), dtype=torch.float32).T
+        r_ref = None
+        if self.aggregation.needs_reference_rewards:
+            r_ref = torch.stack([self.reference_rewards[text] for text in batch.texts for _ in range(size)])
+        total = self.aggregation.combine_rewards(objectives, self.weights, size, r_ref)
+        return RewardResult(per_objective, total.tolist(), {})
+
+    def estimate_reference_rewards(self, prompts: PromptStream, cache: Path) -> dict[str, torch.Tensor]:
+        """LSC's r_ref per prompt: the `reward.lsc.quantile` of each objective over `reward.lsc.ref_samples`
+        samples of the initial policy. Covers every prompt the run can draw; cached in `cache` for resumes.
+        Must run before any weight update reaches the engines."""
+        lsc, labels = self.cfg.reward.lsc, self.cfg.reward.objective_labels()
+        table = {}
+        if cache.exists():
+            table = {text: torch.tensor(v) for text, v in json.loads(cache.read_text()).items()}
+        needed = [i for i in self._reachable_rows(prompts) if prompts.texts[i] not in table]
+        if needed:
+            log.info("estimating LSC reference rewards for %d prompts (%d samples each)", len(needed), lsc.ref_samples)
+        chunk = 8
+        for start in tqdm(range(0, len(needed), chunk), desc="r_ref", disable=not self.cfg.logging.progress_bar):
+            rows = needed[start : start + chunk]
+            batch = PromptBatch([prompts.rows[i] for i in rows], [prompts.token_ids[i] for i in rows],
+                                [prompts.texts[i] for i in rows])
+            seed = random.Random(f"{self.cfg.seed}/r_ref/{start}").getrandbits(48)
+            samples = generate(self.actors, batch.token_ids, lsc.ref_samples, replace(self.settings, seed=seed))
+            per_objective = score(self.actors, batch, [s.text for g in samples for s in g], lsc.ref_samples)
+            objectives = torch.tensor([per_objective[label] for label in labels], dtype=torch.float32).T
+            for text, block in zip(batch.texts, objectives.split(lsc.ref_samples)):
+                table[text] = reference_quantile(block, lsc.quantile, lsc.estimator)
+        if needed:
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps({text: v.tolist() for text, v in table.items()}))
+            os.replace(tmp, cache)
+        return table
+
+
+    def _reachable_rows(self, prompts: PromptStream) -> list[int]:
+        """Rows the run can draw from the stream's current cursor (all rows if it may go round the data)."""
+        cfg = self.cfg
+        draws = cfg.steps * cfg.prompts_per_step * (cfg.algo.max_sampling_rounds if cfg.algo.dynamic_sampling else 1)
+        if draws >= len(prompts.rows):
+            return list(range(len(prompts.rows)))
+        cursor = prompts.state_dict()
+        texts = set(prompts.next_batch(draws).texts)
+        prompts.load_state_dict(cursor)
+        return [i for i, text in enumerate(prompts.texts) if text in texts]
+
+
+def generate(actors, prompts: list[list[int]], n: int, sampling: SamplingSettings):
+    """Share the prompts among the rollout engines; results come back in prompt order. Prompt i keeps the
+    seeds it would get from a single engine."""
+    engines = actors.rollouts
+    chunk = math.ceil(len(prompts) / len(engines))
+    results = ray.get([
+        engine.generate.remote(prompts[start : start + chunk], n,
+                               replace(sampling, seed=sampling.seed + start * n) if sampling.seed is not None else sampling)
+        for engine, start in zip(engines, range(0, len(prompts), chunk))
+    ])
+    return [group for part in results for group in part]
+
+
+def score(actors, batch: PromptBatch, completions: list[str], group_size: int) -> dict[str, list[float]]:
+    """Objective label -> rewards. Reward functions and reward models run side by side; every row column is
+    repeated for each sample of its group."""
+    repeat = lambda values: [v for v in values for _ in range(group_size)]  # noqa: E731
+    columns = {key: repeat([row.get(key) for row in batch.rows]) for key in batch.rows[0] if key != "prompt"}
+    prompts = repeat([row["prompt"] for row in batch.rows])
+    from_functions = actors.reward.score.remote(prompts, completions, columns) if actors.reward else None
+    from_models = {label: actor.score.remote(prompts, completions) for label, actor in actors.reward_models.items()}
+    per_objective = ray.get(from_functions) if from_functions else {}
+    per_objective.update(zip(from_models, ray.get(list(from_models.values()))))
+    return per_objective
+
+
+def add_overlong_punishment(groups: Groups, cfg: Config) -> None:
+    """DAPO's soft overlong punishment, added to the total and logged on its own (a shaping term, not an
+    objective)."""
+    lengths = torch.tensor([len(s.completion_ids) for s in groups.completions])
+    penalty = soft_overlong_punishment(lengths, cfg.rollout.max_new_tokens, cfg.algo.overlong_buffer,
+                                       cfg.algo.overlong_penalty).tolist()
+    groups.rewards.shaping["overlong"] = penalty
+    groups.rewards.total = [t + p for t, p in zip(groups.rewards.total, penalty)]

@@ -1,0 +1,131 @@
+import pytest
+
+from rlhf.checkpoint import (
+    check_no_later_checkpoints,
+    complete_checkpoints,
+    find_checkpoint,
+    read_driver_state,
+    remove_unfinished,
+    save_checkpoint,
+)
+
+
+def write_weights(folder):
+    (folder / "policy").mkdir()
+    (folder / "policy" / "weights.bin").write_bytes(b"w")
+
+
+def test_keeps_the_newest_and_resume_auto_finds_it(tmp_path):
+    for step in (4, 9, 14):
+        save_checkpoint(tmp_path, step, write_weights, {"step": step}, keep_last=2)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-000009", "step-000014"]
+    newest = find_checkpoint("auto", tmp_path)
+    assert newest.name == "step-000014" and read_driver_state(newest) == {"step": 14}
+    assert (newest / "policy" / "weights.bin").read_bytes() == b"w"
+
+
+def test_a_crash_during_a_save_leaves_the_previous_checkpoint_usable(tmp_path):
+    save_checkpoint(tmp_path, 4, write_weights, {"step": 4}, keep_last=1)
+
+    def crash(folder):
+        write_weights(folder)
+        raise KeyboardInterrupt  # killed half-way through writing
+
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 9, crash, {"step": 9}, keep_last=1)
+    assert find_checkpoint("auto", tmp_path).name == "step-000004"
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-000004"]
+    # a SIGKILL leaves the hidden temporary folder behind: it never counts and is swept at the next start
+    (tmp_path / ".step-000009.abc").mkdir()
+    assert find_checkpoint("auto", tmp_path).name == "step-000004"
+    remove_unfinished(tmp_path)
+    assert not list(tmp_path.glob(".step-*"))
+
+
+def test_resume_choices(tmp_path):
+    assert find_checkpoint(None, tmp_path) is None
+    assert find_checkpoint("auto", tmp_path / "nothing-yet") is None
+    (tmp_path / "half").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        find_checkpoint(str(tmp_path / "half"), tmp_path)
+
+
+def test_a_fresh_run_refuses_to_overwrite_an_earlier_runs_checkpoints(tmp_path):
+    save_checkpoint(tmp_path, 9, write_weights, {"step": 9}, keep_last=2)
+    with pytest.raises(FileExistsError, match=r"step-000009.*resume=auto"):
+        check_no_later_checkpoints(tmp_path, -1)
+    check_no_later_checkpoints(tmp_path, 9)  # resuming from it is fine
+
+
+# --- a real run killed and resumed -------------------------------------------------------------------------
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import psutil  # noqa: E402
+
+from conftest import REPO  # noqa: E402
+
+# experiment=smoke: 16 prompts, 2 per step, so steps 0-7 are the data's first epoch. Checkpoints after steps 3
+# (mid-epoch), 7 (the epoch boundary) and 9.
+RUN = ["experiment=smoke", "steps=10", "checkpoint.every=4", "checkpoint.keep_last=3", "save_final=false",
+       "logging.progress_bar=false"]
+
+
+def start(out, *extra):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.Popen([sys.executable, "-m", "rlhf.train", *RUN, f"output_dir={out}", f"hydra.run.dir={out}",
+                             *extra], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process):
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+
+
+def kill_when_logged(process, out, step):
+    """SIGKILL the driver (and the local Ray it started) as soon as `step` appears in its metrics."""
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
+        if any(json.loads(line)["step"] == step for line in lines if line.endswith("}")):
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, f"the run ended before it could be killed: {process.stderr.read()[-3000:]}"
+    family = [process.pid, *(c.pid for c in psutil.Process(process.pid).children(recursive=True))]
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+def history(out):
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+
+
+@pytest.mark.integration
+def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    first = start(reference)  # the uninterrupted run goes alongside the first segment
+    segment = start(killed)
+    kill_when_logged(segment, killed, 4)  # checkpoint 3 is complete: it is written before step 4 starts
+    finish(first)
+    segment = start(killed, "resume=auto")  # mid-epoch resume
+    kill_when_logged(segment, killed, 8)
+    finish(start(killed, "resume=auto"))  # resume exactly at the epoch boundary (after step 7)
+
+    expected, got = history(reference), history(killed)
+    assert [r["step"] for r in got] == list(range(10))
+    for want, have in zip(expected, got):
+        assert have.keys() == want.keys()
+        for key in want:
+            assert have[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (want["step"], key)
+    assert (killed / "metrics.superseded.jsonl").exists()  # the lines logged after the checkpoints, kept
+    assert [p.name for p in complete_checkpoints(killed / "checkpoints")] == ["step-000003", "step-000007",
+                                                                               "step-000009"]
