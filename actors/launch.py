@@ -22,7 +22,7 @@ class Actors:
     reward: object | None  # None when every objective is a reward model
     reward_models: dict  # objective label -> RewardModelActor
     reference: object | None  # None when neither a KL term nor the ratio needs the reference model
-    policy: object
+    policy: object | None  # None only in scripts that start no learner
     critic: object | None  # None unless algo.use_critic
 
     def kill(self) -> None:
@@ -38,7 +38,8 @@ def _threads(n: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n), "TOKENIZERS_PARALLELISM": "false"}
 
 
-def launch_actors(cfg: Config, model_path: str) -> Actors:
+def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors:
+    """Every role's actor; `learners=False` starts only generation and scoring (for offline scripts)."""
     batch_size = cfg.prompts_per_step * cfg.algo.group_size
     rollout_env = {**_threads(cfg.rollout.threads),
                    **engine_environment(cfg.rollout.threads, cfg.rollout.kv_cache_gib)}
@@ -56,6 +57,8 @@ def launch_actors(cfg: Config, model_path: str) -> Actors:
             m.path, m.batch_size, m.max_length)
         for m in cfg.reward.models
     }
+    if not learners:
+        return Actors([rollout], reward, reward_models, None, None, None)
     reference = None
     if cfg.algo.kl_beta > 0 or cfg.algo.kl_reward_beta > 0 or cfg.algo.ratio_against == "reference":
         reference = ReferenceActor.options(

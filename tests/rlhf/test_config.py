@@ -14,6 +14,8 @@ def test_default_config_is_valid_and_typed():
 def test_presets_compose():
     smoke = load_config(compose_config("experiment=smoke", "output_dir=/tmp/x"))
     assert smoke.model.source == "tiny" and smoke.steps < 10
+    pama = load_config(compose_config("experiment=pama", "output_dir=/tmp/x"))
+    assert pama.reward.aggregation == "pama" and pama.reward.objective_labels() == ["bleu", "conciseness"]
     dr = load_config(compose_config("algo=dr_grpo", "output_dir=/tmp/x"))
     assert dr.algo.advantage_scale == "none" and dr.algo.loss_aggregation == "dr_grpo"
 
@@ -33,6 +35,14 @@ def test_unknown_key_is_refused():
     ("algo.group_size=1", "one sample has no std"),
     ("rollout.top_p=1.5", "rollout.top_p"),
     ("steps=0", "steps=0 must be > 0"),
+    ("reward.weights=[0.5,0.5]", "reward.weights has 2 values for 1 objectives"),
+    ("reward.aggregation=max", "reward.aggregation='max'"),
+    ("reward.pama.granularity=sequence", "reward.pama.granularity"),
+    ("reward.lsc.quantile=1.5", "reward.lsc.quantile"),
+    ("reward.functions=[]", "configure at least one objective"),
+    ("reward.functions=[{name: bleu, weight: 1},{name: bleu, weight: 2}]", "distinct labels"),
+    ("algo.overlong_buffer=100", "algo.overlong_buffer=100 must be in"),
+    ("checkpoint.keep_last=0", "checkpoint.keep_last"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
@@ -45,7 +55,7 @@ def test_wrong_type_names_the_key():
 
 
 def test_every_algorithm_preset_is_valid():
-    for algo in ("grpo", "dr_grpo", "ppo", "ppo_max", "rloo", "reinforce_pp", "reinforce_pp_baseline"):
+    for algo in ("grpo", "dr_grpo", "dapo", "ppo", "ppo_max", "rloo", "reinforce_pp", "reinforce_pp_baseline"):
         assert load_config(compose_config(f"algo={algo}", "output_dir=/tmp/x")).algo.name == algo
 
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import ray
+import torch
 
 from rlhf.config import compose_config
 from rlhf.config import load_config
@@ -99,6 +100,43 @@ def test_a_non_finite_loss_names_step_and_quantity_and_keeps_the_last_checkpoint
     last = find_checkpoint("auto", tmp_path / "run" / "checkpoints")
     assert last.name == "step-000001" and read_driver_state(last)["step"] == 1
     assert (last / "policy" / "state").is_dir()
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tmp_path_factory):
+    from rlhf.models.tiny import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("rm") / "rm", reward_model=True))
+
+
+def test_pama_with_ppo_keeps_one_value_head_per_objective(ray_cluster, tiny_model, tiny_reward_model, tmp_path):
+    cfg = config(tiny_model, tmp_path, "steps=3", "algo=ppo", "reward.aggregation=pama", "checkpoint.every=3",
+                 "critic.micro_batch_size=16", "logging.wandb_mode=disabled",
+                 f"reward.models=[{{label: rm, path: {tiny_reward_model}, weight: 1.0}}]")
+    run(cfg)
+
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for h in history:
+        assert {"reward/bleu", "reward/rm", "pama/s_star", "pama/weight_0", "pama/weight_1"} <= set(h)
+        assert h["pama/weight_0"] + h["pama/weight_1"] == pytest.approx(1.0)
+        assert h["pama/s_star"] >= 0  # Noon advantages are never negative
+        assert h["critic/value_loss"] == h["critic/value_loss"]  # finite, not NaN
+    critic = torch.load(tmp_path / "run" / "checkpoints" / "step-000002" / "critic" / "state" /
+                        "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    assert critic["score.weight"].shape[0] == 2  # a value head for BLEU and one for the reward model
+
+
+def test_lsc_centres_each_objective_on_the_initial_policys_quantile(ray_cluster, tiny_model, tmp_path):
+    cfg = config(tiny_model, tmp_path, "steps=2", "reward.aggregation=lsc", "reward.lsc.ref_samples=2",
+                 "algo.kl_beta=0", "logging.wandb_mode=disabled")
+    run(cfg)
+
+    table = json.loads((tmp_path / "run" / "reference_rewards.json").read_text())
+    # exactly the prompts the run can draw (2 steps x 4 of the 16), one objective each
+    assert len(table) == 8 and all(len(v) == 1 for v in table.values())
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(h["reward"] < 0 for h in history)  # log sigmoid: the log-probability of being good
+    assert all(h["reward/bleu"] > 0 for h in history)
 
 
 def test_a_raising_reward_function_is_named_and_earlier_output_survives(ray_cluster, tiny_model, tmp_path):
