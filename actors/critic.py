@@ -2,26 +2,19 @@
 
 import ray
 
-from actors.policy import join_process_group
+from actors.learner_group import LearnerRank
 from rlhf.experience import Experience
 
 
 @ray.remote
-class CriticActor:
+class CriticActor(LearnerRank):
     def __init__(self, model_path: str, critic_cfg, algo_cfg, batch_size: int, seed: int, heads: int):
-        join_process_group()
+        self.args = (model_path, critic_cfg, algo_cfg, batch_size, seed, heads)
+
+    def build(self, rank: int, world: int):
         from rlhf.training.critic import CriticLearner
 
-        self.learner = CriticLearner(model_path, critic_cfg, algo_cfg, batch_size, seed, heads)
+        return CriticLearner(*self.args, rank=rank, world=world)
 
     def values(self, experience: Experience):
         return self.learner.values(experience)
-
-    def train_step(self, experience: Experience) -> dict[str, float]:
-        return self.learner.train_step(experience)
-
-    def save_checkpoint(self, folder: str) -> None:
-        self.learner.save_checkpoint(folder)
-
-    def load_checkpoint(self, folder: str) -> None:
-        self.learner.load_checkpoint(folder)

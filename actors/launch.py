@@ -1,10 +1,13 @@
-"""Start every role's actor with its CPU reservation and thread count."""
+"""Start every role's actors on their placement, with their CPU reservation and thread count."""
 
+import uuid
 from dataclasses import asdict, dataclass
 
 import ray
 
 from actors.critic import CriticActor
+from actors.learner_group import LearnerGroup
+from actors.placement import Placement, RoleDemand
 from actors.policy import PolicyActor
 from actors.reference import ReferenceActor
 from actors.reward import RewardActor
@@ -22,15 +25,24 @@ class Actors:
     reward: object | None  # None when every objective is a reward model
     reward_models: dict  # objective label -> RewardModelActor
     reference: object | None  # None when neither a KL term nor the ratio needs the reference model
-    policy: object | None  # None only in scripts that start no learner
-    critic: object | None  # None unless algo.use_critic
+    policy: LearnerGroup | None  # None only in scripts that start no learner
+    critic: LearnerGroup | None  # None unless algo.use_critic
+    placement: Placement | None = None
+
+    def stateless(self) -> list:
+        """The actors Ray may restart after a crash: they hold nothing a restart loses but the weights."""
+        return [*self.rollouts, self.reward, *self.reward_models.values(), self.reference]
 
     def kill(self) -> None:
         """Free the actors' resources now rather than when their handles are collected."""
-        for actor in [*self.rollouts, self.reward, *self.reward_models.values(), self.reference, self.policy,
-                      self.critic]:
+        for actor in self.stateless():
             if actor is not None:
-                ray.kill(actor)
+                ray.kill(actor, no_restart=True)
+        for group in (self.policy, self.critic):
+            if group is not None:
+                group.kill()
+        if self.placement is not None:
+            self.placement.remove()
 
 
 def _threads(n: int) -> dict[str, str]:
@@ -38,42 +50,76 @@ def _threads(n: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n), "TOKENIZERS_PARALLELISM": "false"}
 
 
+def needs_reference(cfg: Config) -> bool:
+    return cfg.algo.kl_beta > 0 or cfg.algo.kl_reward_beta > 0 or cfg.algo.ratio_against == "reference"
+
+
+def role_demands(cfg: Config, learners: bool) -> dict[str, RoleDemand]:
+    demands = {"rollout": RoleDemand(cfg.rollout.engines, cfg.rollout.num_cpus),
+               "reward": RoleDemand(int(bool(cfg.reward.functions)) + len(cfg.reward.models), cfg.reward_actor.num_cpus)}
+    if learners:
+        demands["policy"] = RoleDemand(cfg.train.ranks, cfg.train.num_cpus)
+        if needs_reference(cfg):
+            demands["reference"] = RoleDemand(1, cfg.reference.num_cpus)
+        if cfg.algo.use_critic:
+            demands["critic"] = RoleDemand(cfg.critic.ranks, cfg.critic.num_cpus)
+    return {role: d for role, d in demands.items() if d.count}
+
+
 def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors:
-    """Every role's actor; `learners=False` starts only generation and scoring (for offline scripts)."""
-    batch_size = cfg.prompts_per_step * cfg.algo.group_size
-    rollout_env = {**_threads(cfg.rollout.threads),
-                   **engine_environment(cfg.rollout.threads, cfg.rollout.kv_cache_gib)}
-    rollout = RolloutActor.options(num_cpus=cfg.rollout.num_cpus, runtime_env={"env_vars": rollout_env}).remote(
-        cfg.rollout.engine, model_path, cfg.rollout.dtype,
-        cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens, cfg.seed,
-    )
-    reward_env = {"env_vars": _threads(cfg.reward_actor.threads)}
+    """Every role's actors; `learners=False` starts only generation and scoring (for offline scripts)."""
+    placement = Placement(cfg.placement.layout, role_demands(cfg, learners), cfg.placement.timeout_s)
+    restarts = {"max_restarts": cfg.fault_tolerance.max_restarts}
+    run_tag = uuid.uuid4().hex[:8]
+
+    def place(role: str, index: int, num_cpus: float, env: dict) -> dict:
+        # named, so that operators (and tests) can find e.g. "rollout-0-<tag>" in the cluster
+        return {"num_cpus": num_cpus, "runtime_env": {"env_vars": env}, "name": f"{role}-{index}-{run_tag}",
+                "scheduling_strategy": placement.strategy(role, index)}
+
+    rollout_env = {**_threads(cfg.rollout.threads), **engine_environment(cfg.rollout.threads, cfg.rollout.kv_cache_gib)}
+    rollouts = [
+        RolloutActor.options(**place("rollout", i, cfg.rollout.num_cpus, rollout_env), **restarts).remote(
+            cfg.rollout.engine, model_path, cfg.rollout.dtype, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+            cfg.seed + i)
+        for i in range(cfg.rollout.engines)
+    ]
+    reward_env, reward_cpus = _threads(cfg.reward_actor.threads), cfg.reward_actor.num_cpus
     reward = None
     if cfg.reward.functions:
-        reward = RewardActor.options(num_cpus=cfg.reward_actor.num_cpus, runtime_env=reward_env).remote(
+        reward = RewardActor.options(**place("reward", 0, reward_cpus, reward_env), **restarts).remote(
             [asdict(f) for f in cfg.reward.functions], cfg.reward.timeout_s)
+    first_model = int(reward is not None)
     reward_models = {
-        m.label: RewardModelActor.options(num_cpus=cfg.reward_actor.num_cpus, runtime_env=reward_env).remote(
-            m.path, m.batch_size, m.max_length)
-        for m in cfg.reward.models
+        m.label: RewardModelActor.options(**place("reward", first_model + i, reward_cpus, reward_env),
+                                          **restarts).remote(m.path, m.batch_size, m.max_length)
+        for i, m in enumerate(cfg.reward.models)
     }
     if not learners:
-        return Actors([rollout], reward, reward_models, None, None, None)
+        return Actors(rollouts, reward, reward_models, None, None, None, placement)
+
     reference = None
-    if cfg.algo.kl_beta > 0 or cfg.algo.kl_reward_beta > 0 or cfg.algo.ratio_against == "reference":
+    if needs_reference(cfg):
         reference = ReferenceActor.options(
-            num_cpus=cfg.reference.num_cpus, runtime_env={"env_vars": _threads(cfg.reference.threads)}
+            **place("reference", 0, cfg.reference.num_cpus, _threads(cfg.reference.threads)), **restarts
         ).remote(model_path, cfg.reference.micro_batch_size, cfg.rollout.temperature)
     # DeepSpeed JIT-builds its CPU communication op once (about a minute); keep the build in our own cache.
-    policy_env = {**_threads(cfg.train.threads), "TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions")}
-    policy = PolicyActor.options(num_cpus=cfg.train.num_cpus, runtime_env={"env_vars": policy_env}).remote(
-        model_path, cfg.train, cfg.algo, batch_size, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.seed)
+    extensions = {"TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions")}
+    batch_size = cfg.prompts_per_step * cfg.algo.group_size
+    policy = LearnerGroup([
+        PolicyActor.options(**place("policy", i, cfg.train.num_cpus, {**_threads(cfg.train.threads), **extensions}))
+        .remote(model_path, cfg.train, cfg.algo, batch_size, cfg.rollout.max_new_tokens, cfg.rollout.temperature,
+                cfg.seed)
+        for i in range(cfg.train.ranks)
+    ])
     critic = None
     if cfg.algo.use_critic:
-        critic_env = {**_threads(cfg.critic.threads), "TORCH_EXTENSIONS_DIR": policy_env["TORCH_EXTENSIONS_DIR"]}
-        critic = CriticActor.options(num_cpus=cfg.critic.num_cpus, runtime_env={"env_vars": critic_env}).remote(
-            cfg.critic.model_path or model_path, cfg.critic, cfg.algo, batch_size, cfg.seed, value_heads(cfg))
-    return Actors([rollout], reward, reward_models, reference, policy, critic)
+        critic = LearnerGroup([
+            CriticActor.options(**place("critic", i, cfg.critic.num_cpus, {**_threads(cfg.critic.threads), **extensions}))
+            .remote(cfg.critic.model_path or model_path, cfg.critic, cfg.algo, batch_size, cfg.seed, value_heads(cfg))
+            for i in range(cfg.critic.ranks)
+        ])
+    return Actors(rollouts, reward, reward_models, reference, policy, critic, placement)
 
 
 def value_heads(cfg: Config) -> int:

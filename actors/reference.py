@@ -13,3 +13,6 @@ class ReferenceActor:
 
     def logprobs(self, experience: Experience):
         return self.model.logprobs(experience)
+
+    def ready(self) -> bool:
+        return True

@@ -12,3 +12,6 @@ class RewardActor:
 
     def score(self, prompts: list, completions: list[str], columns: dict[str, list]) -> dict[str, list[float]]:
         return self.scorer.score(prompts, completions, columns)
+
+    def ready(self) -> bool:
+        return True

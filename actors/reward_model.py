@@ -12,3 +12,6 @@ class RewardModelActor:
 
     def score(self, prompts: list, completions: list[str]) -> list[float]:
         return self.model.score(prompts, completions)
+
+    def ready(self) -> bool:
+        return True

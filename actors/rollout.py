@@ -1,8 +1,12 @@
-"""Hosts one generation engine."""
+"""Hosts one generation engine, and knows which weights it holds."""
 
 import ray
 
 from rlhf.engines.base import Sample, SamplingSettings
+
+
+class StaleWeightsError(RuntimeError):
+    """The engine holds other weights than the driver expects (it was restarted after a crash)."""
 
 
 @ray.remote
@@ -16,9 +20,18 @@ class RolloutActor:
             from rlhf.engines.hf_engine import HFEngine
 
             self.engine = HFEngine(model_path, dtype, seed)
+        self.version = 0  # weight pushes received; 0 = the initial weights
 
-    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[list[Sample]]:
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings,
+                 version: int | None = None) -> list[list[Sample]]:
+        """`version`: the weights the caller expects (None: any). A restarted actor is back at version 0."""
+        if version is not None and version != self.version:
+            raise StaleWeightsError(f"engine holds weights version {self.version}, the driver expects {version}")
         return self.engine.generate(prompts, n, sampling)
 
-    def load_weights(self, folder: str) -> None:
+    def load_weights(self, folder: str, version: int | None = None) -> None:
         self.engine.load_weights(folder)
+        self.version = self.version + 1 if version is None else version
+
+    def ready(self) -> bool:
+        return True

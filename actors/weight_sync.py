@@ -2,6 +2,7 @@
 
 A route has one method, `push()`. The CPU route is below; GPU routes (NCCL broadcast from learner rank 0
 for split placement, CUDA IPC for colocated engines) implement the same method and are not written yet.
+Every learner rank takes part in a push (ZeRO-3 gathers the full weights collectively); rank 0 sends them.
 """
 
 import shutil
@@ -11,9 +12,11 @@ import ray
 
 
 class WeightSyncRoute(ABC):
+    version: int = 0  # pushes so far; engines report the version they hold, so a restarted one is caught
+
     @abstractmethod
     def push(self) -> None:
-        """Make every engine generate with the learner's current weights."""
+        """Make every engine generate with the learner's current weights, and count the push in `version`."""
 
     def close(self) -> None:
         pass
@@ -26,11 +29,14 @@ class SharedMemoryRoute(WeightSyncRoute):
     """
 
     def __init__(self, policy, rollouts: list, folder: str):
+        """`policy`: the policy's LearnerGroup."""
         self.policy, self.rollouts, self.folder = policy, rollouts, folder
+        self.version = 0
 
     def push(self) -> None:
-        ray.get(self.policy.save_weights.remote(self.folder))
-        ray.get([rollout.load_weights.remote(self.folder) for rollout in self.rollouts])
+        self.policy.run("save_weights", self.folder)
+        self.version += 1
+        ray.get([rollout.load_weights.remote(self.folder, self.version) for rollout in self.rollouts])
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

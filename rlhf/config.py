@@ -126,6 +126,7 @@ class RolloutConfig:
     top_p: float = MISSING
     dtype: str = MISSING
     kv_cache_gib: int = MISSING
+    engines: int = MISSING
     num_cpus: float = MISSING
     threads: int = MISSING
     sync_dir: str = MISSING
@@ -141,6 +142,7 @@ class TrainConfig:
     zero_stage: int = MISSING
     bf16: bool = MISSING
     gradient_checkpointing: bool = MISSING
+    ranks: int = MISSING
     num_cpus: float = MISSING
     threads: int = MISSING
 
@@ -181,6 +183,18 @@ class CheckpointConfig:
 
 
 @dataclass
+class PlacementConfig:
+    layout: str = MISSING
+    timeout_s: float = MISSING
+
+
+@dataclass
+class FaultToleranceConfig:
+    max_restarts: int = MISSING
+    max_step_retries: int = MISSING
+
+
+@dataclass
 class RayConfig:
     address: Optional[str] = MISSING
     num_cpus: Optional[int] = MISSING
@@ -200,6 +214,8 @@ class Config:
     logging: LoggingConfig = MISSING
     ray: RayConfig = MISSING
     checkpoint: CheckpointConfig = MISSING
+    placement: PlacementConfig = MISSING
+    fault_tolerance: FaultToleranceConfig = MISSING
     resume: Optional[str] = MISSING
     seed: int = MISSING
     steps: int = MISSING
@@ -272,10 +288,17 @@ def validate(c: Config) -> None:
     if batch % mini:
         raise ValueError(f"algo.mini_batch_size={mini} does not divide the batch of {batch} sequences "
                          f"(prompts_per_step x algo.group_size)")
-    for key in ("train.micro_batch_size", "critic.micro_batch_size"):
-        if mini % _get(c, key):
-            raise ValueError(f"{key}={_get(c, key)} does not divide the batch of {mini} sequences per optimizer "
-                             f"step (algo.mini_batch_size, or prompts_per_step x algo.group_size)")
+    for role in ("train", "critic"):
+        micro, ranks = _get(c, f"{role}.micro_batch_size"), _get(c, f"{role}.ranks")
+        _positive(f"{role}.ranks", ranks)
+        if mini % ranks or (mini // ranks) % micro:
+            raise ValueError(f"{role}.micro_batch_size={micro} x {role}.ranks={ranks} does not divide the batch of "
+                             f"{mini} sequences per optimizer step (algo.mini_batch_size, or prompts_per_step x "
+                             "algo.group_size): each rank takes an equal share, cut into micro-batches")
+    _positive("rollout.engines", c.rollout.engines)
+    _choice("placement.layout", c.placement.layout, {"colocated", "split"})
+    _positive("fault_tolerance.max_restarts", c.fault_tolerance.max_restarts, allow_zero=True)
+    _positive("fault_tolerance.max_step_retries", c.fault_tolerance.max_step_retries, allow_zero=True)
     labels = c.reward.objective_labels()
     if not labels:
         raise ValueError("reward.functions and reward.models are both empty: configure at least one objective")

@@ -13,6 +13,8 @@ import torch
 from tqdm import tqdm
 
 from actors.launch import Actors, launch_actors
+from actors.learner_group import LearnerGroup
+from actors.rollout import StaleWeightsError
 from actors.weight_sync import SharedMemoryRoute
 from rlhf.algorithms import ADVANTAGE_ESTIMATORS
 from rlhf.algorithms.advantages import masked_whiten
@@ -70,7 +72,7 @@ def run(cfg: Config) -> dict[str, float]:
     aggregation = REWARD_AGGREGATIONS.get(cfg.reward.aggregation)(cfg.reward)
     kl_control = KLController(cfg.algo.kl_reward_beta, cfg.algo.kl_target, cfg.algo.kl_horizon)
     reward_moments = RunningMoments()
-    sampler = Sampler(actors, cfg, aggregation)
+    sampler = Sampler(actors, cfg, aggregation, weight_sync)
     metrics: dict[str, float] = {}
     try:
         if aggregation.needs_reference_rewards:  # from the initial policy: before any checkpoint is loaded
@@ -85,8 +87,8 @@ def run(cfg: Config) -> dict[str, float]:
                    dynamic_ncols=True, initial=first_step, total=cfg.steps)
         for step in bar:
             timer = PhaseTimer()
-            groups, sampling_metrics = sampler.sample_groups(prompts, step, timer)
-            experience = make_experience(actors, groups, tokenizer.pad_token_id, timer)
+            groups, sampling_metrics, experience = rollout_with_retries(
+                actors, sampler, prompts, step, tokenizer.pad_token_id, timer, weight_sync, cfg.fault_tolerance)
             if cfg.algo.reward_norm:
                 experience.rewards = normalize_rewards(experience.rewards, reward_moments, cfg.algo.reward_clip)
             advantage_metrics = add_advantages(experience, estimate_advantages,
@@ -95,7 +97,7 @@ def run(cfg: Config) -> dict[str, float]:
             train_policy = step >= cfg.algo.critic_warmup_steps
             with timer("train"):
                 train_metrics = train(actors, experience.without_truncated() if cfg.algo.mask_truncated else experience,
-                                      train_policy)
+                                      train_policy, step, checkpoint_root)
             if train_policy:
                 with timer("weight_sync"):
                     weight_sync.push()
@@ -112,7 +114,7 @@ def run(cfg: Config) -> dict[str, float]:
                                        driver_state, cfg.checkpoint.keep_last)
                 log.info("step %d: checkpoint written to %s", step, path)
         if cfg.save_final:
-            ray.get(actors.policy.save_pretrained.remote(str(output_dir / "final"), model_path))
+            actors.policy.run("save_pretrained", str(output_dir / "final"), model_path)
             log.info("final policy saved to %s", output_dir / "final")
     finally:
         weight_sync.close()
@@ -125,16 +127,57 @@ def run(cfg: Config) -> dict[str, float]:
 
 def save_learners(actors: Actors, folder: Path) -> None:
     learners = {"policy": actors.policy, "critic": actors.critic}
-    ray.get([actor.save_checkpoint.remote(str(folder / name)) for name, actor in learners.items() if actor])
+    ray.get([ref for name, group in learners.items() if group for ref in group.call("save_checkpoint", str(folder / name))])
 
 
 def restore(actors: Actors, folder: Path, state: dict, prompts: PromptStream, kl_control: KLController,
             reward_moments: RunningMoments) -> None:
     learners = {"policy": actors.policy, "critic": actors.critic}
-    ray.get([actor.load_checkpoint.remote(str(folder / name)) for name, actor in learners.items() if actor])
+    ray.get([ref for name, group in learners.items() if group for ref in group.call("load_checkpoint", str(folder / name))])
     prompts.load_state_dict(state["prompts"])
     kl_control.value = state["kl_coef"]
     reward_moments.load_state_dict(state["reward_moments"])
+
+
+# What a dead actor looks like to the driver (Ray restarts it unless its restarts are used up).
+ACTOR_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+# ... and what a restarted engine says when asked to generate: it is back at the initial weights.
+ACTOR_RESTARTED = (*ACTOR_DIED, StaleWeightsError)
+
+
+def rollout_with_retries(actors: Actors, sampler: Sampler, prompts: PromptStream, step: int, pad_id: int,
+                         timer: "PhaseTimer", weight_sync, fault_tolerance):
+    """Generate, score and build the experience. If a rollout, reward or reference actor dies meanwhile, wait
+    for Ray to restart it, push the current weights (a restarted engine starts from the initial ones), rewind
+    the prompt stream and redo the step, at most `fault_tolerance.max_step_retries` times."""
+    cursor = prompts.state_dict()
+    for attempt in range(fault_tolerance.max_step_retries + 1):
+        try:
+            groups, sampling_metrics = sampler.sample_groups(prompts, step, timer)
+            experience = make_experience(actors, groups, pad_id, timer)
+            return groups, {**sampling_metrics, "step_retries": attempt}, experience
+        except ACTOR_RESTARTED as err:
+            if attempt == fault_tolerance.max_step_retries:
+                raise RuntimeError(f"step {step}: an actor died {attempt + 1} times in a row "
+                                   f"(fault_tolerance.max_step_retries={fault_tolerance.max_step_retries}): {err}") from err
+            log.warning("step %d: an actor died (%s); waiting for its restart, then redoing the step (retry %d of %d)",
+                        step, type(err).__name__, attempt + 1, fault_tolerance.max_step_retries)
+            wait_for_restarts(actors)
+            weight_sync.push()
+            prompts.load_state_dict(cursor)
+
+
+def wait_for_restarts(actors: Actors, timeout_s: float = 300.0) -> None:
+    deadline = time.time() + timeout_s
+    for actor in filter(None, actors.stateless()):
+        while True:
+            try:
+                ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.time()))
+                break
+            except ACTOR_DIED:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1.0)
 
 
 def make_experience(actors: Actors, groups: Groups, pad_id: int, timer: "PhaseTimer") -> Experience:
@@ -143,7 +186,7 @@ def make_experience(actors: Actors, groups: Groups, pad_id: int, timer: "PhaseTi
     experience.rewards = torch.tensor(groups.rewards.total, dtype=torch.float32)
     experience.objective_rewards = groups.rewards.objectives()
     ref_logp = actors.reference.logprobs.remote(experience) if actors.reference else None
-    values = actors.critic.values.remote(experience) if actors.critic else None
+    values = actors.critic.call("values", experience)[0] if actors.critic else None
     with timer("reference"):
         experience.ref_logp = ray.get(ref_logp) if ref_logp else None
     with timer("values"):
@@ -184,11 +227,18 @@ def _mask_like(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return mask[..., None] if values.dim() == 3 else mask
 
 
-def train(actors: Actors, experience: Experience, train_policy: bool) -> dict[str, float]:
-    """Policy and critic train side by side (the policy waits out the critic's warm-up)."""
+def train(actors: Actors, experience: Experience, train_policy: bool, step: int, checkpoints: Path) -> dict[str, float]:
+    """Policy and critic train side by side (the policy waits out the critic's warm-up); every rank gets the
+    batch and trains on its share. A learner rank that dies ends the run: its optimizer state is gone."""
     learners = ([actors.policy] if train_policy else []) + ([actors.critic] if actors.critic else [])
-    results = ray.get([learner.train_step.remote(experience) for learner in learners])
-    return {key: value for metrics in results for key, value in metrics.items()}
+    batch = ray.put(experience)
+    pending = [learner.call("train_step", batch) for learner in learners]
+    try:
+        results = [ray.get(refs) for refs in pending]
+    except ACTOR_DIED as err:
+        raise RuntimeError(f"step {step}: a learner rank died ({type(err).__name__}); the run stops. Checkpoints in "
+                           f"{checkpoints} are intact: rerun the same command with resume=auto") from err
+    return {key: value for per_rank in results for key, value in LearnerGroup.reduce(per_rank).items()}
 
 
 def report(step: int, metrics: dict, groups: Groups, metrics_log: MetricsLog, bar) -> None:

@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 
 
 class Sampler:
-    def __init__(self, actors, cfg: Config, aggregation: Aggregation, reference_rewards: dict | None = None):
-        self.actors, self.cfg, self.aggregation = actors, cfg, aggregation
-        self.reference_rewards = reference_rewards  # prompt text -> r_ref [K] (LSC)
+    def __init__(self, actors, cfg: Config, aggregation: Aggregation, weight_sync=None):
+        """`weight_sync`: the route whose `version` the engines must hold (None: the initial weights)."""
+        self.actors, self.cfg, self.aggregation, self.weight_sync = actors, cfg, aggregation, weight_sync
+        self.reference_rewards = None
         self.settings = SamplingSettings(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p)
         self.weights = torch.tensor(cfg.reward.objective_weights())
 
@@ -44,7 +45,8 @@ class Sampler:
             with timer("generate"):
                 # seeds depend only on (seed, step, round): a resumed run samples what the first one would have
                 seed = random.Random(f"{cfg.seed}/{step}/{rounds}").getrandbits(48)
-                samples = generate(self.actors, batch.token_ids, size, replace(self.settings, seed=seed))
+                samples = generate(self.actors, batch.token_ids, size, replace(self.settings, seed=seed),
+                                   self.weight_sync.version if self.weight_sync else 0)
             with timer("reward"):
                 groups = Groups(batch, samples, self.rewards(batch, [s.text for g in samples for s in g]))
                 if cfg.algo.overlong_buffer:
@@ -92,7 +94,7 @@ class Sampler:
             batch = PromptBatch([prompts.rows[i] for i in rows], [prompts.token_ids[i] for i in rows],
                                 [prompts.texts[i] for i in rows])
             seed = random.Random(f"{self.cfg.seed}/r_ref/{start}").getrandbits(48)
-            samples = generate(self.actors, batch.token_ids, lsc.ref_samples, replace(self.settings, seed=seed))
+            samples = generate(self.actors, batch.token_ids, lsc.ref_samples, replace(self.settings, seed=seed), 0)
             per_objective = score(self.actors, batch, [s.text for g in samples for s in g], lsc.ref_samples)
             objectives = torch.tensor([per_objective[label] for label in labels], dtype=torch.float32).T
             for text, block in zip(batch.texts, objectives.split(lsc.ref_samples)):
@@ -116,14 +118,15 @@ class Sampler:
         return [i for i, text in enumerate(prompts.texts) if text in texts]
 
 
-def generate(actors, prompts: list[list[int]], n: int, sampling: SamplingSettings):
+def generate(actors, prompts: list[list[int]], n: int, sampling: SamplingSettings, version: int | None = None):
     """Share the prompts among the rollout engines; results come back in prompt order. Prompt i keeps the
-    seeds it would get from a single engine."""
+    seeds it would get from a single engine. `version`: the weights every engine must hold."""
     engines = actors.rollouts
     chunk = math.ceil(len(prompts) / len(engines))
     results = ray.get([
         engine.generate.remote(prompts[start : start + chunk], n,
-                               replace(sampling, seed=sampling.seed + start * n) if sampling.seed is not None else sampling)
+                               replace(sampling, seed=sampling.seed + start * n) if sampling.seed is not None else sampling,
+                               version)
         for engine, start in zip(engines, range(0, len(prompts), chunk))
     ])
     return [group for part in results for group in part]

@@ -11,7 +11,7 @@ import torch
 from rlhf.algorithms import aggregate_loss
 from rlhf.algorithms.losses import clipped_value_loss
 from rlhf.experience import Experience
-from rlhf.training.policy import NonFiniteLossError
+from rlhf.training.policy import NonFiniteLossError, rank_slice
 from rlhf.training.deepspeed_engine import backward_and_step, load_training_state, make_engine, save_training_state
 
 
@@ -25,7 +25,8 @@ def completion_values(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 
 class CriticLearner:
-    def __init__(self, model_path: str, critic_cfg, algo_cfg, batch_size: int, seed: int, heads: int = 1):
+    def __init__(self, model_path: str, critic_cfg, algo_cfg, batch_size: int, seed: int, heads: int = 1,
+                 rank: int = 0, world: int = 1):
         from transformers import AutoModelForTokenClassification
 
         torch.manual_seed(seed)
@@ -33,7 +34,8 @@ class CriticLearner:
         self.mini_batch_size = algo_cfg.mini_batch_size or batch_size
         self.micro_batch_size = critic_cfg.micro_batch_size
         model = AutoModelForTokenClassification.from_pretrained(model_path, num_labels=heads, dtype=torch.float32)
-        self.engine = make_engine(model, critic_cfg, self.mini_batch_size)
+        self.rank, self.world = rank, world
+        self.engine = make_engine(model, critic_cfg, self.mini_batch_size, world)
 
     @torch.no_grad()
     def values(self, experience: Experience) -> torch.Tensor:
@@ -52,7 +54,7 @@ class CriticLearner:
         for _ in range(self.algo.epochs):
             for mini in experience.split(self.mini_batch_size):
                 num_tokens = mini.mask.sum().item()
-                for part in mini.split(self.micro_batch_size):
+                for part in rank_slice(mini, self.rank, self.world).split(self.micro_batch_size):
                     values = completion_values(self.engine, part.input_ids, part.attention_mask,
                                                part.completion_ids.shape[1])
                     token_losses = clipped_value_loss(values, part.values, part.returns, self.algo.value_clip)
@@ -61,7 +63,7 @@ class CriticLearner:
                     loss = aggregate_loss(token_losses, part.mask, "token-mean", num_tokens=num_tokens)
                     if not math.isfinite(loss.item()):
                         raise NonFiniteLossError(f"critic loss is {loss.item()}: check the returns and rewards")
-                    backward_and_step(self.engine, loss, totals)
+                    backward_and_step(self.engine, loss * self.world, totals)  # ranks' gradients are averaged
                     totals["value_loss"] += loss.item()
                 updates += 1
         totals["value_loss"] /= updates

@@ -1,8 +1,10 @@
 """The policy learner: a causal LM trained by DeepSpeed (ZeRO over gloo on CPU, NCCL on GPU).
 
 `train_step` runs `algo.epochs` passes over the batch in mini-batches of `algo.mini_batch_size` sequences,
-one optimizer step per mini-batch. Each mini-batch is cut into micro-batches whose losses are each a share
-of the mini-batch's loss (see `aggregate_loss`), so the accumulated gradient is the mini-batch's.
+one optimizer step per mini-batch. With several ranks each takes a contiguous share of every mini-batch.
+Each share is cut into micro-batches whose losses are each a share of the mini-batch's loss (see
+`aggregate_loss`), so the accumulated, rank-averaged gradient is the mini-batch's. Metrics a rank returns
+are its share of the whole (summed over ranks), except `grad_norm` and `lr`, which every rank holds.
 """
 
 import math
@@ -29,7 +31,7 @@ class NonFiniteLossError(RuntimeError):
 
 class PolicyLearner:
     def __init__(self, model_path: str, train_cfg, algo_cfg, batch_size: int, max_new_tokens: int,
-                 temperature: float, seed: int):
+                 temperature: float, seed: int, rank: int = 0, world: int = 1):
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(seed)
@@ -37,8 +39,9 @@ class PolicyLearner:
         self.policy_loss = POLICY_LOSSES.get(algo_cfg.policy_loss)
         self.mini_batch_size = algo_cfg.mini_batch_size or batch_size
         self.micro_batch_size = train_cfg.micro_batch_size
+        self.rank, self.world = rank, world
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-        self.engine = make_engine(model, train_cfg, self.mini_batch_size)
+        self.engine = make_engine(model, train_cfg, self.mini_batch_size, world)
         self.steps = 0
 
     def train_step(self, experience: Experience) -> dict[str, float]:
@@ -55,13 +58,13 @@ class PolicyLearner:
             # how far the engine's logprobs are from the learner's on the same weights (0 by construction
             # when the engine's are used as the old ones)
             totals["logprob_gap"] = _masked_mean((experience.old_logp - experience.rollout_logp).abs(),
-                                                 experience.mask)
+                                                 experience.mask) / self.world  # every rank reports a share
         self.engine.train()
         updates = 0
         for _ in range(self.algo.epochs):
             for mini in experience.split(self.mini_batch_size):
                 num_tokens = mini.mask.sum().item()
-                for part in mini.split(self.micro_batch_size):
+                for part in rank_slice(mini, self.rank, self.world).split(self.micro_batch_size):
                     logp = completion_logprobs(self.engine, part.input_ids, part.attention_mask,
                                                part.completion_ids.shape[1], self.temperature)
                     if self.algo.ratio_against == "reference":  # PAMA as re-implemented by ctwa (UNVERIFIED)
@@ -78,7 +81,8 @@ class PolicyLearner:
                     if not math.isfinite(loss.item()):
                         raise NonFiniteLossError(f"policy loss is {loss.item()} at step {self.steps}; "
                                                  f"non-finite quantity: {_first_non_finite(logp, part, kl)}")
-                    backward_and_step(self.engine, loss, totals)
+                    # DeepSpeed averages gradients over the ranks; each rank's loss is its share of the sum
+                    backward_and_step(self.engine, loss * self.world, totals)
 
                     share = part.mask.sum().item() / max(experience.mask.sum().item(), 1.0) / self.algo.epochs
                     totals["loss"] += loss.item()
@@ -129,6 +133,11 @@ class PolicyLearner:
 
             write_atomically(folder, write)
         return folder
+
+
+def rank_slice(batch: Experience, rank: int, world: int) -> Experience:
+    """This rank's contiguous share of a mini-batch (data parallelism over the ranks)."""
+    return batch.split(batch.size // world)[rank] if world > 1 else batch
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:

@@ -7,6 +7,7 @@ import ray
 import torch
 from transformers import AutoTokenizer
 
+from actors.learner_group import LearnerGroup
 from actors.policy import PolicyActor
 from actors.rollout import RolloutActor
 from actors.weight_sync import SharedMemoryRoute
@@ -30,8 +31,8 @@ def start_policy(model: str, zero_stage: int, batch_size: int):
     cfg = load_config(compose_config("experiment=smoke", f"train.zero_stage={zero_stage}", "train.lr=0.05", "algo.kl_beta=0",
                               f"train.micro_batch_size={batch_size // 2}", "output_dir=/tmp/unused"))
     env = {"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": os.path.expanduser("~/.cache/rlhf/torch_extensions")}
-    return PolicyActor.options(num_cpus=0, runtime_env={"env_vars": env}).remote(
-        model, cfg.train, cfg.algo, batch_size, SAMPLING.max_new_tokens, SAMPLING.temperature, 0)
+    return LearnerGroup([PolicyActor.options(num_cpus=0, runtime_env={"env_vars": env}).remote(
+        model, cfg.train, cfg.algo, batch_size, SAMPLING.max_new_tokens, SAMPLING.temperature, 0)])
 
 
 def rollout_batch(rollout, tokenizer, n=4):
@@ -52,22 +53,22 @@ def test_engine_generates_with_the_learners_newest_weights(ray_cluster, tiny_mod
 
     before = rollout_batch(rollout, tokenizer)
     # fp32 engine logprobs equal the learner's on the same weights
-    torch.testing.assert_close(before.rollout_logp, ray.get(policy.logprobs.remote(before)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(before.rollout_logp, policy.run("logprobs", before), atol=1e-5, rtol=0)
 
-    metrics = ray.get(policy.train_step.remote(before))
+    metrics = policy.run("train_step", before)
     assert metrics["grad_norm"] > 0 and torch.isfinite(torch.tensor(metrics["loss"]))
     route = SharedMemoryRoute(policy, [rollout], str(tmp_path / "sync"))
     route.push()
 
     after = rollout_batch(rollout, tokenizer)
-    learner_after = ray.get(policy.logprobs.remote(after))
+    learner_after = policy.run("logprobs", after)
     torch.testing.assert_close(after.rollout_logp, learner_after, atol=1e-5, rtol=0)
     # and the weights really moved: the old batch is now scored differently
-    assert (ray.get(policy.logprobs.remote(before)) - before.rollout_logp).abs().max() > 1e-3
+    assert (policy.run("logprobs", before) - before.rollout_logp).abs().max() > 1e-3
     route.close()
     assert not (tmp_path / "sync").exists()
     ray.kill(rollout)
-    ray.kill(policy)
+    policy.kill()
 
 
 def test_a_non_finite_loss_names_the_quantity(ray_cluster, tiny_model):
@@ -77,6 +78,6 @@ def test_a_non_finite_loss_names_the_quantity(ray_cluster, tiny_model):
     experience = rollout_batch(rollout, tokenizer)
     experience.advantages[0, 0] = float("nan")
     with pytest.raises(ray.exceptions.RayTaskError, match="non-finite quantity: advantages"):
-        ray.get(policy.train_step.remote(experience))
+        policy.run("train_step", experience)
     ray.kill(rollout)
-    ray.kill(policy)
+    policy.kill()

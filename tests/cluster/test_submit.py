@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from actors.policy import free_port
+from actors.learner_group import free_port
 from conftest import REPO
 
 pytestmark = pytest.mark.integration

@@ -139,6 +139,46 @@ def test_lsc_centres_each_objective_on_the_initial_policys_quantile(ray_cluster,
     assert all(h["reward/bleu"] > 0 for h in history)
 
 
+def test_two_engines_and_two_learner_ranks(ray_cluster, tiny_model, tmp_path):
+    # colocated on the test cluster's 2 CPUs: each actor reserves half a CPU
+    cfg = config(tiny_model, tmp_path, "steps=3", "rollout.engines=2", "train.ranks=2", "train.zero_stage=2",
+                 "train.micro_batch_size=8", "rollout.num_cpus=0.5", "train.num_cpus=0.5", "algo.kl_beta=0",
+                 "logging.wandb_mode=disabled", "checkpoint.every=0")
+    run(cfg)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 3
+    # both engines' samples (half the batch each) score the same under the learner: both got the new weights
+    assert all(h["logprob_gap"] < 1e-4 for h in history)
+    assert all(h["grad_norm"] > 0 for h in history)
+
+
+def test_a_rollout_actor_that_dies_is_restarted_and_the_run_completes(ray_cluster, tiny_model, tmp_path):
+    import threading
+    import time
+
+    cfg = config(tiny_model, tmp_path, "steps=5", "algo.kl_beta=0", "logging.wandb_mode=disabled",
+                 "checkpoint.every=0", "save_final=false")
+    metrics_file, killed = tmp_path / "run" / "metrics.jsonl", []
+
+    def kill_the_engine_after_step_1():
+        deadline = time.time() + 300
+        while time.time() < deadline and not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 2):
+            time.sleep(0.1)
+        name = next(n for n in ray.util.list_named_actors() if n.startswith("rollout-0-"))
+        ray.kill(ray.get_actor(name), no_restart=False)  # as a crash would: Ray restarts it
+        killed.append(name)
+
+    killer = threading.Thread(target=kill_the_engine_after_step_1)
+    killer.start()
+    run(cfg)
+    killer.join()
+
+    history = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    assert killed and [h["step"] for h in history] == list(range(5))
+    assert sum(h["step_retries"] for h in history) >= 1  # a step was redone after the restart
+    assert all(h["logprob_gap"] < 1e-4 for h in history)  # the restarted engine got the current weights
+
+
 def test_a_raising_reward_function_is_named_and_earlier_output_survives(ray_cluster, tiny_model, tmp_path):
     cfg = config(tiny_model, tmp_path, "steps=2", "rollout.engine=hf", "algo.kl_beta=0", "logging.wandb_mode=disabled")
     cfg.reward.functions[0].name = "tests_reward_helpers:explode_on_second_call"

@@ -1,0 +1,77 @@
+"""The DeepSpeed ranks of one learner (policy or critic) as one object.
+
+Every rank gets every call: DeepSpeed's collectives (gradient all-reduce, ZeRO-3 parameter gathers) need all
+ranks in step. Each rank trains on its share of a batch and reports its share of each metric; `reduce`
+adds the shares up.
+"""
+
+import os
+import socket
+
+import ray
+
+# Metrics every rank holds in full (not shares): taken from rank 0.
+REPLICATED = {"grad_norm", "lr", "critic/grad_norm", "critic/lr", "critic/explained_variance"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class LearnerRank:
+    """Mixed into the policy and critic actors: join the ranks' process group, then build the learner."""
+
+    def master_address(self) -> tuple[str, int]:
+        return ray.util.get_node_ip_address(), free_port()
+
+    def node_ip(self) -> str:
+        return ray.util.get_node_ip_address()
+
+    def setup(self, address: str, port: int, rank: int, local_rank: int, world: int) -> None:
+        os.environ.update({"MASTER_ADDR": address, "MASTER_PORT": str(port), "RANK": str(rank),
+                           "WORLD_SIZE": str(world), "LOCAL_RANK": str(local_rank)})
+        self.learner = self.build(rank, world)
+
+    def build(self, rank: int, world: int):
+        raise NotImplementedError
+
+    def train_step(self, experience):
+        return self.learner.train_step(experience)
+
+    def save_checkpoint(self, folder: str) -> None:
+        self.learner.save_checkpoint(folder)
+
+    def load_checkpoint(self, folder: str) -> None:
+        self.learner.load_checkpoint(folder)
+
+    def ready(self) -> bool:
+        return True
+
+
+class LearnerGroup:
+    def __init__(self, ranks: list):
+        """`ranks`: actor handles of a LearnerRank class, created but not yet set up."""
+        self.ranks = ranks
+        address, port = ray.get(ranks[0].master_address.remote())
+        ips = ray.get([r.node_ip.remote() for r in ranks])
+        local = [ips[:i].count(ip) for i, ip in enumerate(ips)]
+        ray.get([r.setup.remote(address, port, i, local[i], len(ranks)) for i, r in enumerate(ranks)])
+
+    def call(self, method: str, *args) -> list:
+        """Start `method` on every rank; returns the Ray references, rank 0 first."""
+        return [getattr(rank, method).remote(*args) for rank in self.ranks]
+
+    def run(self, method: str, *args):
+        """Run `method` on every rank and return rank 0's answer."""
+        return ray.get(self.call(method, *args))[0]
+
+    @staticmethod
+    def reduce(per_rank: list[dict]) -> dict[str, float]:
+        return {key: value if key in REPLICATED else sum(m[key] for m in per_rank)
+                for key, value in per_rank[0].items()}
+
+    def kill(self) -> None:
+        for rank in self.ranks:
+            ray.kill(rank)

@@ -1,0 +1,57 @@
+"""Data-parallel learner ranks over gloo: two ranks take the same optimizer step as one rank would."""
+
+import os
+
+import pytest
+import ray
+import torch
+from transformers import AutoTokenizer
+
+from actors.learner_group import LearnerGroup
+from actors.placement import Placement, RoleDemand
+from actors.policy import PolicyActor
+from rlhf.config import compose_config, load_config
+from test_weight_sync import SAMPLING, rollout_batch, start_rollout
+
+pytestmark = pytest.mark.integration
+
+
+def policy_group(model: str, ranks: int, zero_stage: int, batch_size: int = 8) -> LearnerGroup:
+    cfg = load_config(compose_config("experiment=smoke", f"train.zero_stage={zero_stage}", "train.lr=0.05",
+                                     "algo.kl_beta=0", "train.micro_batch_size=2", f"train.ranks={ranks}",
+                                     "output_dir=/tmp/unused"))
+    env = {"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": os.path.expanduser("~/.cache/rlhf/torch_extensions")}
+    return LearnerGroup([
+        PolicyActor.options(num_cpus=0, runtime_env={"env_vars": env}).remote(
+            model, cfg.train, cfg.algo, batch_size, SAMPLING.max_new_tokens, SAMPLING.temperature, 0)
+        for _ in range(ranks)
+    ])
+
+
+@pytest.mark.parametrize("zero_stage", [1, 3])
+def test_two_ranks_step_like_one_and_stay_identical(ray_cluster, tiny_model, zero_stage):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rollout = start_rollout("hf", tiny_model)
+    experience = rollout_batch(rollout, tokenizer)
+    probe = rollout_batch(rollout, tokenizer)
+    ray.kill(rollout)
+
+    single = policy_group(tiny_model, 1, zero_stage)
+    one = LearnerGroup.reduce(ray.get(single.call("train_step", experience)))
+    after_one = single.run("logprobs", probe)
+    single.kill()
+
+    pair = policy_group(tiny_model, 2, zero_stage)
+    two = LearnerGroup.reduce(ray.get(pair.call("train_step", experience)))
+    after_two = ray.get(pair.call("logprobs", probe))
+    pair.kill()
+
+    torch.testing.assert_close(after_two[0], after_two[1], atol=0, rtol=0)  # the ranks hold the same weights
+    torch.testing.assert_close(after_two[0], after_one, atol=1e-5, rtol=0)  # ... and those of one rank
+    assert two["loss"] == pytest.approx(one["loss"], abs=1e-6)
+    assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
+
+
+def test_a_placement_that_cannot_fit_says_what_it_needs(ray_cluster):
+    with pytest.raises(RuntimeError, match=r"needs .*'policy': '4 x 1 CPU'.*cluster has 2"):
+        Placement("split", {"policy": RoleDemand(4, 1)}, timeout_s=2)
