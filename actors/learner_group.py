@@ -46,6 +46,9 @@ class LearnerRank:
     def load_checkpoint(self, folder: str) -> None:
         self.learner.load_checkpoint(folder)
 
+    def preflight(self, prompt_len: int, completion_len: int) -> dict:
+        return self.learner.preflight(prompt_len, completion_len)
+
     def ready(self) -> bool:
         return True
 

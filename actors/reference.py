@@ -14,5 +14,8 @@ class ReferenceActor:
     def logprobs(self, experience: Experience):
         return self.model.logprobs(experience)
 
+    def preflight(self, prompt_len: int, completion_len: int) -> dict:
+        return self.model.preflight(prompt_len, completion_len)
+
     def ready(self) -> bool:
         return True

@@ -13,5 +13,10 @@ class RewardActor:
     def score(self, prompts: list, completions: list[str], columns: dict[str, list]) -> dict[str, list[float]]:
         return self.scorer.score(prompts, completions, columns)
 
+    def preflight(self) -> dict:
+        from rlhf.training.memory import peak_rss_gib, report
+
+        return report("reward functions", peak_rss_gib())
+
     def ready(self) -> bool:
         return True

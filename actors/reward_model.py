@@ -13,5 +13,10 @@ class RewardModelActor:
     def score(self, prompts: list, completions: list[str]) -> list[float]:
         return self.model.score(prompts, completions)
 
+    def preflight(self) -> dict:
+        from rlhf.training.memory import peak_rss_gib, report
+
+        return report("reward model", peak_rss_gib())
+
     def ready(self) -> bool:
         return True

@@ -33,5 +33,11 @@ class RolloutActor:
         self.engine.load_weights(folder)
         self.version = self.version + 1 if version is None else version
 
+    def preflight(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> dict:
+        from rlhf.training.memory import peak_rss_gib, report
+
+        self.engine.generate(prompts, n, sampling)
+        return report("rollout", peak_rss_gib())
+
     def ready(self) -> bool:
         return True

@@ -189,6 +189,13 @@ class PlacementConfig:
 
 
 @dataclass
+class PreflightConfig:
+    enabled: bool = MISSING
+    memory_fraction: float = MISSING
+    node_memory_gib: Optional[float] = MISSING
+
+
+@dataclass
 class FaultToleranceConfig:
     max_restarts: int = MISSING
     max_step_retries: int = MISSING
@@ -216,6 +223,7 @@ class Config:
     checkpoint: CheckpointConfig = MISSING
     placement: PlacementConfig = MISSING
     fault_tolerance: FaultToleranceConfig = MISSING
+    preflight: PreflightConfig = MISSING
     resume: Optional[str] = MISSING
     seed: int = MISSING
     steps: int = MISSING
@@ -297,6 +305,8 @@ def validate(c: Config) -> None:
                              "algo.group_size): each rank takes an equal share, cut into micro-batches")
     _positive("rollout.engines", c.rollout.engines)
     _choice("placement.layout", c.placement.layout, {"colocated", "split"})
+    if not 0 < c.preflight.memory_fraction <= 1:
+        raise ValueError(f"preflight.memory_fraction={c.preflight.memory_fraction} must be in (0, 1]")
     _positive("fault_tolerance.max_restarts", c.fault_tolerance.max_restarts, allow_zero=True)
     _positive("fault_tolerance.max_step_retries", c.fault_tolerance.max_step_retries, allow_zero=True)
     labels = c.reward.objective_labels()

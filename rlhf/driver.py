@@ -1,5 +1,6 @@
 """The training loop, top-down: generate, score, advantages, train, push weights, log."""
 
+import json
 import logging
 import math
 import os
@@ -28,6 +29,7 @@ from rlhf.checkpoint import (
 )
 from rlhf.config import Config
 from rlhf.data import PromptStream, load_rows
+from rlhf.engines.base import SamplingSettings
 from rlhf.experience import Experience
 from rlhf.groups import Groups
 from rlhf.rewards import REWARD_AGGREGATIONS
@@ -35,6 +37,7 @@ from rlhf.rewards.aggregation import Aggregation
 from rlhf.sampling import Sampler
 from rlhf.models import resolve_model_path
 from rlhf.tracking import MetricsLog
+from rlhf.training import memory
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,8 @@ def run(cfg: Config) -> dict[str, float]:
     try:
         if aggregation.needs_reference_rewards:  # from the initial policy: before any checkpoint is loaded
             sampler.reference_rewards = sampler.estimate_reference_rewards(prompts, output_dir / "reference_rewards.json")
+        if cfg.preflight.enabled:
+            memory_preflight(actors, cfg, prompts, output_dir)
         first_step = 0
         if state:
             restore(actors, resume_from, state, prompts, kl_control, reward_moments)
@@ -137,6 +142,41 @@ def restore(actors: Actors, folder: Path, state: dict, prompts: PromptStream, kl
     prompts.load_state_dict(state["prompts"])
     kl_control.value = state["kl_coef"]
     reward_moments.load_state_dict(state["reward_moments"])
+
+
+def memory_preflight(actors: Actors, cfg: Config, prompts: PromptStream, output_dir: Path) -> None:
+    """Each role runs its heaviest work once at the longest lengths (the longest prompt of the data, the full
+    token budget); if the peaks of the roles sharing a node exceed `preflight.memory_fraction` of it, stop now
+    with every role's number rather than when the OOM killer strikes mid-run. Writes preflight.json."""
+    started = time.perf_counter()
+    longest = max(prompts.token_ids, key=len)
+    sampling = SamplingSettings(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, seed=0,
+                                ignore_eos=True)
+    per_engine = math.ceil(cfg.prompts_per_step / len(actors.rollouts))
+    pending = [engine.preflight.remote([longest] * per_engine, cfg.algo.group_size, sampling)
+               for engine in actors.rollouts]
+    pending += [actor.preflight.remote() for actor in [actors.reward, *actors.reward_models.values()] if actor]
+    lengths = (len(longest), cfg.rollout.max_new_tokens)
+    if actors.reference:
+        pending.append(actors.reference.preflight.remote(*lengths))
+    for group in filter(None, (actors.policy, actors.critic)):
+        pending += group.call("preflight", *lengths)
+    reports = [*ray.get(pending), memory.report("driver", memory.peak_rss_gib())]
+    write_json_atomically(output_dir / "preflight.json", reports)
+    log.info("memory pre-flight (%.0f s): %s", time.perf_counter() - started,
+             ", ".join(f"{r['role']} {r['peak_gib']:.2f} GiB" for r in reports))
+    problems = memory.check_fit(reports, cfg.preflight.memory_fraction, cfg.preflight.node_memory_gib)
+    if problems:
+        raise MemoryError("memory pre-flight: this run would not fit in memory.\n" + "\n".join(problems) +
+                          "\nLower train.micro_batch_size, rollout.max_new_tokens, data.max_prompt_tokens or "
+                          "rollout.kv_cache_gib, use train.zero_stage=3 over more ranks, or placement=split over more "
+                          "nodes (preflight.json has every role's peak)")
+
+
+def write_json_atomically(path: Path, value) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
 
 
 # What a dead actor looks like to the driver (Ray restarts it unless its restarts are used up).

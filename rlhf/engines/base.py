@@ -18,6 +18,7 @@ class SamplingSettings:
     temperature: float
     top_p: float
     seed: int | None = None  # prompt i's n samples use seeds seed + i*n ... (reproducible across restarts)
+    ignore_eos: bool = False  # always generate max_new_tokens (the memory pre-flight's longest case)
 
 
 class GenerationEngine(ABC):

@@ -25,6 +25,7 @@ class HFEngine(GenerationEngine):
         out = self.model.generate(
             input_ids=input_ids, attention_mask=attention_mask, do_sample=True,
             temperature=sampling.temperature, top_p=sampling.top_p, top_k=0, max_new_tokens=sampling.max_new_tokens,
+            min_new_tokens=sampling.max_new_tokens if sampling.ignore_eos else None,
             num_return_sequences=n, output_scores=True, return_dict_in_generate=True, pad_token_id=pad,
         )
         generated = out.sequences[:, width:]

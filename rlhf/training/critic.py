@@ -12,6 +12,7 @@ from rlhf.algorithms import aggregate_loss
 from rlhf.algorithms.losses import clipped_value_loss
 from rlhf.experience import Experience
 from rlhf.training.policy import NonFiniteLossError, rank_slice
+from rlhf.training.memory import learner_preflight
 from rlhf.training.deepspeed_engine import backward_and_step, load_training_state, make_engine, save_training_state
 
 
@@ -69,6 +70,10 @@ class CriticLearner:
         totals["value_loss"] /= updates
         totals["explained_variance"] = explained_variance(experience.values, experience.returns, experience.mask)
         return {f"critic/{k}": v for k, v in totals.items()}
+
+    def preflight(self, prompt_len: int, completion_len: int) -> dict:
+        return learner_preflight(self.engine, completion_values, self.micro_batch_size, prompt_len, completion_len,
+                                 role=f"critic rank {self.rank}")
 
     def save_checkpoint(self, folder: str) -> None:
         save_training_state(self.engine, folder, {})

@@ -23,6 +23,7 @@ from rlhf.training.deepspeed_engine import (
     save_training_state,
 )
 from rlhf.training.logprobs import batch_logprobs, completion_logprobs
+from rlhf.training.memory import learner_preflight
 
 
 class NonFiniteLossError(RuntimeError):
@@ -104,6 +105,11 @@ class PolicyLearner:
         """[B, T] logprobs of the completions under the current weights (masked to 0 past each end)."""
         self.engine.eval()
         return batch_logprobs(self.engine, experience, self.micro_batch_size, self.temperature)
+
+    def preflight(self, prompt_len: int, completion_len: int) -> dict:
+        forward = lambda engine, ids, mask, t: completion_logprobs(engine, ids, mask, t, self.temperature)  # noqa: E731
+        return learner_preflight(self.engine, forward, self.micro_batch_size, prompt_len, completion_len,
+                                 role=f"policy rank {self.rank}")
 
     def save_checkpoint(self, folder: str) -> None:
         save_training_state(self.engine, folder, {"steps": self.steps})

@@ -3,7 +3,8 @@
 import torch
 
 from rlhf.experience import Experience
-from rlhf.training.logprobs import batch_logprobs
+from rlhf.training.logprobs import batch_logprobs, completion_logprobs
+from rlhf.training.memory import dummy_batch, peak_rss_gib, report
 
 
 class ReferenceModel:
@@ -15,3 +16,9 @@ class ReferenceModel:
 
     def logprobs(self, experience: Experience) -> torch.Tensor:
         return batch_logprobs(self.model, experience, self.micro_batch_size, self.temperature)
+
+    @torch.no_grad()
+    def preflight(self, prompt_len: int, completion_len: int) -> dict:
+        ids, mask = dummy_batch(self.model.config.vocab_size, self.micro_batch_size, prompt_len, completion_len)
+        completion_logprobs(self.model, ids, mask, completion_len, self.temperature)
+        return report("reference", peak_rss_gib())
