@@ -23,5 +23,17 @@ class PolicyActor(LearnerRank):
     def save_weights(self, folder: str) -> str:
         return self.learner.save_weights(folder)
 
+    def join_weight_group(self, host: str, port: int, rank: int, world: int) -> None:
+        self.learner.join_weight_group(host, port, rank, world)
+
+    def weight_metadata(self):
+        return self.learner.weight_metadata()
+
+    def broadcast_weights(self) -> None:
+        self.learner.broadcast_weights()
+
+    def ipc_handles(self):
+        return self.learner.ipc_handles()
+
     def save_pretrained(self, folder: str, tokenizer_path: str) -> str:
         return self.learner.save_pretrained(folder, tokenizer_path)

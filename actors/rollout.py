@@ -33,6 +33,30 @@ class RolloutActor:
         self.engine.load_weights(folder)
         self.version = self.version + 1 if version is None else version
 
+    # GPU weight-sync routes (UNTESTED: no GPU here)
+    def join_weight_group(self, host: str, port: int, rank: int, world: int) -> None:
+        from rlhf.training.weight_transfer import join_nccl_group
+
+        self.weight_group = join_nccl_group(host, port, rank, world)
+
+    def receive_weights(self, metadata: list, version: int) -> None:
+        from rlhf.training.weight_transfer import receive
+
+        self.engine.load_tensors(receive(self.weight_group, metadata))
+        self.version = version
+
+    def load_ipc_weights(self, handles: dict, version: int) -> None:
+        from rlhf.training.weight_transfer import from_ipc_handles
+
+        self.engine.load_tensors(from_ipc_handles(handles))
+        self.version = version
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake_up(self) -> None:
+        self.engine.wake_up()
+
     def preflight(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> dict:
         from rlhf.training.memory import peak_rss_gib, report
 

@@ -130,6 +130,7 @@ class RolloutConfig:
     num_cpus: float = MISSING
     threads: int = MISSING
     sync_dir: str = MISSING
+    weight_sync: str = MISSING
 
 
 @dataclass
@@ -304,6 +305,7 @@ def validate(c: Config) -> None:
                              f"{mini} sequences per optimizer step (algo.mini_batch_size, or prompts_per_step x "
                              "algo.group_size): each rank takes an equal share, cut into micro-batches")
     _positive("rollout.engines", c.rollout.engines)
+    _choice("rollout.weight_sync", c.rollout.weight_sync, {"shm", "nccl", "cuda_ipc"})
     _choice("placement.layout", c.placement.layout, {"colocated", "split"})
     if not 0 < c.preflight.memory_fraction <= 1:
         raise ValueError(f"preflight.memory_fraction={c.preflight.memory_fraction} must be in (0, 1]")

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from actors.launch import Actors, launch_actors
 from actors.learner_group import LearnerGroup
 from actors.rollout import StaleWeightsError
-from actors.weight_sync import SharedMemoryRoute
+from actors.weight_sync import make_route
 from rlhf.algorithms import ADVANTAGE_ESTIMATORS
 from rlhf.algorithms.advantages import masked_whiten
 from rlhf.algorithms.reward_shaping import KLController, RunningMoments, normalize_rewards
@@ -65,8 +65,8 @@ def run(cfg: Config) -> dict[str, float]:
 
     started_ray = connect_ray(cfg)
     actors = launch_actors(cfg, model_path)
-    weight_sync = SharedMemoryRoute(actors.policy, actors.rollouts,
-                                    os.path.join(cfg.rollout.sync_dir, f"rlhf-weights-{os.getpid()}-{time.time_ns()}"))
+    weight_sync = make_route(cfg.rollout.weight_sync, actors.policy, actors.rollouts,
+                             os.path.join(cfg.rollout.sync_dir, f"rlhf-weights-{os.getpid()}-{time.time_ns()}"))
     metrics_log = MetricsLog(str(output_dir), cfg.logging.run_name or output_dir.name, cfg.logging.wandb_mode,
                              cfg.logging.wandb_project, cfg.logging.wandb_entity, asdict(cfg), cfg.logging.plot,
                              resume_step=state["step"] + 1 if state else None,
@@ -101,6 +101,7 @@ def run(cfg: Config) -> dict[str, float]:
 
             train_policy = step >= cfg.algo.critic_warmup_steps
             with timer("train"):
+                weight_sync.before_train()
                 train_metrics = train(actors, experience.without_truncated() if cfg.algo.mask_truncated else experience,
                                       train_policy, step, checkpoint_root)
             if train_policy:

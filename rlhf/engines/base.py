@@ -29,3 +29,14 @@ class GenerationEngine(ABC):
     @abstractmethod
     def load_weights(self, folder: str) -> None:
         """Replace the model's weights with the safetensors checkpoint in `folder` (full state dict)."""
+
+    # For the GPU weight-sync routes only (rollout.weight_sync=nccl|cuda_ipc):
+    def load_tensors(self, weights: list) -> None:
+        """Replace the model's weights with (name, tensor) pairs already on this process's device."""
+        raise NotImplementedError(f"{type(self).__name__} cannot load tensors directly; use rollout.weight_sync=shm")
+
+    def sleep(self) -> None:
+        """Release generation memory (KV cache) while the learner trains on the same device."""
+
+    def wake_up(self) -> None:
+        """Take the memory back before generating or loading weights."""

@@ -47,3 +47,12 @@ class HFEngine(GenerationEngine):
     def load_weights(self, folder: str) -> None:
         state = load_file(f"{folder}/model.safetensors")
         self.model.load_state_dict(state, strict=True)
+
+    def load_tensors(self, weights: list) -> None:
+        self.model.load_state_dict(dict(weights), strict=True)
+
+    def sleep(self) -> None:
+        pass  # nothing to free: transformers keeps no KV cache between calls
+
+    def wake_up(self) -> None:
+        pass

@@ -54,3 +54,15 @@ class VLLMEngine(GenerationEngine):
         # model.load_weights fails on CPU (vLLM repacks linear weights at load); a reload from a folder works.
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
+
+    # GPU weight-sync routes (UNTESTED: no GPU here; on CPU model.load_weights fails and sleep mode is absent).
+    def load_tensors(self, weights: list) -> None:
+        """Load (name, tensor) pairs straight into the model (the in-process executor runs the callable here)."""
+        self.llm.collective_rpc(lambda worker: worker.model_runner.model.load_weights(weights))
+        self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()

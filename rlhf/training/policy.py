@@ -23,6 +23,7 @@ from rlhf.training.deepspeed_engine import (
     save_training_state,
 )
 from rlhf.training.logprobs import batch_logprobs, completion_logprobs
+from rlhf.training import weight_transfer
 from rlhf.training.memory import learner_preflight
 
 
@@ -125,6 +126,27 @@ class PolicyLearner:
         if state is not None:
             write_atomically(folder, lambda tmp: save_file(state, os.path.join(tmp, "model.safetensors")))
         return folder
+
+    # GPU weight-sync routes (UNTESTED: no GPU here). Every rank calls these (ZeRO-3 gathers collectively);
+    # rank 0 sends.
+    def join_weight_group(self, host: str, port: int, rank: int, world: int) -> None:
+        self.weight_group = weight_transfer.join_nccl_group(host, port, rank, world)
+
+    def weight_metadata(self):
+        state = full_state_dict(self.engine)
+        return None if state is None else weight_transfer.metadata(state)
+
+    def broadcast_weights(self) -> None:
+        state = full_state_dict(self.engine)
+        if state is not None:
+            weight_transfer.send(self.weight_group, state)
+
+    def ipc_handles(self):
+        state = full_state_dict(self.engine)
+        if state is None:
+            return None
+        self._shared = state  # the engines map these tensors: keep them alive until the next push
+        return weight_transfer.ipc_handles(state)
 
     def save_pretrained(self, folder: str, tokenizer_path: str) -> str:
         from transformers import AutoTokenizer

