@@ -24,8 +24,9 @@ class RolloutActor:
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings,
                  version: int | None = None) -> list[list[Sample]]:
-        """`version`: the weights the caller expects (None: any). A restarted actor is back at version 0."""
-        if version is not None and version != self.version:
+        """`version`: the oldest weights the caller accepts (None: any). A restarted actor is back at version 0;
+        newer weights than asked for are fine (a push that overtook a one-step-off-policy rollout)."""
+        if version is not None and self.version < version:
             raise StaleWeightsError(f"engine holds weights version {self.version}, the driver expects {version}")
         return self.engine.generate(prompts, n, sampling)
 

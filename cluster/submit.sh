@@ -17,5 +17,10 @@ if [ -z "${RAY_AUTH_MODE:-}" ] && { [ -n "${RAY_AUTH_TOKEN:-}" ] || [ -f "${RAY_
 fi
 runtime_env='{"excludes": [".git", "outputs", "multirun", "wandb"], "env_vars": {"WANDB_MODE": "offline"}}'
 echo "outputs: $run_dir"
+# A sweep (-m) puts each member in its own folder under the sweep folder; a single run writes to run_dir.
+placement_args=("output_dir=$run_dir" "hydra.run.dir=$run_dir")
+for arg in "$@"; do
+    if [ "$arg" = "-m" ] || [ "$arg" = "--multirun" ]; then placement_args=("hydra.sweep.dir=$run_dir"); fi
+done
 exec ray job submit --address "$address" --working-dir . --runtime-env-json "$runtime_env" -- \
-    python -m rlhf.train "output_dir=$run_dir" "hydra.run.dir=$run_dir" "$@"
+    python -m rlhf.train "${placement_args[@]}" "$@"

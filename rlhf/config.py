@@ -68,6 +68,7 @@ class AlgoConfig:
     overlong_penalty: float = MISSING
     mask_truncated: bool = MISSING
     ratio_against: str = MISSING
+    tis_cap: Optional[float] = MISSING
 
 
 @dataclass
@@ -131,6 +132,7 @@ class RolloutConfig:
     threads: int = MISSING
     sync_dir: str = MISSING
     weight_sync: str = MISSING
+    async_one_step: bool = MISSING
 
 
 @dataclass
@@ -306,6 +308,9 @@ def validate(c: Config) -> None:
                              "algo.group_size): each rank takes an equal share, cut into micro-batches")
     _positive("rollout.engines", c.rollout.engines)
     _choice("rollout.weight_sync", c.rollout.weight_sync, {"shm", "nccl", "cuda_ipc"})
+    if c.rollout.async_one_step and c.algo.tis_cap is None:
+        raise ValueError("rollout.async_one_step trains on samples of the previous weights: set algo.tis_cap "
+                         "(e.g. 2.0) for the truncated importance-sampling correction")
     _choice("placement.layout", c.placement.layout, {"colocated", "split"})
     if not 0 < c.preflight.memory_fraction <= 1:
         raise ValueError(f"preflight.memory_fraction={c.preflight.memory_fraction} must be in (0, 1]")

@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -44,91 +45,156 @@ log = logging.getLogger(__name__)
 
 def run(cfg: Config) -> dict[str, float]:
     """Train for `cfg.steps` steps; return the last step's metrics."""
-    from transformers import AutoTokenizer
-
-    output_dir = Path(cfg.output_dir).absolute()
-    model_path = resolve_model_path(cfg.model.source, cfg.model.path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    check_context_length(model_path, cfg)
-    if cfg.algo.use_critic and cfg.critic.model_path:
-        check_same_tokenizer(tokenizer, cfg.critic.model_path)
-    prompts = PromptStream(load_rows(cfg.data), tokenizer, cfg.data.system_prompt, cfg.data.max_prompt_tokens, cfg.seed)
-
-    checkpoint_root = Path(cfg.checkpoint.dir or output_dir / "checkpoints").absolute()
-    resume_from = find_checkpoint(cfg.resume, checkpoint_root)
-    state = read_driver_state(resume_from) if resume_from else None
-    if state and cfg.algo.use_critic and not (resume_from / "critic").is_dir():
-        raise ValueError(f"{resume_from} holds no critic but algo.use_critic is true: resume with the algorithm "
-                         "the checkpoint was written with")
-    check_no_later_checkpoints(checkpoint_root, state["step"] if state else -1)
-    remove_unfinished(checkpoint_root)
-
-    started_ray = connect_ray(cfg)
-    actors = launch_actors(cfg, model_path)
-    weight_sync = make_route(cfg.rollout.weight_sync, actors.policy, actors.rollouts,
-                             os.path.join(cfg.rollout.sync_dir, f"rlhf-weights-{os.getpid()}-{time.time_ns()}"))
-    metrics_log = MetricsLog(str(output_dir), cfg.logging.run_name or output_dir.name, cfg.logging.wandb_mode,
-                             cfg.logging.wandb_project, cfg.logging.wandb_entity, asdict(cfg), cfg.logging.plot,
-                             resume_step=state["step"] + 1 if state else None,
-                             wandb_id=state["wandb_id"] if state else None)
-    estimate_advantages = ADVANTAGE_ESTIMATORS.get(cfg.algo.advantage_estimator)
-    aggregation = REWARD_AGGREGATIONS.get(cfg.reward.aggregation)(cfg.reward)
-    kl_control = KLController(cfg.algo.kl_reward_beta, cfg.algo.kl_target, cfg.algo.kl_horizon)
-    reward_moments = RunningMoments()
-    sampler = Sampler(actors, cfg, aggregation, weight_sync)
-    metrics: dict[str, float] = {}
+    trainer = Trainer(cfg)
     try:
-        if aggregation.needs_reference_rewards:  # from the initial policy: before any checkpoint is loaded
-            sampler.reference_rewards = sampler.estimate_reference_rewards(prompts, output_dir / "reference_rewards.json")
-        if cfg.preflight.enabled:
-            memory_preflight(actors, cfg, prompts, output_dir)
-        first_step = 0
-        if state:
-            restore(actors, resume_from, state, prompts, kl_control, reward_moments)
-            weight_sync.push()
-            first_step = state["step"] + 1
-            log.info("resumed from %s: continuing at step %d", resume_from, first_step)
+        return trainer.train()
+    finally:
+        trainer.close()
+
+
+class Trainer:
+    """One run: its actors, prompt stream, weight-sync route and loop state (KL controller, reward statistics)."""
+
+    def __init__(self, cfg: Config):
+        from transformers import AutoTokenizer
+
+        self.cfg = cfg
+        self.output_dir = Path(cfg.output_dir).absolute()
+        self.model_path = resolve_model_path(cfg.model.source, cfg.model.path)
+        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.pad_id = tokenizer.pad_token_id
+        check_context_length(self.model_path, cfg)
+        if cfg.algo.use_critic and cfg.critic.model_path:
+            check_same_tokenizer(tokenizer, cfg.critic.model_path)
+        self.prompts = PromptStream(load_rows(cfg.data), tokenizer, cfg.data.system_prompt,
+                                    cfg.data.max_prompt_tokens, cfg.seed)
+
+        self.checkpoints = Path(cfg.checkpoint.dir or self.output_dir / "checkpoints").absolute()
+        self.resume_from = find_checkpoint(cfg.resume, self.checkpoints)
+        self.state = read_driver_state(self.resume_from) if self.resume_from else None
+        if self.state and cfg.algo.use_critic and not (self.resume_from / "critic").is_dir():
+            raise ValueError(f"{self.resume_from} holds no critic but algo.use_critic is true: resume with the "
+                             "algorithm the checkpoint was written with")
+        check_no_later_checkpoints(self.checkpoints, self.state["step"] if self.state else -1)
+        remove_unfinished(self.checkpoints)
+
+        self.started_ray = connect_ray(cfg)
+        try:
+            self.actors = launch_actors(cfg, self.model_path)
+            self.weight_sync = make_route(cfg.rollout.weight_sync, self.actors.policy, self.actors.rollouts,
+                                          os.path.join(cfg.rollout.sync_dir, f"rlhf-weights-{os.getpid()}-{time.time_ns()}"))
+            self.metrics_log = MetricsLog(
+                str(self.output_dir), cfg.logging.run_name or self.output_dir.name, cfg.logging.wandb_mode,
+                cfg.logging.wandb_project, cfg.logging.wandb_entity, asdict(cfg), cfg.logging.plot,
+                resume_step=self.state["step"] + 1 if self.state else None,
+                wandb_id=self.state["wandb_id"] if self.state else None)
+        except BaseException:
+            if self.started_ray:  # the actors go with the Ray instance this run started
+                ray.shutdown()
+            raise
+        self.estimate_advantages = ADVANTAGE_ESTIMATORS.get(cfg.algo.advantage_estimator)
+        self.aggregation = REWARD_AGGREGATIONS.get(cfg.reward.aggregation)(cfg.reward)
+        self.kl_control = KLController(cfg.algo.kl_reward_beta, cfg.algo.kl_target, cfg.algo.kl_horizon)
+        self.reward_moments = RunningMoments()
+        self.sampler = Sampler(self.actors, cfg, self.aggregation)
+        # one-step-off-policy (rollout.async_one_step): the next step's rollout runs on the previous weights
+        # while this step trains; its phase times are merged into the step that uses it
+        self.background = ThreadPoolExecutor(max_workers=1) if cfg.rollout.async_one_step else None
+
+    def train(self) -> dict[str, float]:
+        cfg = self.cfg
+        first_step = self.prepare()
         bar = tqdm(range(first_step, cfg.steps), desc="train", disable=not cfg.logging.progress_bar,
                    dynamic_ncols=True, initial=first_step, total=cfg.steps)
-        for step in bar:
-            timer = PhaseTimer()
-            groups, sampling_metrics, experience = rollout_with_retries(
-                actors, sampler, prompts, step, tokenizer.pad_token_id, timer, weight_sync, cfg.fault_tolerance)
-            if cfg.algo.reward_norm:
-                experience.rewards = normalize_rewards(experience.rewards, reward_moments, cfg.algo.reward_clip)
-            advantage_metrics = add_advantages(experience, estimate_advantages,
-                                               replace(cfg.algo, kl_reward_beta=kl_control.value), aggregation)
-
-            train_policy = step >= cfg.algo.critic_warmup_steps
-            with timer("train"):
-                weight_sync.before_train()
-                train_metrics = train(actors, experience.without_truncated() if cfg.algo.mask_truncated else experience,
-                                      train_policy, step, checkpoint_root)
-            if train_policy:
-                with timer("weight_sync"):
-                    weight_sync.push()
-
-            rollout_kl = sequence_kl(experience)
-            kl_control.update(rollout_kl, experience.size)
-            metrics = {**rollout_metrics(experience, groups), **sampling_metrics, **advantage_metrics, **train_metrics,
-                       "rollout_kl": rollout_kl, "kl_coef": kl_control.value, **timer.seconds()}
-            report(step, metrics, groups, metrics_log, bar)
-            if cfg.checkpoint.every and ((step + 1) % cfg.checkpoint.every == 0 or step == cfg.steps - 1):
-                driver_state = {"step": step, "prompts": prompts.state_dict(), "kl_coef": kl_control.value,
-                                "reward_moments": reward_moments.state_dict(), "wandb_id": metrics_log.wandb_id}
-                path = save_checkpoint(checkpoint_root, step, lambda folder: save_learners(actors, folder),
-                                       driver_state, cfg.checkpoint.keep_last)
-                log.info("step %d: checkpoint written to %s", step, path)
+        metrics, pending, step = {}, None, first_step
+        try:
+            for step in bar:
+                timer = PhaseTimer()
+                groups, sampling_metrics, experience = self.rollout(step, pending, timer)
+                cursor = self.prompts.state_dict()  # where a resume continues: before the next step's draws
+                pending = self.start_next_rollout(step)
+                metrics = {**self.learn(step, experience, timer), **rollout_metrics(experience, groups),
+                           **sampling_metrics, **timer.seconds()}
+                report(step, metrics, groups, self.metrics_log, bar)
+                if cfg.checkpoint.every and ((step + 1) % cfg.checkpoint.every == 0 or step == cfg.steps - 1):
+                    self.save(step, cursor)
+        except ACTOR_DIED as err:
+            raise RuntimeError(f"step {step}: a learner rank died, or another actor could not be brought back "
+                               f"({type(err).__name__}); the run stops. Checkpoints in {self.checkpoints} are intact: "
+                               "rerun the same command with resume=auto") from err
         if cfg.save_final:
-            actors.policy.run("save_pretrained", str(output_dir / "final"), model_path)
-            log.info("final policy saved to %s", output_dir / "final")
-    finally:
-        weight_sync.close()
-        metrics_log.close()
-        actors.kill()
-        if started_ray:
+            self.actors.policy.run("save_pretrained", str(self.output_dir / "final"), self.model_path)
+            log.info("final policy saved to %s", self.output_dir / "final")
+        return metrics
+
+    def prepare(self) -> int:
+        """Everything before the first step; returns that step."""
+        if self.aggregation.needs_reference_rewards:  # from the initial policy: before any checkpoint is loaded
+            self.sampler.reference_rewards = self.sampler.estimate_reference_rewards(
+                self.prompts, self.output_dir / "reference_rewards.json")
+        if self.cfg.preflight.enabled:
+            memory_preflight(self.actors, self.cfg, self.prompts, self.output_dir)
+        if not self.state:
+            return 0
+        restore(self.actors, self.resume_from, self.state, self.prompts, self.kl_control, self.reward_moments)
+        self.weight_sync.push()
+        log.info("resumed from %s: continuing at step %d", self.resume_from, self.state["step"] + 1)
+        return self.state["step"] + 1
+
+    def rollout(self, step: int, pending, timer: "PhaseTimer"):
+        """This step's groups and experience: generated now, or taken from the background rollout."""
+        if pending is None:
+            return rollout_with_retries(self.actors, self.sampler, self.prompts, step, self.pad_id, timer,
+                                        self.weight_sync, self.cfg.fault_tolerance, self.weight_sync.version)
+        future, background_timer = pending
+        with timer("wait_for_rollout"):
+            result = future.result()
+        timer.merge(background_timer)
+        return result
+
+    def start_next_rollout(self, step: int):
+        if self.background is None or step + 1 >= self.cfg.steps:
+            return None
+        timer = PhaseTimer()
+        future = self.background.submit(rollout_with_retries, self.actors, self.sampler, self.prompts, step + 1,
+                                        self.pad_id, timer, self.weight_sync, self.cfg.fault_tolerance,
+                                        self.weight_sync.version)
+        return future, timer
+
+    def learn(self, step: int, experience: Experience, timer: "PhaseTimer") -> dict[str, float]:
+        """Advantages, the learners' update, the weight push, the KL controller."""
+        cfg = self.cfg
+        if cfg.algo.reward_norm:
+            experience.rewards = normalize_rewards(experience.rewards, self.reward_moments, cfg.algo.reward_clip)
+        metrics = add_advantages(experience, self.estimate_advantages,
+                                 replace(cfg.algo, kl_reward_beta=self.kl_control.value), self.aggregation)
+        train_policy = step >= cfg.algo.critic_warmup_steps
+        with timer("train"):
+            self.weight_sync.before_train()
+            metrics.update(train(self.actors, experience.without_truncated() if cfg.algo.mask_truncated else experience,
+                                 train_policy))
+        if train_policy:
+            with timer("weight_sync"):
+                self.weight_sync.push()
+        rollout_kl = sequence_kl(experience)
+        self.kl_control.update(rollout_kl, experience.size)
+        return {**metrics, "rollout_kl": rollout_kl, "kl_coef": self.kl_control.value}
+
+    def save(self, step: int, cursor: dict) -> None:
+        driver_state = {"step": step, "prompts": cursor, "kl_coef": self.kl_control.value,
+                        "reward_moments": self.reward_moments.state_dict(), "wandb_id": self.metrics_log.wandb_id}
+        path = save_checkpoint(self.checkpoints, step, lambda folder: save_learners(self.actors, folder),
+                               driver_state, self.cfg.checkpoint.keep_last)
+        log.info("step %d: checkpoint written to %s", step, path)
+
+    def close(self) -> None:
+        if self.background is not None:
+            self.background.shutdown(wait=True, cancel_futures=True)
+        self.weight_sync.close()
+        self.metrics_log.close()
+        self.actors.kill()
+        if self.started_ray:
             ray.shutdown()
-    return metrics
 
 
 def save_learners(actors: Actors, folder: Path) -> None:
@@ -187,14 +253,15 @@ ACTOR_RESTARTED = (*ACTOR_DIED, StaleWeightsError)
 
 
 def rollout_with_retries(actors: Actors, sampler: Sampler, prompts: PromptStream, step: int, pad_id: int,
-                         timer: "PhaseTimer", weight_sync, fault_tolerance):
+                         timer: "PhaseTimer", weight_sync, fault_tolerance, version: int):
     """Generate, score and build the experience. If a rollout, reward or reference actor dies meanwhile, wait
     for Ray to restart it, push the current weights (a restarted engine starts from the initial ones), rewind
-    the prompt stream and redo the step, at most `fault_tolerance.max_step_retries` times."""
+    the prompt stream and redo the step, at most `fault_tolerance.max_step_retries` times. `version`: the
+    weights the engines must hold at least."""
     cursor = prompts.state_dict()
     for attempt in range(fault_tolerance.max_step_retries + 1):
         try:
-            groups, sampling_metrics = sampler.sample_groups(prompts, step, timer)
+            groups, sampling_metrics = sampler.sample_groups(prompts, step, timer, version)
             experience = make_experience(actors, groups, pad_id, timer)
             return groups, {**sampling_metrics, "step_retries": attempt}, experience
         except ACTOR_RESTARTED as err:
@@ -205,6 +272,7 @@ def rollout_with_retries(actors: Actors, sampler: Sampler, prompts: PromptStream
                         step, type(err).__name__, attempt + 1, fault_tolerance.max_step_retries)
             wait_for_restarts(actors)
             weight_sync.push()
+            version = weight_sync.version
             prompts.load_state_dict(cursor)
 
 
@@ -268,17 +336,12 @@ def _mask_like(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return mask[..., None] if values.dim() == 3 else mask
 
 
-def train(actors: Actors, experience: Experience, train_policy: bool, step: int, checkpoints: Path) -> dict[str, float]:
+def train(actors: Actors, experience: Experience, train_policy: bool) -> dict[str, float]:
     """Policy and critic train side by side (the policy waits out the critic's warm-up); every rank gets the
-    batch and trains on its share. A learner rank that dies ends the run: its optimizer state is gone."""
+    batch and trains on its share. (A learner rank that dies ends the run: its optimizer state is gone.)"""
     learners = ([actors.policy] if train_policy else []) + ([actors.critic] if actors.critic else [])
     batch = ray.put(experience)
-    pending = [learner.call("train_step", batch) for learner in learners]
-    try:
-        results = [ray.get(refs) for refs in pending]
-    except ACTOR_DIED as err:
-        raise RuntimeError(f"step {step}: a learner rank died ({type(err).__name__}); the run stops. Checkpoints in "
-                           f"{checkpoints} are intact: rerun the same command with resume=auto") from err
+    results = [ray.get(refs) for refs in [learner.call("train_step", batch) for learner in learners]]
     return {key: value for per_rank in results for key, value in LearnerGroup.reduce(per_rank).items()}
 
 
@@ -362,6 +425,10 @@ class PhaseTimer:
         began = time.perf_counter()
         yield
         self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - began
+
+    def merge(self, other: "PhaseTimer") -> None:
+        for name, seconds in other.phases.items():
+            self.phases[name] = self.phases.get(name, 0.0) + seconds
 
     def seconds(self) -> dict[str, float]:
         out = {f"time/{k}": v for k, v in self.phases.items()}

@@ -24,15 +24,15 @@ log = logging.getLogger(__name__)
 
 
 class Sampler:
-    def __init__(self, actors, cfg: Config, aggregation: Aggregation, weight_sync=None):
-        """`weight_sync`: the route whose `version` the engines must hold (None: the initial weights)."""
-        self.actors, self.cfg, self.aggregation, self.weight_sync = actors, cfg, aggregation, weight_sync
+    def __init__(self, actors, cfg: Config, aggregation: Aggregation):
+        self.actors, self.cfg, self.aggregation = actors, cfg, aggregation
         self.reference_rewards = None
         self.settings = SamplingSettings(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p)
         self.weights = torch.tensor(cfg.reward.objective_weights())
 
-    def sample_groups(self, prompts: PromptStream, step: int, timer) -> tuple[Groups, dict[str, float]]:
-        """Draw prompts, generate a group of completions for each, and score them.
+    def sample_groups(self, prompts: PromptStream, step: int, timer, version: int = 0) -> tuple[Groups, dict[str, float]]:
+        """Draw prompts, generate a group of completions for each (on engines holding at least weights
+        `version`), and score them.
 
         With DAPO's dynamic sampling, groups whose rewards are all equal (nothing to learn from) are dropped
         and more prompts drawn until the batch is full. After `algo.max_sampling_rounds` rounds the batch is
@@ -45,8 +45,7 @@ class Sampler:
             with timer("generate"):
                 # seeds depend only on (seed, step, round): a resumed run samples what the first one would have
                 seed = random.Random(f"{cfg.seed}/{step}/{rounds}").getrandbits(48)
-                samples = generate(self.actors, batch.token_ids, size, replace(self.settings, seed=seed),
-                                   self.weight_sync.version if self.weight_sync else 0)
+                samples = generate(self.actors, batch.token_ids, size, replace(self.settings, seed=seed), version)
             with timer("reward"):
                 groups = Groups(batch, samples, self.rewards(batch, [s.text for g in samples for s in g]))
                 if cfg.algo.overlong_buffer:

@@ -3,6 +3,7 @@
     python scripts/compare_algorithms.py                       # tiny model, synthetic BLEU task, ~6 minutes
     python scripts/compare_algorithms.py --algos grpo ppo --steps 40 -- train.lr=5e-3
     python scripts/compare_algorithms.py --task default --steps 20 --out /abs/folder   # SmolLM2 on gsm_symbolic
+    python scripts/compare_algorithms.py --async-vs-sync      # GRPO synchronous vs one-step-off-policy
 
 Everything after `--` is passed to every run as Hydra overrides. Prints a table of first/last rewards.
 """
@@ -45,25 +46,32 @@ def main() -> None:
     parser.add_argument("--task", choices=["synthetic", "default"], default="synthetic",
                         help="synthetic: tiny model and BLEU task; default: the default experiment's model and data")
     parser.add_argument("--out", type=Path, default=Path("outputs/compare_algorithms").absolute())
+    parser.add_argument("--async-vs-sync", action="store_true",
+                        help="instead of algorithms: GRPO synchronous against one-step-off-policy (algo.tis_cap=2)")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
     args.out.mkdir(parents=True, exist_ok=True)
     base = (synthetic_overrides(args.out) if args.task == "synthetic" else []) + overrides
 
-    curves = {}
-    for algo in args.algos:
-        run_dir = args.out / algo
-        cfg = load_config(compose_config(*base, f"algo={algo}", f"steps={args.steps}", f"output_dir={run_dir}",
+    runs = {algo: [f"algo={algo}"] for algo in args.algos}
+    if args.async_vs_sync:
+        runs = {"grpo sync": ["algo=grpo"],
+                "grpo one-step-off-policy": ["algo=grpo", "rollout.async_one_step=true", "algo.tis_cap=2"]}
+    curves, seconds = {}, {}
+    for name, extra in runs.items():
+        run_dir = args.out / name.replace(" ", "_")
+        cfg = load_config(compose_config(*base, *extra, f"steps={args.steps}", f"output_dir={run_dir}",
                                          "logging.wandb_mode=disabled", "save_final=false",
                                          "checkpoint.every=0"))
         run(cfg)
         history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        curves[algo] = [h["reward"] for h in history]
+        curves[name] = [h["reward"] for h in history]
+        seconds[name] = sorted(h["time/step"] for h in history[2:])[len(history[2:]) // 2] if len(history) > 2 else None
 
     picture = plot_comparison(curves, args.out / "reward_curves.png")
-    print(f"\n{'algorithm':<24}{'first 5 steps':>14}{'last 5 steps':>14}")
-    for algo, rewards in curves.items():
-        print(f"{algo:<24}{sum(rewards[:5]) / 5:>14.3f}{sum(rewards[-5:]) / 5:>14.3f}")
+    print(f"\n{'run':<28}{'first 5 steps':>14}{'last 5 steps':>14}{'median s/step':>14}")
+    for name, rewards in curves.items():
+        print(f"{name:<28}{sum(rewards[:5]) / 5:>14.3f}{sum(rewards[-5:]) / 5:>14.3f}{seconds[name] or float('nan'):>14.2f}")
     print(f"plot: {picture}")
 
 

@@ -74,6 +74,11 @@ class PolicyLearner:
                     else:
                         old_logp = logp.detach() if on_policy else part.old_logp
                     token_losses = self.policy_loss(logp, old_logp, part.advantages, part.mask, self.algo)
+                    if self.algo.tis_cap is not None:
+                        # truncated importance sampling: the batch came from the rollout policy, which may lag
+                        # the learner by a step (rollout.async_one_step) or differ numerically (bf16 engines)
+                        behaviour = torch.exp((logp.detach() - part.rollout_logp).clamp(-20, 20))
+                        token_losses = token_losses * behaviour.clamp(max=self.algo.tis_cap)
                     kl = None
                     if self.algo.kl_beta > 0:
                         kl = kl_estimate(logp, part.ref_logp, self.algo.kl_estimator)

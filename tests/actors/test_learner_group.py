@@ -28,7 +28,7 @@ def policy_group(model: str, ranks: int, zero_stage: int, batch_size: int = 8) -
     ])
 
 
-@pytest.mark.parametrize("zero_stage", [1, 3])
+@pytest.mark.parametrize("zero_stage", [3])  # ZeRO-2 with two ranks runs in test_driver
 def test_two_ranks_step_like_one_and_stay_identical(ray_cluster, tiny_model, zero_stage):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     rollout = start_rollout("hf", tiny_model)

@@ -197,6 +197,43 @@ def test_a_run_that_cannot_fit_fails_before_its_first_step(ray_cluster, tiny_mod
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""  # no step was taken
 
 
+def test_a_learner_rank_that_dies_stops_the_run_with_how_to_resume(ray_cluster, tiny_model, tmp_path):
+    import threading
+    import time
+
+    cfg = config(tiny_model, tmp_path, "steps=6", "algo.kl_beta=0", "logging.wandb_mode=disabled",
+                 "checkpoint.every=1", "save_final=false")
+    metrics_file = tmp_path / "run" / "metrics.jsonl"
+
+    def kill_the_learner_after_step_1():
+        deadline = time.time() + 300
+        while time.time() < deadline and not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 2):
+            time.sleep(0.1)
+        ray.kill(ray.get_actor(next(n for n in ray.util.list_named_actors() if n.startswith("policy-0-"))))
+
+    killer = threading.Thread(target=kill_the_learner_after_step_1)
+    killer.start()
+    with pytest.raises(RuntimeError, match=r"learner rank died.*resume=auto"):
+        run(cfg)
+    killer.join()
+    from rlhf.checkpoint import find_checkpoint
+
+    assert find_checkpoint("auto", tmp_path / "run" / "checkpoints").name >= "step-000001"
+
+
+def test_one_step_off_policy_generates_on_the_previous_weights(ray_cluster, tiny_model, tmp_path):
+    cfg = config(tiny_model, tmp_path, "steps=4", "algo.kl_beta=0", "rollout.async_one_step=true", "algo.tis_cap=2",
+                 "logging.wandb_mode=disabled", "checkpoint.every=0", "save_final=false")
+    run(cfg)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == list(range(4))
+    # step 0 samples the initial weights, which the learner still holds; every later batch was generated
+    # while the previous step trained, so the learner (one update ahead) scores it differently
+    assert history[0]["logprob_gap"] < 1e-4
+    assert all(h["logprob_gap"] > 1e-3 for h in history[1:])
+    assert all("time/wait_for_rollout" in h for h in history[1:])
+
+
 def test_a_raising_reward_function_is_named_and_earlier_output_survives(ray_cluster, tiny_model, tmp_path):
     cfg = config(tiny_model, tmp_path, "steps=2", "rollout.engine=hf", "algo.kl_beta=0", "logging.wandb_mode=disabled")
     cfg.reward.functions[0].name = "tests_reward_helpers:explode_on_second_call"
