@@ -299,7 +299,7 @@ def validate(c: Config) -> None:
     if batch % mini:
         raise ValueError(f"algo.mini_batch_size={mini} does not divide the batch of {batch} sequences "
                          f"(prompts_per_step x algo.group_size)")
-    for role in ("train", "critic"):
+    for role in ("train", "critic") if c.algo.use_critic else ("train",):
         micro, ranks = _get(c, f"{role}.micro_batch_size"), _get(c, f"{role}.ranks")
         _positive(f"{role}.ranks", ranks)
         if mini % ranks or (mini // ranks) % micro:

