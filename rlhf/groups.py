@@ -9,6 +9,11 @@ from rlhf.data import PromptBatch
 from rlhf.engines.base import Sample
 
 
+def objective_matrix(per_objective: dict[str, list[float]], labels: list[str]) -> torch.Tensor:
+    """[B, K]: each objective's rewards as a column, in the order of `labels`."""
+    return torch.tensor([per_objective[label] for label in labels], dtype=torch.float32).T.reshape(-1, len(labels))
+
+
 @dataclass
 class RewardResult:
     """Rewards of a batch of samples, flat, group after group."""
@@ -19,7 +24,7 @@ class RewardResult:
 
     def objectives(self) -> torch.Tensor:
         """[B, K], objectives in config order."""
-        return torch.tensor(list(self.per_objective.values()), dtype=torch.float32).T.reshape(len(self.total), -1)
+        return objective_matrix(self.per_objective, list(self.per_objective))
 
     def take(self, indices: list[int]) -> "RewardResult":
         pick = lambda table: {k: [v[i] for i in indices] for k, v in table.items()}  # noqa: E731

@@ -17,7 +17,7 @@ from rlhf.algorithms.reward_shaping import informative_groups, soft_overlong_pun
 from rlhf.config import Config
 from rlhf.data import PromptBatch, PromptStream
 from rlhf.engines.base import SamplingSettings
-from rlhf.groups import Groups, RewardResult
+from rlhf.groups import Groups, RewardResult, objective_matrix
 from rlhf.rewards.aggregation import Aggregation, reference_quantile
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,10 @@ class Sampler:
     def rewards(self, batch: PromptBatch, completions: list[str]) -> RewardResult:
         """Every objective's rewards, then their aggregation into the total the estimator sees."""
         size = len(completions) // len(batch.rows)
+        labels = self.cfg.reward.objective_labels()
         per_objective = score(self.actors, batch, completions, size)
-        per_objective = {label: per_objective[label] for label in self.cfg.reward.objective_labels()}
-        objectives = torch.tensor(list(per_objective.values()), dtype=torch.float32).T
+        per_objective = {label: per_objective[label] for label in labels}
+        objectives = objective_matrix(per_objective, labels)
         r_ref = None
         if self.aggregation.needs_reference_rewards:
             r_ref = torch.stack([self.reference_rewards[text] for text in batch.texts for _ in range(size)])
@@ -95,7 +96,7 @@ class Sampler:
             seed = random.Random(f"{self.cfg.seed}/r_ref/{start}").getrandbits(48)
             samples = generate(self.actors, batch.token_ids, lsc.ref_samples, replace(self.settings, seed=seed), 0)
             per_objective = score(self.actors, batch, [s.text for g in samples for s in g], lsc.ref_samples)
-            objectives = torch.tensor([per_objective[label] for label in labels], dtype=torch.float32).T
+            objectives = objective_matrix(per_objective, labels)
             for text, block in zip(batch.texts, objectives.split(lsc.ref_samples)):
                 table[text] = reference_quantile(block, lsc.quantile, lsc.estimator)
         if needed:

@@ -65,7 +65,9 @@ def scored_pool(cfg, args):
     from rlhf.data import PromptBatch, PromptStream, load_rows
     from rlhf.driver import connect_ray
     from rlhf.engines.base import SamplingSettings
+    from rlhf.groups import objective_matrix
     from rlhf.models import resolve_model_path
+    from rlhf.rewards.aggregation import weighted_sum
     from rlhf.sampling import generate, score
     from tqdm import tqdm
 
@@ -84,8 +86,7 @@ def scored_pool(cfg, args):
             samples = generate(actors, batch.token_ids, 1, replace(settings, seed=args.seed + start))
             texts = [group[0].text for group in samples]
             per_objective = score(actors, batch, texts, 1)
-            objectives = torch.tensor([per_objective[label] for label in cfg.reward.objective_labels()]).T
-            scores += (objectives * weights).sum(-1).tolist()
+            scores += weighted_sum(objective_matrix(per_objective, cfg.reward.objective_labels()), weights).tolist()
             completions += texts
     finally:
         actors.kill()
