@@ -9,7 +9,7 @@ from actors.critic import CriticActor
 from actors.learner_group import LearnerGroup
 from actors.placement import Placement, RoleDemand
 from actors.policy import PolicyActor
-from actors.reference import ReferenceActor
+from actors.reference import Reference, ReferenceActor
 from actors.reward import RewardActor
 from actors.reward_model import RewardModelActor
 from actors.rollout import RolloutActor
@@ -24,21 +24,22 @@ class Actors:
     rollouts: list
     reward: object | None  # None when every objective is a reward model
     reward_models: dict  # objective label -> RewardModelActor
-    reference: object | None  # None when neither a KL term nor the ratio needs the reference model
+    reference: Reference | None  # None when neither a KL term nor the ratio needs the reference model
     policy: LearnerGroup | None  # None only in scripts that start no learner
     critic: LearnerGroup | None  # None unless algo.use_critic
     placement: Placement | None = None
 
     def stateless(self) -> list:
         """The actors Ray may restart after a crash: they hold nothing a restart loses but the weights."""
-        return [*self.rollouts, self.reward, *self.reward_models.values(), self.reference]
+        restartable_reference = self.reference.restartable() if self.reference else []
+        return [*self.rollouts, self.reward, *self.reward_models.values(), *restartable_reference]
 
     def kill(self) -> None:
         """Free the actors' resources now rather than when their handles are collected."""
         for actor in self.stateless():
             if actor is not None:
                 ray.kill(actor, no_restart=True)
-        for group in (self.policy, self.critic):
+        for group in (self.policy, self.critic, self.reference):
             if group is not None:
                 group.kill()
         if self.placement is not None:
@@ -60,7 +61,7 @@ def role_demands(cfg: Config, learners: bool) -> dict[str, RoleDemand]:
     if learners:
         demands["policy"] = RoleDemand(cfg.train.ranks, cfg.train.num_cpus)
         if needs_reference(cfg):
-            demands["reference"] = RoleDemand(1, cfg.reference.num_cpus)
+            demands["reference"] = RoleDemand(cfg.reference.ranks, cfg.reference.num_cpus)
         if cfg.algo.use_critic:
             demands["critic"] = RoleDemand(cfg.critic.ranks, cfg.critic.num_cpus)
     return {role: d for role, d in demands.items() if d.count}
@@ -98,13 +99,18 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
     if not learners:
         return Actors(rollouts, reward, reward_models, None, None, None, placement)
 
-    reference = None
-    if needs_reference(cfg):
-        reference = ReferenceActor.options(
-            **place("reference", 0, cfg.reference.num_cpus, _threads(cfg.reference.threads)), **restarts
-        ).remote(model_path, cfg.reference.micro_batch_size, cfg.rollout.temperature)
     # DeepSpeed JIT-builds its CPU communication op once (about a minute); keep the build in our own cache.
     extensions = {"TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions")}
+    reference = None
+    if needs_reference(cfg):
+        ranks = cfg.reference.ranks
+        reference = Reference([
+            ReferenceActor.options(**place("reference", i, cfg.reference.num_cpus,
+                                           {**_threads(cfg.reference.threads), **extensions}),
+                                   **(restarts if ranks == 1 else {}))
+            .remote(model_path, cfg.reference.micro_batch_size, cfg.rollout.temperature, ranks)
+            for i in range(ranks)
+        ])
     batch_size = cfg.prompts_per_step * cfg.algo.group_size
     policy = LearnerGroup([
         PolicyActor.options(**place("policy", i, cfg.train.num_cpus, {**_threads(cfg.train.threads), **extensions}))

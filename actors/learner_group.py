@@ -1,4 +1,4 @@
-"""The DeepSpeed ranks of one learner (policy or critic) as one object.
+"""The DeepSpeed ranks of one model (the policy or critic learner, or a sharded reference) as one object.
 
 Every rank gets every call: DeepSpeed's collectives (gradient all-reduce, ZeRO-3 parameter gathers) need all
 ranks in step. Each rank trains on its share of a batch and reports its share of each metric; `reduce`
@@ -12,6 +12,10 @@ import ray
 
 # Metrics every rank holds in full (not shares): taken from rank 0.
 REPLICATED = {"grad_norm", "lr", "critic/grad_norm", "critic/lr", "critic/explained_variance"}
+
+
+class RankDied(RuntimeError):
+    """A rank of a DeepSpeed group died: the others cannot go on without it, and Ray cannot restart it alone."""
 
 
 def free_port() -> int:

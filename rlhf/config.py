@@ -157,6 +157,7 @@ class CriticConfig(TrainConfig):
 
 @dataclass
 class ReferenceConfig:
+    ranks: int = MISSING
     num_cpus: float = MISSING
     threads: int = MISSING
     micro_batch_size: int = MISSING
@@ -306,6 +307,10 @@ def validate(c: Config) -> None:
             raise ValueError(f"{role}.micro_batch_size={micro} x {role}.ranks={ranks} does not divide the batch of "
                              f"{mini} sequences per optimizer step (algo.mini_batch_size, or prompts_per_step x "
                              "algo.group_size): each rank takes an equal share, cut into micro-batches")
+    _positive("reference.ranks", c.reference.ranks)
+    if batch % c.reference.ranks:
+        raise ValueError(f"reference.ranks={c.reference.ranks} does not divide the batch of {batch} sequences "
+                         "(prompts_per_step x algo.group_size): the ranks of a sharded reference score equal shares")
     _positive("rollout.engines", c.rollout.engines)
     _choice("rollout.weight_sync", c.rollout.weight_sync, {"shm", "nccl", "cuda_ipc"})
     if c.rollout.async_one_step and c.algo.tis_cap is None:

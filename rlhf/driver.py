@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from actors.launch import Actors, launch_actors
-from actors.learner_group import LearnerGroup
+from actors.learner_group import LearnerGroup, RankDied
 from actors.rollout import StaleWeightsError
 from actors.weight_sync import make_route
 from rlhf.algorithms import ADVANTAGE_ESTIMATORS
@@ -118,8 +118,9 @@ class Trainer:
                 report(step, metrics, groups, self.metrics_log, bar)
                 if cfg.checkpoint.every and ((step + 1) % cfg.checkpoint.every == 0 or step == cfg.steps - 1):
                     self.save(step, cursor)
-        except ACTOR_DIED as err:
-            raise RuntimeError(f"step {step}: a learner rank died, or another actor could not be brought back "
+        except (*ACTOR_DIED, RankDied) as err:
+            raise RuntimeError(f"step {step}: a learner or sharded-reference rank died, or another actor could not be "
+                               "brought back "
                                f"({type(err).__name__}); the run stops. Checkpoints in {self.checkpoints} are intact: "
                                "rerun the same command with resume=auto") from err
         if cfg.save_final:
@@ -225,7 +226,7 @@ def memory_preflight(actors: Actors, cfg: Config, prompts: PromptStream, output_
     pending += [actor.preflight.remote() for actor in [actors.reward, *actors.reward_models.values()] if actor]
     lengths = (len(longest), cfg.rollout.max_new_tokens)
     if actors.reference:
-        pending.append(actors.reference.preflight.remote(*lengths))
+        pending += actors.reference.preflight(*lengths)
     for group in filter(None, (actors.policy, actors.critic)):
         pending += group.call("preflight", *lengths)
     reports = [*ray.get(pending), memory.report("driver", memory.peak_rss_gib())]
@@ -294,10 +295,10 @@ def make_experience(actors: Actors, groups: Groups, pad_id: int, timer: "PhaseTi
     experience = Experience.from_samples(groups.batch.token_ids, groups.samples, pad_id)
     experience.rewards = torch.tensor(groups.rewards.total, dtype=torch.float32)
     experience.objective_rewards = groups.rewards.objectives()
-    ref_logp = actors.reference.logprobs.remote(experience) if actors.reference else None
+    ref_logp = actors.reference.logprobs(experience) if actors.reference else None
     values = actors.critic.call("values", experience)[0] if actors.critic else None
     with timer("reference"):
-        experience.ref_logp = ray.get(ref_logp) if ref_logp else None
+        experience.ref_logp = actors.reference.collect(ref_logp) if ref_logp else None
     with timer("values"):
         experience.values = ray.get(values) if values else None
     return experience

@@ -40,6 +40,10 @@ class Experience:
     def attention_mask(self) -> torch.Tensor:
         return torch.cat([self.prompt_mask, self.mask.long()], dim=1)
 
+    def rank_share(self, rank: int, world: int) -> "Experience":
+        """Rank `rank`'s contiguous share of the batch (data parallelism over `world` ranks)."""
+        return self.split(self.size // world)[rank] if world > 1 else self
+
     def split(self, size: int) -> list["Experience"]:
         parts = []
         for start in range(0, self.size, size):

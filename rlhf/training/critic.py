@@ -11,7 +11,7 @@ import torch
 from rlhf.algorithms import aggregate_loss
 from rlhf.algorithms.losses import clipped_value_loss
 from rlhf.experience import Experience
-from rlhf.training.policy import NonFiniteLossError, rank_slice
+from rlhf.training.policy import NonFiniteLossError
 from rlhf.training.memory import learner_preflight
 from rlhf.training.deepspeed_engine import backward_and_step, load_training_state, make_engine, save_training_state
 
@@ -55,7 +55,7 @@ class CriticLearner:
         for _ in range(self.algo.epochs):
             for mini in experience.split(self.mini_batch_size):
                 num_tokens = mini.mask.sum().item()
-                for part in rank_slice(mini, self.rank, self.world).split(self.micro_batch_size):
+                for part in mini.rank_share(self.rank, self.world).split(self.micro_batch_size):
                     values = completion_values(self.engine, part.input_ids, part.attention_mask,
                                                part.completion_ids.shape[1])
                     token_losses = clipped_value_loss(values, part.values, part.returns, self.algo.value_clip)

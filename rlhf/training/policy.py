@@ -66,7 +66,7 @@ class PolicyLearner:
         for _ in range(self.algo.epochs):
             for mini in experience.split(self.mini_batch_size):
                 num_tokens = mini.mask.sum().item()
-                for part in rank_slice(mini, self.rank, self.world).split(self.micro_batch_size):
+                for part in mini.rank_share(self.rank, self.world).split(self.micro_batch_size):
                     logp = completion_logprobs(self.engine, part.input_ids, part.attention_mask,
                                                part.completion_ids.shape[1], self.temperature)
                     if self.algo.ratio_against == "reference":  # PAMA as re-implemented by ctwa (UNVERIFIED)
@@ -166,11 +166,6 @@ class PolicyLearner:
 
             write_atomically(folder, write)
         return folder
-
-
-def rank_slice(batch: Experience, rank: int, world: int) -> Experience:
-    """This rank's contiguous share of a mini-batch (data parallelism over the ranks)."""
-    return batch.split(batch.size // world)[rank] if world > 1 else batch
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:

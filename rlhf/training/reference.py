@@ -1,4 +1,9 @@
-"""The frozen reference policy: scores completions, never trains."""
+"""The frozen reference policy: scores completions, never trains.
+
+With one rank it is a plain model. With several (`reference.ranks`), the ranks form a DeepSpeed ZeRO-3 group
+with no optimizer: each holds 1/world of every weight (loaded straight into shards, never whole), the
+forward pass gathers a layer at a time, and each rank scores its share of the batch.
+"""
 
 import torch
 
@@ -8,17 +13,46 @@ from rlhf.training.memory import dummy_batch, peak_rss_gib, report
 
 
 class ReferenceModel:
-    def __init__(self, model_path: str, micro_batch_size: int, temperature: float):
-        from transformers import AutoModelForCausalLM
-
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-        self.micro_batch_size, self.temperature = micro_batch_size, temperature
+    def __init__(self, model_path: str, micro_batch_size: int, temperature: float, rank: int = 0, world: int = 1):
+        self.micro_batch_size, self.temperature, self.rank, self.world = micro_batch_size, temperature, rank, world
+        self.model = load_sharded(model_path, micro_batch_size, world) if world > 1 else load_whole(model_path)
+        self.vocab_size = (self.model.module if world > 1 else self.model).config.vocab_size
 
     def logprobs(self, experience: Experience) -> torch.Tensor:
-        return batch_logprobs(self.model, experience, self.micro_batch_size, self.temperature)
+        """[B / world, T]: this rank's share of the batch (ranks in order make the whole batch)."""
+        with torch.no_grad():
+            return batch_logprobs(self.model, experience.rank_share(self.rank, self.world), self.micro_batch_size,
+                                  self.temperature)
+
+    def local_parameters(self) -> int:
+        """How many weight values this rank holds (all of them unless sharded)."""
+        return sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in self.model.parameters())
 
     @torch.no_grad()
     def preflight(self, prompt_len: int, completion_len: int) -> dict:
-        ids, mask = dummy_batch(self.model.config.vocab_size, self.micro_batch_size, prompt_len, completion_len)
+        ids, mask = dummy_batch(self.vocab_size, self.micro_batch_size, prompt_len, completion_len)
         completion_logprobs(self.model, ids, mask, completion_len, self.temperature)
-        return report("reference", peak_rss_gib())
+        return report(f"reference rank {self.rank}" if self.world > 1 else "reference", peak_rss_gib())
+
+
+def load_whole(model_path: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+
+
+def load_sharded(model_path: str, micro_batch_size: int, world: int):
+    """A ZeRO-3 inference engine; every rank must call this (and then every forward) together."""
+    import deepspeed
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    config = {"train_micro_batch_size_per_gpu": micro_batch_size, "train_batch_size": micro_batch_size * world,
+              "zero_optimization": {"stage": 3}, "steps_per_print": 10**9}
+    zero3_loading = HfDeepSpeedConfig(config)  # while it lives, from_pretrained loads weights straight into shards
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    del zero3_loading
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()
+    return engine

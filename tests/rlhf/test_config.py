@@ -31,6 +31,7 @@ def test_unknown_key_is_refused():
     ("rollout.engine=sglang", "rollout.engine"),
     ("train.micro_batch_size=3", "does not divide the batch of 8"),
     ("algo.mini_batch_size=3", "algo.mini_batch_size=3 does not divide the batch of 8"),
+    ("reference.ranks=3", "reference.ranks=3 does not divide the batch of 8"),
     ("algo.old_logprobs=cached", "algo.old_logprobs"),
     ("algo.group_size=1", "one sample has no std"),
     ("rollout.top_p=1.5", "rollout.top_p"),

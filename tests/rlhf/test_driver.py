@@ -142,17 +142,19 @@ def test_lsc_centres_each_objective_on_the_initial_policys_quantile(ray_cluster,
     assert all(h["reward/bleu"] > 0 for h in history)
 
 
-def test_two_engines_and_two_learner_ranks(ray_cluster, tiny_model, tmp_path):
+def test_two_engines_two_learner_ranks_and_a_sharded_reference(ray_cluster, tiny_model, tmp_path):
     # colocated on the test cluster's 2 CPUs: each actor reserves half a CPU
     cfg = config(tiny_model, tmp_path, "steps=3", "rollout.engines=2", "train.ranks=2", "train.zero_stage=2",
-                 "train.micro_batch_size=8", "rollout.num_cpus=0.5", "train.num_cpus=0.5", "algo.kl_beta=0",
-                 "logging.wandb_mode=disabled", "checkpoint.every=0")
+                 "train.micro_batch_size=8", "rollout.num_cpus=0.5", "train.num_cpus=0.5", "algo.kl_beta=0.05",
+                 "reference.ranks=2", "logging.wandb_mode=disabled", "checkpoint.every=0")
     run(cfg)
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 3
     # both engines' samples (half the batch each) score the same under the learner: both got the new weights
     assert all(h["logprob_gap"] < 1e-4 for h in history)
     assert all(h["grad_norm"] > 0 for h in history)
+    # the sharded reference scores the initial weights: no KL before the first update, some after
+    assert history[0]["kl"] == pytest.approx(0, abs=1e-6) and history[-1]["kl"] > 0
 
 
 def test_a_rollout_actor_that_dies_is_restarted_and_the_run_completes(ray_cluster, tiny_model, tmp_path):
