@@ -18,9 +18,11 @@ fi
 runtime_env='{"excludes": [".git", "outputs", "multirun", "wandb"], "env_vars": {"WANDB_MODE": "offline"}}'
 echo "outputs: $run_dir"
 # A sweep (-m) puts each member in its own folder under the sweep folder; a single run writes to run_dir.
-placement_args=("output_dir=$run_dir" "hydra.run.dir=$run_dir")
+# Hydra's argument parser wants -m before every override.
+mode=() placement_args=("output_dir=$run_dir" "hydra.run.dir=$run_dir") overrides=()
 for arg in "$@"; do
-    if [ "$arg" = "-m" ] || [ "$arg" = "--multirun" ]; then placement_args=("hydra.sweep.dir=$run_dir"); fi
+    if [ "$arg" = "-m" ] || [ "$arg" = "--multirun" ]; then mode=(-m) placement_args=("hydra.sweep.dir=$run_dir")
+    else overrides+=("$arg"); fi
 done
 exec ray job submit --address "$address" --working-dir . --runtime-env-json "$runtime_env" -- \
-    python -m rlhf.train "${placement_args[@]}" "$@"
+    python -m rlhf.train "${mode[@]}" "${placement_args[@]}" "${overrides[@]}"

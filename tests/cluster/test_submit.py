@@ -17,8 +17,8 @@ from conftest import REPO
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def ray_head(tmp_path):
+@pytest.fixture(scope="module")  # one head for the module's jobs
+def ray_head():
     dashboard = free_port()
     temp_dir = f"/tmp/rlhf-test-head-{os.getpid()}"  # Ray's socket paths must stay short
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -74,3 +74,19 @@ def test_submit_refuses_a_relative_output_root():
     env = {**os.environ, "OUTPUT_ROOT": "runs"}
     result = subprocess.run(["bash", "cluster/submit.sh"], cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 2 and "absolute" in result.stderr
+
+
+def test_a_sweep_as_one_ray_job(ray_head, tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+           "RAY_ADDRESS": ray_head, "OUTPUT_ROOT": str(tmp_path / "runs")}
+    result = subprocess.run(["bash", "cluster/submit.sh", "-m", "experiment=smoke", "steps=1", "train.lr=1e-4,1e-3"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    (sweep_dir,) = list((tmp_path / "runs").iterdir())
+    members = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    assert [m.name.split(",")[-1] for m in members] == ["train.lr=0.0001", "train.lr=0.001"], members
+    for member in members:  # each its own metrics, checkpoint and wandb run
+        assert len((member / "metrics.jsonl").read_text().splitlines()) == 1
+        assert list((member / "checkpoints").glob("step-*")) and list((member / "wandb").glob("offline-run-*"))
+    summary = (sweep_dir / "summary.csv").read_text().splitlines()
+    assert len(summary) == 3 and all(",finished," in row for row in summary[1:]), summary
