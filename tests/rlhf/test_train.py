@@ -35,9 +35,10 @@ def test_unknown_override_fails_fast_and_names_the_key(tmp_path):
     assert result.returncode != 0 and "learning_rate" in result.stderr
 
 
-def test_a_sweep_gives_every_member_its_own_folder_and_wandb_run(tmp_path):
-    result = train("-m", "experiment=smoke", "steps=1", "train.lr=1e-4,1e-3", f"hydra.sweep.dir={tmp_path}",
-                   "save_final=false", cwd=REPO)
+def test_a_parallel_sweep_gives_every_member_its_own_folder_and_wandb_run(tmp_path):
+    # joblib runs the two members side by side, each with a Ray instance of its own
+    result = train("-m", "hydra/launcher=joblib", "experiment=smoke", "steps=1", "train.lr=1e-4,1e-3",
+                   f"hydra.sweep.dir={tmp_path}", "save_final=false", cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     members = sorted(p for p in tmp_path.iterdir() if p.is_dir())
     assert [m.name.split("-")[0] for m in members] == ["0", "1"]
