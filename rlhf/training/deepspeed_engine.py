@@ -25,11 +25,16 @@ def make_engine(model, train_cfg, batch_size: int, world_size: int = 1):
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     if train_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    # fused: one kernel over all parameters, ~4x faster than the per-tensor loop on CPU (0.13 s vs 0.5 s at 135M)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, fused=True)
     warmup = max(1, train_cfg.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                       config=deepspeed_config(train_cfg, batch_size, world_size))
+    if world_size == 1 and train_cfg.zero_stage == 0:
+        # nothing to average over, but DeepSpeed would still flatten and all-reduce (~0.5 s at 135M); under ZeRO
+        # the optimizer's gradient partitioning runs through this call, so it stays
+        engine.enable_backward_allreduce = False
     return engine
 
 
@@ -48,19 +53,25 @@ def backward_and_step(engine, loss: torch.Tensor, metrics: dict) -> None:
 
 
 def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
-    """Every parameter, gathered from ZeRO-3 shards if needed; None on ranks other than 0."""
+    """Every parameter, gathered from ZeRO-3 shards if needed; None on ranks other than 0. Outside ZeRO-3 the
+    tensors are the live weights (no copy: callers read them before the next optimizer step)."""
     module = engine.module
     if engine.zero_optimization_stage() == 3:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            state = {k: v.detach().clone() for k, v in module.state_dict().items()}  # the gathered copy is freed
     else:
-        state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        state = {k: v.detach() for k, v in module.state_dict().items()}
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return None
-    # Tied embeddings: vLLM needs lm_head.weight present, and safetensors refuses shared storage.
-    return {k: v.contiguous().clone() for k, v in state.items()}
+    # Tied embeddings: vLLM needs lm_head.weight present, and safetensors refuses two names on one storage.
+    seen = set()
+    for name, tensor in state.items():
+        if tensor.data_ptr() in seen or not tensor.is_contiguous():
+            state[name] = tensor.contiguous().clone()
+        seen.add(tensor.data_ptr())
+    return state
 
 
 def save_training_state(engine, folder: str, client_state: dict) -> None:

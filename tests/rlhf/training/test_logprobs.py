@@ -1,0 +1,47 @@
+"""Shared-prompt logprobs equal the plain full-sequence forward, values and gradients (fp32)."""
+
+import torch
+
+from rlhf.training.logprobs import completion_logprobs
+
+
+def plain_logprobs(model, input_ids, attention_mask, completion_len):
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    logits = logits[:, -completion_len - 1:-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, input_ids[:, -completion_len:, None]).squeeze(-1)
+
+
+def batch_of_groups(vocab: int):
+    """Two groups of 3 rows (left-padded prompts of 5 and 3 tokens), plus a lone row; right-padded completions."""
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, vocab, (5,), generator=g), torch.randint(3, vocab, (3,), generator=g),
+               torch.randint(3, vocab, (4,), generator=g)]
+    rows, masks = [], []
+    for prompt, copies in zip(prompts, (3, 3, 1)):
+        for _ in range(copies):
+            pad = 5 - len(prompt)
+            completion = torch.randint(3, vocab, (4,), generator=g)
+            rows.append(torch.cat([torch.zeros(pad, dtype=torch.long), prompt, completion]))
+            masks.append(torch.cat([torch.zeros(pad, dtype=torch.long), torch.ones(len(prompt) + 4, dtype=torch.long)]))
+    masks[1][-1] = 0  # one completion ends a token early (right padding)
+    return torch.stack(rows), torch.stack(masks)
+
+
+def test_shared_prompt_forward_matches_the_plain_one(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    ids, mask = batch_of_groups(model.config.vocab_size)
+    completion_mask = mask[:, -4:].float()
+
+    shared = completion_logprobs(model, ids, mask, 4)
+    (shared * completion_mask).sum().backward()
+    shared_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    plain = plain_logprobs(model, ids, mask, 4)
+    (plain * completion_mask).sum().backward()
+
+    torch.testing.assert_close(shared * completion_mask, plain * completion_mask, atol=1e-5, rtol=0)
+    for got, want in zip(shared_grads, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
