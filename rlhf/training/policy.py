@@ -25,6 +25,7 @@ from rlhf.training.deepspeed_engine import (
 from rlhf.training.logprobs import batch_logprobs, completion_logprobs
 from rlhf.training import weight_transfer
 from rlhf.training.memory import learner_preflight
+from rlhf.training.weight_file import write_weights
 
 
 class NonFiniteLossError(RuntimeError):
@@ -124,12 +125,12 @@ class PolicyLearner:
         self.steps = load_training_state(self.engine, folder)["steps"]
 
     def save_weights(self, folder: str) -> str:
-        """Write the full state dict (tied weights included) as one safetensors file; rank 0 writes."""
-        from safetensors.torch import save_file
-
+        """Write the full state dict (tied weights included) as one safetensors file for the engines to reload;
+        rank 0 writes."""
         state = full_state_dict(self.engine)
         if state is not None:
-            write_atomically(folder, lambda tmp: save_file(state, os.path.join(tmp, "model.safetensors")))
+            os.makedirs(folder, exist_ok=True)
+            write_weights(state, os.path.join(folder, "model.safetensors"))
         return folder
 
     # GPU weight-sync routes (UNTESTED: no GPU here). Every rank calls these (ZeRO-3 gathers collectively);
