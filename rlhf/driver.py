@@ -416,10 +416,11 @@ def rollout_metrics(experience: Experience, groups: Groups) -> dict[str, float]:
 
 
 class PhaseTimer:
-    """Wall-clock seconds per phase of a step, plus the whole step."""
+    """Wall-clock seconds per phase of a step, plus the whole step and the CPU seconds the driver process spent
+    in it (all its threads: the loop, Ray's serialisation, a background rollout's bookkeeping)."""
 
     def __init__(self):
-        self.start, self.phases = time.perf_counter(), {}
+        self.start, self.cpu_start, self.phases = time.perf_counter(), time.process_time(), {}
 
     @contextmanager
     def __call__(self, name: str):
@@ -434,4 +435,5 @@ class PhaseTimer:
     def seconds(self) -> dict[str, float]:
         out = {f"time/{k}": v for k, v in self.phases.items()}
         out["time/step"] = time.perf_counter() - self.start
+        out["time/driver_cpu"] = time.process_time() - self.cpu_start
         return out
