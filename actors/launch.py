@@ -78,11 +78,11 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
         return {"num_cpus": num_cpus, "runtime_env": {"env_vars": env}, "name": f"{role}-{index}-{run_tag}",
                 "scheduling_strategy": placement.strategy(role, index)}
 
-    rollout_env = {**_threads(cfg.rollout.threads), **engine_environment(cfg.rollout.threads, cfg.rollout.kv_cache_gib)}
+    rollout_env = {**_threads(cfg.rollout.threads), **engine_environment(cfg.rollout.threads)}
     rollouts = [
         RolloutActor.options(**place("rollout", i, cfg.rollout.num_cpus, rollout_env), **restarts).remote(
             cfg.rollout.engine, model_path, cfg.rollout.dtype, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-            cfg.seed + i)
+            cfg.seed + i, cfg.rollout.kv_cache_gib)
         for i in range(cfg.rollout.engines)
     ]
     reward_env, reward_cpus = _threads(cfg.reward_actor.threads), cfg.reward_actor.num_cpus

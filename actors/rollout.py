@@ -11,11 +11,12 @@ class StaleWeightsError(RuntimeError):
 
 @ray.remote
 class RolloutActor:
-    def __init__(self, engine: str, model_path: str, dtype: str, max_model_len: int, seed: int):
+    def __init__(self, engine: str, model_path: str, dtype: str, max_model_len: int, seed: int,
+                 kv_cache_gib: float):
         if engine == "vllm":
             from rlhf.engines.vllm_engine import VLLMEngine
 
-            self.engine = VLLMEngine(model_path, dtype, max_model_len, seed)
+            self.engine = VLLMEngine(model_path, dtype, max_model_len, seed, kv_cache_gib)
         else:
             from rlhf.engines.hf_engine import HFEngine
 

@@ -126,7 +126,7 @@ class RolloutConfig:
     temperature: float = MISSING
     top_p: float = MISSING
     dtype: str = MISSING
-    kv_cache_gib: int = MISSING
+    kv_cache_gib: float = MISSING
     engines: int = MISSING
     num_cpus: float = MISSING
     threads: int = MISSING
@@ -312,6 +312,7 @@ def validate(c: Config) -> None:
         raise ValueError(f"reference.ranks={c.reference.ranks} does not divide the batch of {batch} sequences "
                          "(prompts_per_step x algo.group_size): the ranks of a sharded reference score equal shares")
     _positive("rollout.engines", c.rollout.engines)
+    _positive("rollout.kv_cache_gib", c.rollout.kv_cache_gib)
     _choice("rollout.weight_sync", c.rollout.weight_sync, {"shm", "nccl", "cuda_ipc"})
     if c.rollout.async_one_step and c.algo.tis_cap is None:
         raise ValueError("rollout.async_one_step trains on samples of the previous weights: set algo.tis_cap "

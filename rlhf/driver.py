@@ -119,10 +119,9 @@ class Trainer:
                 if cfg.checkpoint.every and ((step + 1) % cfg.checkpoint.every == 0 or step == cfg.steps - 1):
                     self.save(step, cursor)
         except (*ACTOR_DIED, RankDied) as err:
-            raise RuntimeError(f"step {step}: a learner or sharded-reference rank died, or another actor could not be "
-                               "brought back "
-                               f"({type(err).__name__}); the run stops. Checkpoints in {self.checkpoints} are intact: "
-                               "rerun the same command with resume=auto") from err
+            raise RuntimeError(f"step {step}: a learner rank died (or a rank of a sharded reference, or another actor "
+                               f"could not be brought back: {type(err).__name__}); the run stops. Checkpoints in "
+                               f"{self.checkpoints} are intact: rerun the same command with resume=auto") from err
         if cfg.save_final:
             self.actors.policy.run("save_pretrained", str(self.output_dir / "final"), self.model_path)
             log.info("final policy saved to %s", self.output_dir / "final")

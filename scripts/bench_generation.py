@@ -29,7 +29,7 @@ def measure(args) -> None:
     if args.engine == "vllm":
         from rlhf.engines.vllm_engine import VLLMEngine
 
-        engine = VLLMEngine(model, args.dtype, 1024, seed=0)
+        engine = VLLMEngine(model, args.dtype, 1024, seed=0, kv_cache_gib=1.0)
     else:
         from rlhf.engines.hf_engine import HFEngine
 
@@ -65,8 +65,7 @@ def main() -> None:
     if args.child:
         measure(args)
         return
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "VLLM_CPU_KVCACHE_SPACE": "1",
-           "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     subprocess.run([sys.executable, __file__, "--child", *sys.argv[1:]], env=env, check=True)
 
 

@@ -6,16 +6,15 @@ The caller sets the environment before this module is imported (see `engine_envi
 from rlhf.engines.base import GenerationEngine, Sample, SamplingSettings
 
 
-def engine_environment(threads: int, kv_cache_gib: int) -> dict[str, str]:
+def engine_environment(threads: int) -> dict[str, str]:
     return {
-        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),  # otherwise vLLM-CPU reserves most of the RAM
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # keep the engine in this process: starts in seconds
         "OMP_NUM_THREADS": str(threads),
     }
 
 
 class VLLMEngine(GenerationEngine):
-    def __init__(self, model_path: str, dtype: str, max_model_len: int, seed: int):
+    def __init__(self, model_path: str, dtype: str, max_model_len: int, seed: int, kv_cache_gib: float):
         from vllm import LLM
 
         self.llm = LLM(
@@ -23,6 +22,9 @@ class VLLMEngine(GenerationEngine):
             dtype=dtype,
             seed=seed,
             max_model_len=max_model_len,
+            # without an explicit size vLLM-CPU reserves most of the RAM; fractions of a GiB are fine here
+            # (the legacy VLLM_CPU_KVCACHE_SPACE variable takes whole GiB only)
+            kv_cache_memory_bytes=int(kv_cache_gib * 1024**3),
             enforce_eager=True,
             distributed_executor_backend="uni",
             # logprobs of the distribution actually sampled (temperature applied), as the learner computes them
