@@ -36,7 +36,7 @@ class Actors:
 
     def kill(self) -> None:
         """Free the actors' resources now rather than when their handles are collected."""
-        for actor in self.stateless():
+        for actor in [*self.rollouts, self.reward, *self.reward_models.values()]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
         for group in (self.policy, self.critic, self.reference):

@@ -32,9 +32,9 @@ def _shared_prompt_logits(model, input_ids, attention_mask, position_ids, comple
     prompt_len = input_ids.shape[1] - completion_len
     prompt_rows = torch.cat([input_ids[:, :prompt_len], attention_mask[:, :prompt_len]], dim=1)
     unique, row_prompt = torch.unique(prompt_rows, dim=0, return_inverse=True)
-    prompt = model(input_ids=unique[:, :prompt_len], attention_mask=unique[:, prompt_len:],
-                   position_ids=position_ids[_first_row_of_each(row_prompt, len(unique)), :prompt_len],
-                   use_cache=True, logits_to_keep=1)
+    unique_ids, unique_mask = unique[:, :prompt_len], unique[:, prompt_len:]
+    prompt = model(input_ids=unique_ids, attention_mask=unique_mask,
+                   position_ids=(unique_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
     cache = prompt.past_key_values
     cache.batch_select_indices(row_prompt)
     completion = model(input_ids=input_ids[:, prompt_len:], attention_mask=attention_mask,
@@ -42,11 +42,6 @@ def _shared_prompt_logits(model, input_ids, attention_mask, position_ids, comple
                        logits_to_keep=completion_len)
     # the last prompt position predicts the first completion token; each completion position the next one
     return torch.cat([prompt.logits[row_prompt], completion.logits[:, :-1]], dim=1)
-
-
-def _first_row_of_each(row_prompt: torch.Tensor, count: int) -> torch.Tensor:
-    first = torch.full((count,), len(row_prompt), dtype=torch.long)
-    return first.scatter_reduce(0, row_prompt, torch.arange(len(row_prompt)), reduce="amin")
 
 
 @torch.no_grad()

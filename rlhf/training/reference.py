@@ -8,6 +8,7 @@ forward pass gathers a layer at a time, and each rank scores its share of the ba
 import torch
 
 from rlhf.experience import Experience
+from rlhf.training.deepspeed_engine import init_distributed
 from rlhf.training.logprobs import batch_logprobs, completion_logprobs
 from rlhf.training.memory import dummy_batch, peak_rss_gib, report
 
@@ -20,9 +21,8 @@ class ReferenceModel:
 
     def logprobs(self, experience: Experience) -> torch.Tensor:
         """[B / world, T]: this rank's share of the batch (ranks in order make the whole batch)."""
-        with torch.no_grad():
-            return batch_logprobs(self.model, experience.rank_share(self.rank, self.world), self.micro_batch_size,
-                                  self.temperature)
+        return batch_logprobs(self.model, experience.rank_share(self.rank, self.world), self.micro_batch_size,
+                              self.temperature)
 
     def local_parameters(self) -> int:
         """How many weight values this rank holds (all of them unless sharded)."""
@@ -47,7 +47,7 @@ def load_sharded(model_path: str, micro_batch_size: int, world: int):
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    init_distributed()
     config = {"train_micro_batch_size_per_gpu": micro_batch_size, "train_batch_size": micro_batch_size * world,
               "zero_optimization": {"stage": 3}, "steps_per_print": 10**9}
     zero3_loading = HfDeepSpeedConfig(config)  # while it lives, from_pretrained loads weights straight into shards
