@@ -61,8 +61,11 @@ class PeakMemory:
             for p in family:
                 try:
                     info = p.memory_full_info() if with_pss else p.memory_info()
-                    title = p.cmdline()[0].split(".")[0] if p.cmdline() else p.name()
-                except (psutil.Error, IndexError):
+                    command = p.cmdline()
+                    # Ray retitles its workers "ray::<name>:<Actor>.<method>"; other processes go by their name
+                    ray_title = command[0].split(".")[0] if command and command[0].startswith("ray::") else None
+                    title = ray_title or p.name()
+                except psutil.Error:
                     continue
                 rss += info.rss
                 pss += info.pss if with_pss else 0
