@@ -46,9 +46,20 @@ class Actors:
             self.placement.remove()
 
 
-def _threads(n: int) -> dict[str, str]:
+def _threads(n: int, cfg: Config) -> dict[str, str]:
     # Each actor gets as many threads as its share of the cores: oversubscription costs 5-10x on small CPUs.
-    return {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n), "TOKENIZERS_PARALLELISM": "false"}
+    env = {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n), "TOKENIZERS_PARALLELISM": "false"}
+    policy = wait_policy(cfg)
+    return {**env, "OMP_WAIT_POLICY": policy.upper()} if policy != "default" else env
+
+
+def wait_policy(cfg: Config) -> str:
+    """How idle OpenMP threads wait. Spinning (OpenMP's default) is fastest while one role has the cores to
+    itself; when roles compute at the same time (rollout.async_one_step) spinning threads steal the cores
+    from the busy ones: passive (sleeping) waits made the overlapped step 2.9x faster here (17 s -> 5.9 s)."""
+    if cfg.omp_wait_policy == "auto":
+        return "passive" if cfg.rollout.async_one_step else "default"
+    return cfg.omp_wait_policy
 
 
 def needs_reference(cfg: Config) -> bool:
@@ -78,14 +89,14 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
         return {"num_cpus": num_cpus, "runtime_env": {"env_vars": env}, "name": f"{role}-{index}-{run_tag}",
                 "scheduling_strategy": placement.strategy(role, index)}
 
-    rollout_env = {**_threads(cfg.rollout.threads), **engine_environment(cfg.rollout.threads)}
+    rollout_env = {**_threads(cfg.rollout.threads, cfg), **engine_environment(cfg.rollout.threads)}
     rollouts = [
         RolloutActor.options(**place("rollout", i, cfg.rollout.num_cpus, rollout_env), **restarts).remote(
             cfg.rollout.engine, model_path, cfg.rollout.dtype, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
             cfg.seed + i, cfg.rollout.kv_cache_gib)
         for i in range(cfg.rollout.engines)
     ]
-    reward_env, reward_cpus = _threads(cfg.reward_actor.threads), cfg.reward_actor.num_cpus
+    reward_env, reward_cpus = _threads(cfg.reward_actor.threads, cfg), cfg.reward_actor.num_cpus
     reward = None
     if cfg.reward.functions:
         reward = RewardActor.options(**place("reward", 0, reward_cpus, reward_env), **restarts).remote(
@@ -106,14 +117,14 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
         ranks = cfg.reference.ranks
         reference = Reference([
             ReferenceActor.options(**place("reference", i, cfg.reference.num_cpus,
-                                           {**_threads(cfg.reference.threads), **extensions}),
+                                           {**_threads(cfg.reference.threads, cfg), **extensions}),
                                    **(restarts if ranks == 1 else {}))
             .remote(model_path, cfg.reference.micro_batch_size, cfg.rollout.temperature, ranks)
             for i in range(ranks)
         ])
     batch_size = cfg.prompts_per_step * cfg.algo.group_size
     policy = LearnerGroup([
-        PolicyActor.options(**place("policy", i, cfg.train.num_cpus, {**_threads(cfg.train.threads), **extensions}))
+        PolicyActor.options(**place("policy", i, cfg.train.num_cpus, {**_threads(cfg.train.threads, cfg), **extensions}))
         .remote(model_path, cfg.train, cfg.algo, batch_size, cfg.rollout.max_new_tokens, cfg.rollout.temperature,
                 cfg.seed)
         for i in range(cfg.train.ranks)
@@ -121,7 +132,7 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
     critic = None
     if cfg.algo.use_critic:
         critic = LearnerGroup([
-            CriticActor.options(**place("critic", i, cfg.critic.num_cpus, {**_threads(cfg.critic.threads), **extensions}))
+            CriticActor.options(**place("critic", i, cfg.critic.num_cpus, {**_threads(cfg.critic.threads, cfg), **extensions}))
             .remote(cfg.critic.model_path or model_path, cfg.critic, cfg.algo, batch_size, cfg.seed, value_heads(cfg))
             for i in range(cfg.critic.ranks)
         ])

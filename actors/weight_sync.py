@@ -35,19 +35,38 @@ class SharedMemoryRoute(WeightSyncRoute):
     """Learner rank 0 writes one safetensors file to a folder in shared memory; each engine reloads from it.
 
     The folder must be visible to the learner and the engines: same node, or a shared file system.
+    With `overlap` (one-step-off-policy runs) `push` returns once the file is written: each engine reloads
+    after the generation it is busy with, before any later one (an actor runs its calls in the order they were
+    sent), so the reload (~0.8 s on SmolLM2) leaves the step's critical path.
     """
 
-    def __init__(self, policy, rollouts: list, folder: str):
+    def __init__(self, policy, rollouts: list, folder: str, overlap: bool = False):
         """`policy`: the policy's LearnerGroup."""
-        self.policy, self.rollouts, self.folder = policy, rollouts, folder
+        self.policy, self.rollouts, self.folder, self.overlap = policy, rollouts, folder, overlap
         self.version = 0
+        self.loading = []  # reloads in flight
 
     def push(self) -> None:
+        self.wait_for_reloads()  # the file is rewritten in place: no engine may still be reading it
         self.policy.run("save_weights", self.folder)
         self.version += 1
-        ray.get([rollout.load_weights.remote(self.folder, self.version) for rollout in self.rollouts])
+        self.loading = [rollout.load_weights.remote(self.folder, self.version) for rollout in self.rollouts]
+        if not self.overlap:
+            self.wait_for_reloads()
+
+    def wait_for_reloads(self) -> None:
+        loading, self.loading = self.loading, []
+        for ref in loading:
+            try:
+                ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                # the engine died: its weight version stays behind, which its next generate call reports
+                # (StaleWeightsError), and the driver's retry pushes again once it is back
+                if not self.overlap:
+                    raise
 
     def close(self) -> None:
+        self.wait_for_reloads()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -88,12 +107,12 @@ class CudaIpcRoute(WeightSyncRoute):
         ray.get([r.load_ipc_weights.remote(handles, self.version) for r in self.rollouts])
 
 
-def make_route(kind: str, policy, rollouts: list, sync_dir: str) -> WeightSyncRoute:
+def make_route(kind: str, policy, rollouts: list, sync_dir: str, overlap: bool) -> WeightSyncRoute:
     if kind != "shm":
         import torch
 
         if not torch.cuda.is_available():
             raise RuntimeError(f"rollout.weight_sync={kind} needs GPUs and none is visible; use rollout.weight_sync=shm")
-    routes = {"shm": lambda: SharedMemoryRoute(policy, rollouts, sync_dir), "nccl": lambda: NcclBroadcastRoute(policy, rollouts),
+    routes = {"shm": lambda: SharedMemoryRoute(policy, rollouts, sync_dir, overlap), "nccl": lambda: NcclBroadcastRoute(policy, rollouts),
               "cuda_ipc": lambda: CudaIpcRoute(policy, rollouts)}
     return routes[kind]()

@@ -234,6 +234,7 @@ class Config:
     prompts_per_step: int = MISSING
     output_dir: str = MISSING
     save_final: bool = MISSING
+    omp_wait_policy: str = MISSING
 
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -317,6 +318,7 @@ def validate(c: Config) -> None:
     if c.rollout.async_one_step and c.algo.tis_cap is None:
         raise ValueError("rollout.async_one_step trains on samples of the previous weights: set algo.tis_cap "
                          "(e.g. 2.0) for the truncated importance-sampling correction")
+    _choice("omp_wait_policy", c.omp_wait_policy, {"auto", "default", "passive", "active"})
     _choice("placement.layout", c.placement.layout, {"colocated", "split"})
     if not 0 < c.preflight.memory_fraction <= 1:
         raise ValueError(f"preflight.memory_fraction={c.preflight.memory_fraction} must be in (0, 1]")

@@ -82,7 +82,8 @@ class Trainer:
         try:
             self.actors = launch_actors(cfg, self.model_path)
             self.weight_sync = make_route(cfg.rollout.weight_sync, self.actors.policy, self.actors.rollouts,
-                                          os.path.join(cfg.rollout.sync_dir, f"rlhf-weights-{os.getpid()}-{time.time_ns()}"))
+                                          os.path.join(cfg.rollout.sync_dir, f"rlhf-weights-{os.getpid()}-{time.time_ns()}"),
+                                          overlap=cfg.rollout.async_one_step)
             self.metrics_log = MetricsLog(
                 str(self.output_dir), cfg.logging.run_name or self.output_dir.name, cfg.logging.wandb_mode,
                 cfg.logging.wandb_project, cfg.logging.wandb_entity, asdict(cfg), cfg.logging.plot,

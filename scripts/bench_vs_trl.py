@@ -116,7 +116,7 @@ def run_trl(python, rows, model, args, prompts, beta, threads, work: Path) -> di
     job = {"model": model, "rows": rows, "prompts": prompts, "group_size": 4, "max_new_tokens": 32, "lr": 1e-5,
            "beta": beta, "steps": args.warmup + args.steps, "temperature": 0.9, "dtype": args.dtype,
            "bleu_module": str(REPO / "rlhf" / "rewards" / "bleu.py"), "output_dir": str(work / "trl-out"),
-           "result": str(work / "trl-result.json")}
+           "result": str(work / "trl-result.json"), "gradient_checkpointing": args.trl_gradient_checkpointing}
     (work / "trl-job.json").write_text(json.dumps(job))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
@@ -150,6 +150,8 @@ def main() -> None:
     parser.add_argument("--prompts", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--betas", nargs="+", type=float, default=[0.0, 0.04])
     parser.add_argument("--trl-threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--trl-gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                        help="TRL's GRPOConfig default is on (less memory, a slower backward)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=2)

@@ -51,6 +51,7 @@ config = GRPOConfig(
     beta=job["beta"], max_steps=job["steps"], logging_steps=1, temperature=job["temperature"], top_p=1.0,
     bf16=job["dtype"] == "bfloat16", use_cpu=True, report_to=[], save_strategy="no", seed=0,
     gradient_accumulation_steps=1, shuffle_dataset=False,
+    gradient_checkpointing=job["gradient_checkpointing"],
 )
 clock = StepClock()
 trainer = GRPOTrainer(model=job["model"], reward_funcs=bleu_reward, args=config, train_dataset=dataset,

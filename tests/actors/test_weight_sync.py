@@ -45,8 +45,10 @@ def rollout_batch(rollout, tokenizer, n=4):
     return experience
 
 
-@pytest.mark.parametrize("engine, zero_stage", [("vllm", 0), ("hf", 3)])
-def test_engine_generates_with_the_learners_newest_weights(ray_cluster, tiny_model, tmp_path, engine, zero_stage):
+# overlap: the push returns before the engine has reloaded; the engine must still reload before its next generation
+@pytest.mark.parametrize("engine, zero_stage, overlap", [("vllm", 0, True), ("hf", 3, False)])
+def test_engine_generates_with_the_learners_newest_weights(ray_cluster, tiny_model, tmp_path, engine, zero_stage,
+                                                           overlap):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     rollout = start_rollout(engine, tiny_model)
     policy = start_policy(tiny_model, zero_stage, batch_size=8)
@@ -57,14 +59,20 @@ def test_engine_generates_with_the_learners_newest_weights(ray_cluster, tiny_mod
 
     metrics = policy.run("train_step", before)
     assert metrics["grad_norm"] > 0 and torch.isfinite(torch.tensor(metrics["loss"]))
-    route = SharedMemoryRoute(policy, [rollout], str(tmp_path / "sync"))
+    route = SharedMemoryRoute(policy, [rollout], str(tmp_path / "sync"), overlap)
     route.push()
+    assert bool(route.loading) == overlap
 
     after = rollout_batch(rollout, tokenizer)
     learner_after = policy.run("logprobs", after)
     torch.testing.assert_close(after.rollout_logp, learner_after, atol=1e-5, rtol=0)
     # and the weights really moved: the old batch is now scored differently
     assert (policy.run("logprobs", before) - before.rollout_logp).abs().max() > 1e-3
+    # a second push rewrites the file only after the first reload is done, and is again what the engine samples
+    policy.run("train_step", after)
+    route.push()
+    again = rollout_batch(rollout, tokenizer)
+    torch.testing.assert_close(again.rollout_logp, policy.run("logprobs", again), atol=1e-5, rtol=0)
     route.close()
     assert not (tmp_path / "sync").exists()
     ray.kill(rollout)

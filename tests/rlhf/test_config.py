@@ -44,6 +44,7 @@ def test_unknown_key_is_refused():
     ("reward.functions=[{name: bleu, weight: 1},{name: bleu, weight: 2}]", "distinct labels"),
     ("algo.overlong_buffer=100", "algo.overlong_buffer=100 must be in"),
     ("checkpoint.keep_last=0", "checkpoint.keep_last"),
+    ("omp_wait_policy=sleep", "omp_wait_policy=.sleep."),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
