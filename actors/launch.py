@@ -93,7 +93,7 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
     rollouts = [
         RolloutActor.options(**place("rollout", i, cfg.rollout.num_cpus, rollout_env), **restarts).remote(
             cfg.rollout.engine, model_path, cfg.rollout.dtype, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-            cfg.seed + i, cfg.rollout.kv_cache_gib)
+            cfg.seed + i, cfg.rollout.kv_cache_gib, cfg.rollout.block_size)
         for i in range(cfg.rollout.engines)
     ]
     reward_env, reward_cpus = _threads(cfg.reward_actor.threads, cfg), cfg.reward_actor.num_cpus

@@ -12,11 +12,11 @@ class StaleWeightsError(RuntimeError):
 @ray.remote
 class RolloutActor:
     def __init__(self, engine: str, model_path: str, dtype: str, max_model_len: int, seed: int,
-                 kv_cache_gib: float):
+                 kv_cache_gib: float, block_size: int):
         if engine == "vllm":
             from rlhf.engines.vllm_engine import VLLMEngine
 
-            self.engine = VLLMEngine(model_path, dtype, max_model_len, seed, kv_cache_gib)
+            self.engine = VLLMEngine(model_path, dtype, max_model_len, seed, kv_cache_gib, block_size)
         else:
             from rlhf.engines.hf_engine import HFEngine
 

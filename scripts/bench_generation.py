@@ -1,6 +1,7 @@
 """Generated tokens per second of a rollout engine on the default model and prompts, by dtype and threads.
 
     python scripts/bench_generation.py --dtype float32 --threads 2
+    python scripts/bench_generation.py --prompts 8 --samples 4 --max-new-tokens 32 --block-size 128
     python scripts/bench_generation.py --engine hf --dtype bfloat16 --threads 1 --prompts 8 --samples 4
 
 Each setting runs in its own process (vLLM binds its threads at start-up). Prints one line per repeat and the
@@ -29,7 +30,7 @@ def measure(args) -> None:
     if args.engine == "vllm":
         from rlhf.engines.vllm_engine import VLLMEngine
 
-        engine = VLLMEngine(model, args.dtype, 1024, seed=0, kv_cache_gib=1.0)
+        engine = VLLMEngine(model, args.dtype, 1024, seed=0, kv_cache_gib=1.0, block_size=args.block_size)
     else:
         from rlhf.engines.hf_engine import HFEngine
 
@@ -60,8 +61,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--block-size", type=int, default=None, help="vLLM KV-cache block (default: rollout.block_size)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.block_size is None:
+        sys.path.insert(0, str(REPO))
+        from rlhf.config import compose_config
+
+        args.block_size = compose_config("output_dir=/tmp/unused").rollout.block_size
     if args.child:
         measure(args)
         return

@@ -14,7 +14,8 @@ def engine_environment(threads: int) -> dict[str, str]:
 
 
 class VLLMEngine(GenerationEngine):
-    def __init__(self, model_path: str, dtype: str, max_model_len: int, seed: int, kv_cache_gib: float):
+    def __init__(self, model_path: str, dtype: str, max_model_len: int, seed: int, kv_cache_gib: float,
+                 block_size: int):
         from vllm import LLM
 
         self.llm = LLM(
@@ -25,6 +26,9 @@ class VLLMEngine(GenerationEngine):
             # without an explicit size vLLM-CPU reserves most of the RAM; fractions of a GiB are fine here
             # (the legacy VLLM_CPU_KVCACHE_SPACE variable takes whole GiB only)
             kv_cache_memory_bytes=int(kv_cache_gib * 1024**3),
+            # The n samples of a prompt are separate requests that share its cached prefill only in whole blocks:
+            # with vLLM-CPU's 128-token blocks most prompts here (80-150 tokens) were prefilled n times
+            block_size=block_size,
             enforce_eager=True,
             distributed_executor_backend="uni",
             # logprobs of the distribution actually sampled (temperature applied), as the learner computes them

@@ -45,6 +45,7 @@ def test_unknown_key_is_refused():
     ("algo.overlong_buffer=100", "algo.overlong_buffer=100 must be in"),
     ("checkpoint.keep_last=0", "checkpoint.keep_last"),
     ("omp_wait_policy=sleep", "omp_wait_policy=.sleep."),
+    ("rollout.block_size=48", "rollout.block_size=48 must be a multiple of 32"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
