@@ -166,7 +166,10 @@ def main() -> None:
     parser.add_argument("--skip-trl", action="store_true", help="run ours only (e.g. to try a setting)")
     args = parser.parse_args()
 
-    from rlhf.data.sources import reasoning_gym_rows
+    from transformers import AutoTokenizer
+
+    from rlhf.config import compose_config, load_config
+    from rlhf.data.prompts import PromptStream, load_rows
     from rlhf.models import resolve_model_path
 
     model = str(resolve_model_path("smollm2", None))
@@ -178,8 +181,12 @@ def main() -> None:
     machine["ours_overrides"] = args.ours
     machine["trl_gradient_checkpointing"] = args.trl_gradient_checkpointing
     for prompts in args.prompts:
-        rows = [{"prompt": r["question"], "references": [r["answer_cot"]]}
-                for r in reasoning_gym_rows("gsm_symbolic", prompts * (args.warmup + args.steps + 1), seed=0)]
+        # TRL gets the prompts ours will draw, in the same order (it does not shuffle): the same work step by step
+        cfg = load_config(compose_config("output_dir=/tmp/unused"))
+        stream = PromptStream(load_rows(cfg.data), AutoTokenizer.from_pretrained(model), cfg.data.system_prompt,
+                              cfg.data.max_prompt_tokens, cfg.seed)
+        rows = [{"prompt": r["prompt"], "references": r["references"]}
+                for _ in range(args.warmup + args.steps + 1) for r in stream.next_batch(prompts).rows]
         for beta in args.betas:
             setting = {"prompts_per_step": prompts, "beta": beta, "dtype": args.dtype}
             work = args.out / f"p{prompts}-beta{beta}"
