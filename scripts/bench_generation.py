@@ -73,7 +73,9 @@ def main() -> None:
         measure(args)
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    subprocess.run([sys.executable, __file__, "--child", *sys.argv[1:]], env=env, check=True)
+    # the resolved block size goes along, so the child does not compose the config again
+    subprocess.run([sys.executable, __file__, "--child", *sys.argv[1:], "--block-size", str(args.block_size)], env=env,
+                   check=True)
 
 
 if __name__ == "__main__":

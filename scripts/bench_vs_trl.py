@@ -180,11 +180,11 @@ def main() -> None:
     machine = {"cpus": os.cpu_count(), "memory_gib": psutil.virtual_memory().total / 1024**3}
     machine["ours_overrides"] = args.ours
     machine["trl_gradient_checkpointing"] = args.trl_gradient_checkpointing
+    cfg = load_config(compose_config("output_dir=/tmp/unused"))
+    data_rows, tokenizer = load_rows(cfg.data), AutoTokenizer.from_pretrained(model)
     for prompts in args.prompts:
         # TRL gets the prompts ours will draw, in the same order (it does not shuffle): the same work step by step
-        cfg = load_config(compose_config("output_dir=/tmp/unused"))
-        stream = PromptStream(load_rows(cfg.data), AutoTokenizer.from_pretrained(model), cfg.data.system_prompt,
-                              cfg.data.max_prompt_tokens, cfg.seed)
+        stream = PromptStream(data_rows, tokenizer, cfg.data.system_prompt, cfg.data.max_prompt_tokens, cfg.seed)
         rows = [{"prompt": r["prompt"], "references": r["references"]}
                 for _ in range(args.warmup + args.steps + 1) for r in stream.next_batch(prompts).rows]
         for beta in args.betas:

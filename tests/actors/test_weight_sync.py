@@ -23,7 +23,7 @@ SAMPLING = SamplingSettings(max_new_tokens=8, temperature=1.0, top_p=1.0)
 
 
 def start_rollout(engine: str, model: str):
-    env = {**engine_environment(threads=1)}
+    env = engine_environment(threads=1)
     return RolloutActor.options(num_cpus=0, runtime_env={"env_vars": env}).remote(engine, model, "float32", 256, 0, 0.25, 32)
 
 
