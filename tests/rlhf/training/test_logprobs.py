@@ -1,7 +1,9 @@
-"""Shared-prompt logprobs equal the plain full-sequence forward, values and gradients (fp32)."""
+"""Packed-group logprobs equal the plain full-sequence forward, values and gradients (fp32)."""
 
+import pytest
 import torch
 
+from rlhf.training import logprobs
 from rlhf.training.logprobs import completion_logprobs
 
 
@@ -28,20 +30,41 @@ def batch_of_groups(vocab: int):
     return torch.stack(rows), torch.stack(masks)
 
 
-def test_shared_prompt_forward_matches_the_plain_one(tiny_model):
+@pytest.mark.parametrize("row_tokens, checkpointing", [
+    (1024, False),  # each group in one packed row
+    (5 + 2 * 4, False),  # at most 2 completions per packed row: the groups of 3 take two rows each
+    (1024, True),  # gradient checkpointing recomputes the packed forward
+])
+def test_packed_forward_matches_the_plain_one(tiny_model, monkeypatch, row_tokens, checkpointing):
     from transformers import AutoModelForCausalLM
 
+    monkeypatch.setattr(logprobs, "PACKED_ROW_TOKENS", row_tokens)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
     ids, mask = batch_of_groups(model.config.vocab_size)
     completion_mask = mask[:, -4:].float()
 
-    shared = completion_logprobs(model, ids, mask, 4)
-    (shared * completion_mask).sum().backward()
-    shared_grads = [p.grad.clone() for p in model.parameters()]
+    packed = completion_logprobs(model, ids, mask, 4)
+    (packed * completion_mask).sum().backward()
+    packed_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     plain = plain_logprobs(model, ids, mask, 4)
     (plain * completion_mask).sum().backward()
 
-    torch.testing.assert_close(shared * completion_mask, plain * completion_mask, atol=1e-5, rtol=0)
-    for got, want in zip(shared_grads, (p.grad for p in model.parameters())):
+    torch.testing.assert_close(packed * completion_mask, plain * completion_mask, atol=1e-5, rtol=0)
+    for got, want in zip(packed_grads, (p.grad for p in model.parameters())):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_one_token_completions(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    ids, mask = batch_of_groups(model.config.vocab_size)
+    ids, mask = ids[:, :-3], mask[:, :-3].clone()
+    mask[:, -1] = 1
+    with torch.no_grad():
+        torch.testing.assert_close(completion_logprobs(model, ids, mask, 1), plain_logprobs(model, ids, mask, 1),
+                                   atol=1e-5, rtol=0)
