@@ -76,8 +76,15 @@ class LearnerGroup:
 
     @staticmethod
     def reduce(per_rank: list[dict]) -> dict[str, float]:
-        return {key: value if key in REPLICATED else sum(m[key] for m in per_rank)
-                for key, value in per_rank[0].items()}
+        """One figure per metric: rank 0's for those every rank holds, the slowest rank's for times (the ranks
+        run side by side), the sum of the ranks' shares for the rest."""
+        def combine(key: str) -> float:
+            values = [m[key] for m in per_rank]
+            if key in REPLICATED:
+                return values[0]
+            return max(values) if key.startswith("time/") else sum(values)
+
+        return {key: combine(key) for key in per_rank[0]}
 
     def kill(self) -> None:
         for rank in self.ranks:

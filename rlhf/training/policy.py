@@ -9,6 +9,7 @@ are its share of the whole (summed over ranks), except `grad_norm` and `lr`, whi
 
 import math
 import os
+import time
 
 import torch
 
@@ -54,10 +55,12 @@ class PolicyLearner:
         # With one optimizer step per batch the sampling policy is the one being trained: the ratio is 1 in
         # value and carries the gradient of logp (TRL's num_iterations=1); no forward pass is spent on it.
         on_policy = self.algo.epochs == 1 and self.mini_batch_size >= experience.size
-        totals = {"loss": 0.0, "kl": 0.0, "logprob_gap": 0.0, "clip_fraction": 0.0}
+        totals = {"loss": 0.0, "kl": 0.0, "logprob_gap": 0.0, "clip_fraction": 0.0, "time/old_logprobs": 0.0}
         if not on_policy:
+            start = time.perf_counter()
             experience.old_logp = (experience.rollout_logp if self.algo.old_logprobs == "rollout"
                                    else self.logprobs(experience))
+            totals["time/old_logprobs"] = time.perf_counter() - start  # part of the driver's time/train
             # how far the engine's logprobs are from the learner's on the same weights (0 by construction
             # when the engine's are used as the old ones)
             totals["logprob_gap"] = _masked_mean((experience.old_logp - experience.rollout_logp).abs(),

@@ -55,3 +55,9 @@ def test_two_ranks_step_like_one_and_stay_identical(ray_cluster, tiny_model, zer
 def test_a_placement_that_cannot_fit_says_what_it_needs(ray_cluster):
     with pytest.raises(RuntimeError, match=r"needs .*'policy': '4 x 1 CPU'.*cluster has 2"):
         Placement("split", {"policy": RoleDemand(4, 1)}, timeout_s=2)
+
+
+def test_reduce_sums_shares_keeps_replicated_values_and_takes_the_slowest_rank_time():
+    ranks = [{"loss": 0.25, "grad_norm": 2.0, "time/old_logprobs": 0.5},
+             {"loss": 0.5, "grad_norm": 2.0, "time/old_logprobs": 0.75}]
+    assert LearnerGroup.reduce(ranks) == {"loss": 0.75, "grad_norm": 2.0, "time/old_logprobs": 0.75}
