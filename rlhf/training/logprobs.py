@@ -23,7 +23,12 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     divided by the sampling temperature so the result is the distribution the engine sampled.
     """
     packed = PackedGroups.build(input_ids, attention_mask, completion_len)
-    logits = model(input_ids=packed.ids, attention_mask=packed.attention[:, None], position_ids=packed.positions,
+    dtype = getattr(model, "module", model).dtype  # a DeepSpeed engine wraps the HF model
+    # additive, in the model's dtype: eager attention adds the mask to the scores (a bool mask would be read as
+    # 0/1 there), SDPA takes it as it is
+    mask = torch.zeros(packed.attention.shape, dtype=dtype, device=input_ids.device)
+    mask.masked_fill_(~packed.attention, torch.finfo(dtype).min)
+    logits = model(input_ids=packed.ids, attention_mask=mask[:, None], position_ids=packed.positions,
                    logits_to_keep=packed.keep).logits
     logits = packed.unpack(logits).float() / temperature
     targets = input_ids[:, -completion_len:]

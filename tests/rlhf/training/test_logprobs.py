@@ -30,16 +30,17 @@ def batch_of_groups(vocab: int):
     return torch.stack(rows), torch.stack(masks)
 
 
-@pytest.mark.parametrize("row_tokens, checkpointing", [
-    (1024, False),  # each group in one packed row
-    (5 + 2 * 4, False),  # at most 2 completions per packed row: the groups of 3 take two rows each
-    (1024, True),  # gradient checkpointing recomputes the packed forward
+@pytest.mark.parametrize("row_tokens, checkpointing, attention", [
+    (1024, False, "sdpa"),  # each group in one packed row
+    (5 + 2 * 4, False, "sdpa"),  # at most 2 completions per packed row: the groups of 3 take two rows each
+    (1024, True, "sdpa"),  # gradient checkpointing recomputes the packed forward
+    (1024, False, "eager"),  # the implementation HF picks for models without SDPA support
 ])
-def test_packed_forward_matches_the_plain_one(tiny_model, monkeypatch, row_tokens, checkpointing):
+def test_packed_forward_matches_the_plain_one(tiny_model, monkeypatch, row_tokens, checkpointing, attention):
     from transformers import AutoModelForCausalLM
 
     monkeypatch.setattr(logprobs, "PACKED_ROW_TOKENS", row_tokens)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attention)
     if checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
