@@ -41,8 +41,8 @@ def run(engines: int, prompts: int, steps: int, warmup: int, out: Path) -> dict:
         raise RuntimeError(f"{engines} engines: the run failed (exit {code}); see {out / 'run.log'}")
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][warmup:]
     median = {key: statistics.median(h[key] for h in history) for key in history[0] if key.startswith("time/")}
-    return {"engines": engines, "prompts_per_step": prompts, "seconds_per_step": median["time/step"], "driver_cpu_seconds": median["time/driver_cpu"],
-            "driver_share": median["time/driver_cpu"] / median["time/step"], "phases": median}
+    return {"engines": engines, "prompts_per_step": prompts, "seconds_per_step": median["time/step"],
+            "driver_cpu_seconds": median["time/driver_cpu"], "driver_share": median["time/driver_cpu"] / median["time/step"], "phases": median}
 
 
 def main() -> None:
@@ -60,8 +60,8 @@ def main() -> None:
         result = run(engines, args.prompts or engines, args.steps, args.warmup, args.out / f"engines-{engines}")
         results.append(result)
         path.write_text(json.dumps(results, indent=1))
-        print(f"{engines:>3} engines, {result['prompts_per_step']} prompts: {result['seconds_per_step']:.2f} s/step, driver CPU "
-              f"{result['driver_cpu_seconds']:.3f} s/step ({100 * result['driver_share']:.1f}% of the step)", flush=True)
+        print(f"{engines:>3} engines, {result['prompts_per_step']} prompts: {result['seconds_per_step']:.2f} s/step, "
+              f"driver CPU {result['driver_cpu_seconds']:.3f} s/step ({100 * result['driver_share']:.1f}% of the step)", flush=True)
     print(f"figures: {path}")
 
 

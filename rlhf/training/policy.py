@@ -4,7 +4,8 @@
 one optimizer step per mini-batch. With several ranks each takes a contiguous share of every mini-batch.
 Each share is cut into micro-batches whose losses are each a share of the mini-batch's loss (see
 `aggregate_loss`), so the accumulated, rank-averaged gradient is the mini-batch's. Metrics a rank returns
-are its share of the whole (summed over ranks), except `grad_norm` and `lr`, which every rank holds.
+are its share of the whole (summed over ranks), except `grad_norm` and `lr`, which every rank holds, and
+times (`time/...`), of which the slowest rank's counts.
 """
 
 import math
