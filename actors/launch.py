@@ -14,6 +14,7 @@ from actors.reward import RewardActor
 from actors.reward_model import RewardModelActor
 from actors.rollout import RolloutActor
 from rlhf.config import Config
+from rlhf.engines.base import EngineSettings
 from rlhf.engines.vllm_engine import engine_environment
 from rlhf.models.resolve import cache_root
 from rlhf.rewards import REWARD_AGGREGATIONS
@@ -67,15 +68,26 @@ def needs_reference(cfg: Config) -> bool:
 
 
 def role_demands(cfg: Config, learners: bool) -> dict[str, RoleDemand]:
-    demands = {"rollout": RoleDemand(cfg.rollout.engines, cfg.rollout.num_cpus),
-               "reward": RoleDemand(int(bool(cfg.reward.functions)) + len(cfg.reward.models), cfg.reward_actor.num_cpus)}
+    """Each role's actor count and what each actor reserves (the reward-function actor never takes a GPU)."""
+    demands = {"rollout": RoleDemand(cfg.rollout.engines, cfg.rollout.num_cpus, cfg.rollout.num_gpus),
+               "reward": RoleDemand(int(bool(cfg.reward.functions)), cfg.reward_actor.num_cpus),
+               "reward_model": RoleDemand(len(cfg.reward.models), cfg.reward_actor.num_cpus, cfg.reward_actor.num_gpus)}
     if learners:
-        demands["policy"] = RoleDemand(cfg.train.ranks, cfg.train.num_cpus)
+        demands["policy"] = RoleDemand(cfg.train.ranks, cfg.train.num_cpus, cfg.train.num_gpus)
         if needs_reference(cfg):
-            demands["reference"] = RoleDemand(cfg.reference.ranks, cfg.reference.num_cpus)
+            demands["reference"] = RoleDemand(cfg.reference.ranks, cfg.reference.num_cpus, cfg.reference.num_gpus)
         if cfg.algo.use_critic:
-            demands["critic"] = RoleDemand(cfg.critic.ranks, cfg.critic.num_cpus)
+            demands["critic"] = RoleDemand(cfg.critic.ranks, cfg.critic.num_cpus, cfg.critic.num_gpus)
     return {role: d for role, d in demands.items() if d.count}
+
+
+def engine_sleeps(cfg: Config) -> bool:
+    """vLLM sleep mode: asked for, or (null) when the engines share their GPU with the learner and nothing generates
+    while it trains. The engine turns it on only where it computes on CUDA."""
+    if cfg.rollout.sleep_mode is not None:
+        return cfg.rollout.sleep_mode
+    shares_gpu = cfg.placement.layout == "colocated" and cfg.rollout.num_gpus > 0 and cfg.train.num_gpus > 0
+    return shares_gpu and not cfg.rollout.async_one_step
 
 
 def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors:
@@ -84,27 +96,31 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
     restarts = {"max_restarts": cfg.fault_tolerance.max_restarts}
     run_tag = uuid.uuid4().hex[:8]
 
-    def place(role: str, index: int, num_cpus: float, env: dict) -> dict:
+    def place(role: str, index: int, env: dict) -> dict:
         # named, so that operators (and tests) can find e.g. "rollout-0-<tag>" in the cluster
-        return {"num_cpus": num_cpus, "runtime_env": {"env_vars": env}, "name": f"{role}-{index}-{run_tag}",
-                "scheduling_strategy": placement.strategy(role, index)}
+        demand = placement.demands[role]
+        return {"num_cpus": demand.num_cpus, "num_gpus": demand.num_gpus, "runtime_env": {"env_vars": env},
+                "name": f"{role}-{index}-{run_tag}", "scheduling_strategy": placement.strategy(role, index)}
 
     rollout_env = {**_threads(cfg.rollout.threads, cfg), **engine_environment(cfg.rollout.threads)}
+    engine_settings = EngineSettings(
+        dtype=cfg.rollout.dtype, max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+        kv_cache_gib=cfg.rollout.kv_cache_gib, block_size=cfg.rollout.block_size,
+        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, sleep_mode=engine_sleeps(cfg),
+        ipc_weight_transfer=cfg.rollout.weight_sync in ("auto", "cuda_ipc"))
     rollouts = [
-        RolloutActor.options(**place("rollout", i, cfg.rollout.num_cpus, rollout_env), **restarts).remote(
-            cfg.rollout.engine, model_path, cfg.rollout.dtype, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-            cfg.seed + i, cfg.rollout.kv_cache_gib, cfg.rollout.block_size)
+        RolloutActor.options(**place("rollout", i, rollout_env), **restarts).remote(
+            cfg.rollout.engine, model_path, engine_settings, cfg.seed + i)
         for i in range(cfg.rollout.engines)
     ]
-    reward_env, reward_cpus = _threads(cfg.reward_actor.threads, cfg), cfg.reward_actor.num_cpus
+    reward_env = _threads(cfg.reward_actor.threads, cfg)
     reward = None
     if cfg.reward.functions:
-        reward = RewardActor.options(**place("reward", 0, reward_cpus, reward_env), **restarts).remote(
+        reward = RewardActor.options(**place("reward", 0, reward_env), **restarts).remote(
             [asdict(f) for f in cfg.reward.functions], cfg.reward.timeout_s)
-    first_model = int(reward is not None)
     reward_models = {
-        m.label: RewardModelActor.options(**place("reward", first_model + i, reward_cpus, reward_env),
-                                          **restarts).remote(m.path, m.batch_size, m.max_length)
+        m.label: RewardModelActor.options(**place("reward_model", i, reward_env), **restarts).remote(
+            m.path, m.batch_size, m.max_length)
         for i, m in enumerate(cfg.reward.models)
     }
     if not learners:
@@ -116,15 +132,15 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
     if needs_reference(cfg):
         ranks = cfg.reference.ranks
         reference = Reference([
-            ReferenceActor.options(**place("reference", i, cfg.reference.num_cpus,
-                                           {**_threads(cfg.reference.threads, cfg), **extensions}),
+            ReferenceActor.options(**place("reference", i, {**_threads(cfg.reference.threads, cfg), **extensions}),
                                    **(restarts if ranks == 1 else {}))
-            .remote(model_path, cfg.reference.micro_batch_size, cfg.rollout.temperature, ranks)
+            .remote(model_path, cfg.reference.micro_batch_size, cfg.rollout.temperature, ranks, cfg.train.bf16,
+                    cfg.train.attn_implementation)
             for i in range(ranks)
         ])
     batch_size = cfg.prompts_per_step * cfg.algo.group_size
     policy = LearnerGroup([
-        PolicyActor.options(**place("policy", i, cfg.train.num_cpus, {**_threads(cfg.train.threads, cfg), **extensions}))
+        PolicyActor.options(**place("policy", i, {**_threads(cfg.train.threads, cfg), **extensions}))
         .remote(model_path, cfg.train, cfg.algo, batch_size, cfg.rollout.max_new_tokens, cfg.rollout.temperature,
                 cfg.seed)
         for i in range(cfg.train.ranks)
@@ -132,7 +148,7 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
     critic = None
     if cfg.algo.use_critic:
         critic = LearnerGroup([
-            CriticActor.options(**place("critic", i, cfg.critic.num_cpus, {**_threads(cfg.critic.threads, cfg), **extensions}))
+            CriticActor.options(**place("critic", i, {**_threads(cfg.critic.threads, cfg), **extensions}))
             .remote(cfg.critic.model_path or model_path, cfg.critic, cfg.algo, batch_size, cfg.seed, value_heads(cfg))
             for i in range(cfg.critic.ranks)
         ])

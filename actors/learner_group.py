@@ -34,9 +34,17 @@ class LearnerRank:
         return ray.util.get_node_ip_address()
 
     def setup(self, address: str, port: int, rank: int, local_rank: int, world: int) -> None:
+        # Ray shows an actor only its own GPU (as cuda:0), and DeepSpeed puts a rank on cuda:LOCAL_RANK: on GPUs
+        # every rank is local rank 0 of what it can see
+        local_rank = 0 if ray.get_gpu_ids() else local_rank
         os.environ.update({"MASTER_ADDR": address, "MASTER_PORT": str(port), "RANK": str(rank),
                            "WORLD_SIZE": str(world), "LOCAL_RANK": str(local_rank)})
         self.learner = self.build(rank, world)
+
+    def device_info(self) -> dict:
+        from rlhf.training.memory import device_info
+
+        return device_info(self.learner.device)
 
     def build(self, rank: int, world: int):
         raise NotImplementedError

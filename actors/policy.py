@@ -32,8 +32,14 @@ class PolicyActor(LearnerRank):
     def broadcast_weights(self) -> None:
         self.learner.broadcast_weights()
 
-    def ipc_handles(self):
-        return self.learner.ipc_handles()
+    def prepare_ipc_push(self, bucket_bytes: int):
+        return self.learner.prepare_ipc_push(bucket_bytes)
+
+    def ipc_bucket(self, index: int) -> dict:
+        return self.learner.ipc_bucket(index)
+
+    def finish_ipc_push(self) -> None:
+        self.learner.finish_ipc_push()
 
     def save_pretrained(self, folder: str, tokenizer_path: str) -> str:
         return self.learner.save_pretrained(folder, tokenizer_path)

@@ -10,8 +10,9 @@ from rlhf.training.reference import ReferenceModel
 
 @ray.remote
 class ReferenceActor(LearnerRank):
-    def __init__(self, model_path: str, micro_batch_size: int, temperature: float, ranks: int):
-        self.args = (model_path, micro_batch_size, temperature)
+    def __init__(self, model_path: str, micro_batch_size: int, temperature: float, ranks: int, bf16: bool | None,
+                 attn_implementation: str):
+        self.args = (model_path, micro_batch_size, temperature, bf16, attn_implementation)
         if ranks == 1:  # built here, so that a Ray restart brings it back whole
             self.learner = ReferenceModel(*self.args)
 

@@ -16,7 +16,7 @@ class RewardModelActor:
     def preflight(self) -> dict:
         from rlhf.training.memory import peak_rss_gib, report
 
-        return report("reward model", peak_rss_gib())
+        return report("reward model", peak_rss_gib(), self.model.device)
 
     def ready(self) -> bool:
         return True

@@ -2,7 +2,7 @@
 
 import ray
 
-from rlhf.engines.base import Sample, SamplingSettings
+from rlhf.engines.base import EngineSettings, Sample, SamplingSettings
 
 
 class StaleWeightsError(RuntimeError):
@@ -11,16 +11,15 @@ class StaleWeightsError(RuntimeError):
 
 @ray.remote
 class RolloutActor:
-    def __init__(self, engine: str, model_path: str, dtype: str, max_model_len: int, seed: int,
-                 kv_cache_gib: float, block_size: int):
+    def __init__(self, engine: str, model_path: str, settings: EngineSettings, seed: int):
         if engine == "vllm":
             from rlhf.engines.vllm_engine import VLLMEngine
 
-            self.engine = VLLMEngine(model_path, dtype, max_model_len, seed, kv_cache_gib, block_size)
+            self.engine = VLLMEngine(model_path, settings, seed)
         else:
             from rlhf.engines.hf_engine import HFEngine
 
-            self.engine = HFEngine(model_path, dtype, seed)
+            self.engine = HFEngine(model_path, settings, seed)
         self.version = 0  # weight pushes received; 0 = the initial weights
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings,
@@ -35,7 +34,18 @@ class RolloutActor:
         self.engine.load_weights(folder)
         self.version = self.version + 1 if version is None else version
 
-    # GPU weight-sync routes (UNTESTED: no GPU here)
+    # CUDA-IPC route: begin, one load_bucket per bucket, finish (which sets the version)
+    def begin_weight_update(self) -> None:
+        self.engine.begin_weight_update()
+
+    def load_bucket(self, bucket: dict) -> None:
+        self.engine.load_bucket(bucket)
+
+    def finish_weight_update(self, version: int) -> None:
+        self.engine.finish_weight_update()
+        self.version = version
+
+    # NCCL route (UNTESTED: needs GPUs on other devices)
     def join_weight_group(self, host: str, port: int, rank: int, world: int) -> None:
         from rlhf.training.weight_transfer import join_nccl_group
 
@@ -47,23 +57,24 @@ class RolloutActor:
         self.engine.load_tensors(receive(self.weight_group, metadata))
         self.version = version
 
-    def load_ipc_weights(self, handles: dict, version: int) -> None:
-        from rlhf.training.weight_transfer import from_ipc_handles
-
-        self.engine.load_tensors(from_ipc_handles(handles))
-        self.version = version
-
     def sleep(self) -> None:
         self.engine.sleep()
 
-    def wake_up(self) -> None:
-        self.engine.wake_up()
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        self.engine.wake_up(tags)
+
+    def device_info(self) -> dict:
+        from rlhf.training.memory import device_info
+
+        return device_info(self.engine.device)
 
     def preflight(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> dict:
         from rlhf.training.memory import peak_rss_gib, report
 
         self.engine.generate(prompts, n, sampling)
-        return report("rollout", peak_rss_gib())
+        # vLLM takes its share of the GPU up front (weights + KV cache), outside torch's allocator statistics
+        planned = getattr(self.engine, "planned_gpu_fraction", None)
+        return report("rollout", peak_rss_gib(), self.engine.device, gpu_planned_fraction=planned)
 
     def ready(self) -> bool:
         return True

@@ -1,31 +1,71 @@
 """Routes that move the learner's new weights into the rollout engines after every update.
 
 A route has one method, `push()`, chosen by `rollout.weight_sync`:
-- `shm` (CPU, tested end to end): rank 0 writes a safetensors file to shared memory, engines reload it.
-- `nccl` (GPUs, split placement): rank 0 broadcasts each tensor to every engine over NCCL.
-- `cuda_ipc` (GPUs, colocated): rank 0 hands each engine CUDA IPC handles of its tensors; the engine sleeps
-  (frees its KV cache) while the learner trains and wakes before it loads.
-The two GPU routes cannot run on this project's machines (no GPU): they are kept small, share the learner
-and engine plumbing with the CPU route, and are UNTESTED.
-Every learner rank takes part in a push (ZeRO-3 gathers the full weights collectively); rank 0 sends them,
-tied embeddings included.
+- `shm` (CPU or GPU, tested on CPU): rank 0 writes a safetensors file to a folder (shared memory), engines reload it.
+- `cuda_ipc` (learner and engines on one GPU): rank 0 copies the weights bucket by bucket into one CUDA buffer
+  and hands each engine an IPC handle of it; the engines load straight from GPU memory.
+- `nccl` (GPUs, split placement; UNTESTED): rank 0 broadcasts each tensor to every engine over NCCL.
+- `auto`: cuda_ipc when the learner's rank 0 and every engine compute on the same CUDA GPU, else shm.
+Every learner rank takes part in a push (ZeRO-3 gathers the full weights once, collectively); rank 0 sends them,
+tied embeddings included. Every wait is bounded by `rollout.sync_timeout_s` and fails naming the route, the engine
+and what it was doing. With `sleep` (vLLM sleep mode, engines sharing the learner's GPU) `before_train` puts the
+engines to sleep and a push wakes their weights, loads, then wakes their KV cache: vLLM's order for not running out
+of memory during an update.
 """
 
+import logging
 import shutil
+import time
 from abc import ABC, abstractmethod
 
 import ray
 
+log = logging.getLogger(__name__)
+
+
+class WeightSyncTimeout(RuntimeError):
+    """An engine (or the learner) took longer than rollout.sync_timeout_s over its part of a push."""
+
 
 class WeightSyncRoute(ABC):
+    name: str
     version: int = 0  # pushes so far; engines report the version they hold, so a restarted one is caught
+
+    def __init__(self, policy, rollouts: list, timeout_s: float, sleep: bool = False):
+        """`policy`: the policy's LearnerGroup."""
+        self.policy, self.rollouts, self.timeout_s, self.sleep = policy, rollouts, timeout_s, sleep
+        self.version = 0
 
     @abstractmethod
     def push(self) -> None:
         """Make every engine generate with the learner's current weights, and count the push in `version`."""
 
     def before_train(self) -> None:
-        """Called before the learners train (colocated GPU routes free the engines' memory here)."""
+        """Called before the learners train when a push follows: sleeping engines free their GPU memory."""
+        if self.sleep:
+            self.wait_engines([r.sleep.remote() for r in self.rollouts], "going to sleep")
+
+    def wait_engines(self, refs: list, doing: str) -> list:
+        """Each engine's answer, in engine order, within one timeout for all of them."""
+        deadline = time.monotonic() + self.timeout_s
+        results = []
+        for index, ref in enumerate(refs):
+            results.append(self.wait(ref, f"rollout engine {index}", doing, deadline))
+        return results
+
+    def wait(self, ref, who: str, doing: str, deadline: float | None = None):
+        deadline = deadline or time.monotonic() + self.timeout_s
+        try:
+            return ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+        except ray.exceptions.GetTimeoutError:
+            raise WeightSyncTimeout(f"weight sync route {self.name}: {who} did not finish {doing} within "
+                                    f"rollout.sync_timeout_s={self.timeout_s:g} s") from None
+
+    def run_learners(self, method: str, *args, doing: str):
+        """`method` on every learner rank (a ZeRO-3 gather needs them all); rank 0's answer."""
+        deadline = time.monotonic() + self.timeout_s
+        return [self.wait(ref, f"policy rank {rank}", doing, deadline)
+                for rank, ref in enumerate(self.policy.call(method, *args))][0]
 
     def close(self) -> None:
         pass
@@ -40,25 +80,35 @@ class SharedMemoryRoute(WeightSyncRoute):
     sent), so the reload (~0.8 s on SmolLM2) leaves the step's critical path.
     """
 
-    def __init__(self, policy, rollouts: list, folder: str, overlap: bool = False):
-        """`policy`: the policy's LearnerGroup."""
-        self.policy, self.rollouts, self.folder, self.overlap = policy, rollouts, folder, overlap
-        self.version = 0
+    name = "shm"
+
+    def __init__(self, policy, rollouts: list, folder: str, timeout_s: float, overlap: bool = False,
+                 sleep: bool = False):
+        super().__init__(policy, rollouts, timeout_s, sleep)
+        self.folder, self.overlap = folder, overlap
         self.loading = []  # reloads in flight
 
     def push(self) -> None:
         self.wait_for_reloads()  # the file is rewritten in place: no engine may still be reading it
-        self.policy.run("save_weights", self.folder)
+        self.run_learners("save_weights", self.folder, doing="writing the weight file")
         self.version += 1
-        self.loading = [rollout.load_weights.remote(self.folder, self.version) for rollout in self.rollouts]
+        self.loading = [self.reload(rollout) for rollout in self.rollouts]
         if not self.overlap:
             self.wait_for_reloads()
 
+    def reload(self, rollout):
+        """The engine's reload, its weights woken first and its KV cache after when it sleeps; returns the last call."""
+        if self.sleep:
+            rollout.wake_up.remote(["weights"])
+        done = rollout.load_weights.remote(self.folder, self.version)
+        return rollout.wake_up.remote(["kv_cache"]) if self.sleep else done
+
     def wait_for_reloads(self) -> None:
         loading, self.loading = self.loading, []
-        for ref in loading:
+        deadline = time.monotonic() + self.timeout_s
+        for index, ref in enumerate(loading):
             try:
-                ray.get(ref)
+                self.wait(ref, f"rollout engine {index}", "reloading the weight file", deadline)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
                 # the engine died: its weight version stays behind, which its next generate call reports
                 # (StaleWeightsError), and the driver's retry pushes again once it is back
@@ -66,16 +116,52 @@ class SharedMemoryRoute(WeightSyncRoute):
                     raise
 
     def close(self) -> None:
-        self.wait_for_reloads()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            self.wait_for_reloads()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class CudaIpcRoute(WeightSyncRoute):
+    """Learner and engines on one GPU. Every learner rank gathers the weights once; rank 0 packs them bucket by bucket
+    (`rollout.sync_bucket_mb`) into one CUDA buffer and exports it as an IPC handle keyed by the GPU's UUID; each
+    engine maps the buffer and loads the bucket (vLLM through its IPC weight-transfer engine) before the next one is
+    packed. The engine's version moves only once every bucket is in."""
+
+    name = "cuda_ipc"
+
+    def __init__(self, policy, rollouts: list, timeout_s: float, bucket_mb: float, sleep: bool = False):
+        super().__init__(policy, rollouts, timeout_s, sleep)
+        self.bucket_bytes = int(bucket_mb * 1024**2)
+
+    def push(self) -> None:
+        sender = self.policy.ranks[0]
+        count = self.run_learners("prepare_ipc_push", self.bucket_bytes, doing="gathering the weights")
+        self.version += 1
+        try:
+            if self.sleep:
+                self.wait_engines([r.wake_up.remote(["weights"]) for r in self.rollouts], "waking its weights")
+            self.wait_engines([r.begin_weight_update.remote() for r in self.rollouts], "starting a weight update")
+            for index in range(count):
+                bucket = self.wait(sender.ipc_bucket.remote(index), "policy rank 0", f"packing bucket {index}")
+                self.wait_engines([r.load_bucket.remote(bucket) for r in self.rollouts],
+                                  f"loading bucket {index + 1} of {count}")
+            self.wait_engines([r.finish_weight_update.remote(self.version) for r in self.rollouts],
+                              "finishing the weight update")
+            if self.sleep:
+                self.wait_engines([r.wake_up.remote(["kv_cache"]) for r in self.rollouts], "waking its KV cache")
+        finally:
+            self.wait(sender.finish_ipc_push.remote(), "policy rank 0", "releasing the IPC buffer")
 
 
 class NcclBroadcastRoute(WeightSyncRoute):
     """UNTESTED (needs GPUs). Learner rank 0 and every engine form one NCCL group (rank 0 = learner); each push
     sends the tensor list's metadata, then broadcasts tensor by tensor."""
 
-    def __init__(self, policy, rollouts: list):
-        self.policy, self.rollouts = policy, rollouts
+    name = "nccl"
+
+    def __init__(self, policy, rollouts: list, timeout_s: float):
+        super().__init__(policy, rollouts, timeout_s)
         host, port = ray.get(policy.ranks[0].master_address.remote())
         world = 1 + len(rollouts)
         ray.get([policy.ranks[0].join_weight_group.remote(host, port, 0, world)]
@@ -86,33 +172,42 @@ class NcclBroadcastRoute(WeightSyncRoute):
         self.version += 1
         receiving = [r.receive_weights.remote(metadata, self.version) for r in self.rollouts]
         self.policy.run("broadcast_weights")
-        ray.get(receiving)
+        self.wait_engines(receiving, "receiving the broadcast")
 
 
-class CudaIpcRoute(WeightSyncRoute):
-    """UNTESTED (needs GPUs). Colocated: each engine shares its GPU with a learner rank. Rank 0 exports CUDA IPC
-    handles of the full weights; engines rebuild the tensors without a copy over the network and load them.
-    Engines sleep (vLLM sleep mode, KV cache released) while the learner trains."""
+def pick_route(kind: str, learner: dict, engines: list[dict]) -> str:
+    """The route for `kind` given where learner rank 0 and the engines compute (`device_info` of each); refuses a
+    GPU route whose actors are not where it needs them, naming them."""
+    on_learners_gpu = learner["gpu_uuid"] is not None and all(e["gpu_uuid"] == learner["gpu_uuid"] for e in engines)
+    if kind == "auto":
+        return "cuda_ipc" if on_learners_gpu else "shm"
+    if kind == "cuda_ipc" and not on_learners_gpu:
+        where = "; ".join([f"policy rank 0 on {_where(learner)}"] +
+                          [f"rollout engine {i} on {_where(e)}" for i, e in enumerate(engines)])
+        raise RuntimeError(f"rollout.weight_sync=cuda_ipc needs learner rank 0 and every engine computing on one CUDA "
+                           f"GPU, but: {where}. Give them GPU shares of one GPU (placement=single_gpu) or use "
+                           "rollout.weight_sync=shm (or auto)")
+    if kind == "nccl":
+        off_gpu = [name for name, info in [("policy rank 0", learner)] + [(f"rollout engine {i}", e)
+                   for i, e in enumerate(engines)] if info["gpu_uuid"] is None]
+        if off_gpu:
+            raise RuntimeError(f"rollout.weight_sync=nccl needs GPUs, but {', '.join(off_gpu)} compute on the CPU; "
+                               "use rollout.weight_sync=shm (or auto)")
+    return kind
 
-    def __init__(self, policy, rollouts: list):
-        self.policy, self.rollouts = policy, rollouts
 
-    def before_train(self) -> None:
-        ray.get([r.sleep.remote() for r in self.rollouts])
-
-    def push(self) -> None:
-        handles = self.policy.run("ipc_handles")
-        self.version += 1
-        ray.get([r.wake_up.remote() for r in self.rollouts])
-        ray.get([r.load_ipc_weights.remote(handles, self.version) for r in self.rollouts])
+def _where(info: dict) -> str:
+    return f"GPU {info['gpu_uuid']}" if info["gpu_uuid"] else f"the CPU (Ray GPU ids {info['gpu_ids'] or 'none'})"
 
 
-def make_route(kind: str, policy, rollouts: list, sync_dir: str, overlap: bool) -> WeightSyncRoute:
-    if kind != "shm":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"rollout.weight_sync={kind} needs GPUs and none is visible; use rollout.weight_sync=shm")
-    routes = {"shm": lambda: SharedMemoryRoute(policy, rollouts, sync_dir, overlap), "nccl": lambda: NcclBroadcastRoute(policy, rollouts),
-              "cuda_ipc": lambda: CudaIpcRoute(policy, rollouts)}
-    return routes[kind]()
+def make_route(kind: str, policy, rollouts: list, sync_dir: str, overlap: bool, timeout_s: float,
+               bucket_mb: float, sleep: bool) -> WeightSyncRoute:
+    learner = ray.get(policy.ranks[0].device_info.remote(), timeout=timeout_s)
+    engines = ray.get([r.device_info.remote() for r in rollouts], timeout=timeout_s)
+    chosen = pick_route(kind, learner, engines)
+    log.info("weight sync: %s%s", chosen, f" (rollout.weight_sync={kind})" if kind != chosen else "")
+    if chosen == "cuda_ipc":
+        return CudaIpcRoute(policy, rollouts, timeout_s, bucket_mb, sleep)
+    if chosen == "nccl":
+        return NcclBroadcastRoute(policy, rollouts, timeout_s)
+    return SharedMemoryRoute(policy, rollouts, sync_dir, timeout_s, overlap, sleep)

@@ -127,12 +127,17 @@ class RolloutConfig:
     top_p: float = MISSING
     dtype: str = MISSING
     kv_cache_gib: float = MISSING
+    gpu_memory_utilization: float = MISSING
+    sleep_mode: Optional[bool] = MISSING  # None: on when the engine shares its GPU with the learner
     block_size: int = MISSING
     engines: int = MISSING
     num_cpus: float = MISSING
+    num_gpus: float = MISSING
     threads: int = MISSING
     sync_dir: str = MISSING
     weight_sync: str = MISSING
+    sync_timeout_s: float = MISSING
+    sync_bucket_mb: float = MISSING
     async_one_step: bool = MISSING
 
 
@@ -144,10 +149,13 @@ class TrainConfig:
     max_grad_norm: float = MISSING
     micro_batch_size: int = MISSING
     zero_stage: int = MISSING
-    bf16: bool = MISSING
+    bf16: Optional[bool] = MISSING  # None: bf16 on a GPU, fp32 on the CPU
+    offload_optimizer: bool = MISSING
+    attn_implementation: str = MISSING
     gradient_checkpointing: bool = MISSING
     ranks: int = MISSING
     num_cpus: float = MISSING
+    num_gpus: float = MISSING
     threads: int = MISSING
 
 
@@ -160,6 +168,7 @@ class CriticConfig(TrainConfig):
 class ReferenceConfig:
     ranks: int = MISSING
     num_cpus: float = MISSING
+    num_gpus: float = MISSING
     threads: int = MISSING
     micro_batch_size: int = MISSING
 
@@ -167,6 +176,7 @@ class ReferenceConfig:
 @dataclass
 class RewardActorConfig:
     num_cpus: float = MISSING
+    num_gpus: float = MISSING
     threads: int = MISSING
 
 
@@ -210,6 +220,7 @@ class FaultToleranceConfig:
 class RayConfig:
     address: Optional[str] = MISSING
     num_cpus: Optional[int] = MISSING
+    num_gpus: Optional[int] = MISSING
 
 
 @dataclass
@@ -270,7 +281,7 @@ def _positive(key: str, value, allow_zero: bool = False) -> None:
 
 def validate(c: Config) -> None:
     _choice("rollout.engine", c.rollout.engine, {"vllm", "hf"})
-    _choice("rollout.dtype", c.rollout.dtype, {"float32", "bfloat16"})
+    _choice("rollout.dtype", c.rollout.dtype, {"auto", "float32", "bfloat16"})
     _choice("algo.advantage_estimator", c.algo.advantage_estimator, ADVANTAGE_ESTIMATORS.names())
     _choice("algo.policy_loss", c.algo.policy_loss, POLICY_LOSSES.names())
     _choice("algo.advantage_scale", c.algo.advantage_scale, SCALES)
@@ -318,7 +329,26 @@ def validate(c: Config) -> None:
     _positive("rollout.block_size", c.rollout.block_size)
     if c.rollout.block_size % 32:
         raise ValueError(f"rollout.block_size={c.rollout.block_size} must be a multiple of 32 (vLLM-CPU's attention kernels)")
-    _choice("rollout.weight_sync", c.rollout.weight_sync, {"shm", "nccl", "cuda_ipc"})
+    _choice("rollout.weight_sync", c.rollout.weight_sync, {"auto", "shm", "nccl", "cuda_ipc"})
+    _positive("rollout.sync_timeout_s", c.rollout.sync_timeout_s)
+    _positive("rollout.sync_bucket_mb", c.rollout.sync_bucket_mb)
+    if not 0 < c.rollout.gpu_memory_utilization < 1:
+        raise ValueError(f"rollout.gpu_memory_utilization={c.rollout.gpu_memory_utilization} must be in (0, 1)")
+    if c.rollout.sleep_mode and c.rollout.async_one_step:
+        raise ValueError("rollout.sleep_mode=true with rollout.async_one_step: a sleeping engine cannot generate the next "
+                         "batch while the learner trains; set rollout.sleep_mode=false (or null)")
+    for role in ("rollout", "train", "critic", "reference", "reward_actor"):
+        _positive(f"{role}.num_gpus", _get(c, f"{role}.num_gpus"), allow_zero=True)
+        share = _get(c, f"{role}.num_gpus")
+        if share > 1 and share != int(share):
+            raise ValueError(f"{role}.num_gpus={share}: Ray gives an actor a fraction of one GPU or whole GPUs, "
+                             "not a fraction above 1")
+    for role in ("train", "critic"):
+        _choice(f"{role}.attn_implementation", _get(c, f"{role}.attn_implementation"),
+                {"sdpa", "eager", "flash_attention_2"})
+        if _get(c, f"{role}.offload_optimizer") and _get(c, f"{role}.zero_stage") == 0:
+            raise ValueError(f"{role}.offload_optimizer needs {role}.zero_stage >= 1 (DeepSpeed offloads ZeRO's "
+                             "optimizer partitions)")
     if c.rollout.async_one_step and c.algo.tis_cap is None:
         raise ValueError("rollout.async_one_step trains on samples of the previous weights: set algo.tis_cap "
                          "(e.g. 2.0) for the truncated importance-sampling correction")

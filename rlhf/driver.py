@@ -14,7 +14,7 @@ import ray
 import torch
 from tqdm import tqdm
 
-from actors.launch import Actors, launch_actors
+from actors.launch import Actors, engine_sleeps, launch_actors
 from actors.learner_group import LearnerGroup, RankDied
 from actors.rollout import StaleWeightsError
 from actors.weight_sync import make_route
@@ -81,9 +81,11 @@ class Trainer:
         self.started_ray = connect_ray(cfg)
         try:
             self.actors = launch_actors(cfg, self.model_path)
-            self.weight_sync = make_route(cfg.rollout.weight_sync, self.actors.policy, self.actors.rollouts,
-                                          os.path.join(cfg.rollout.sync_dir, f"rlhf-weights-{os.getpid()}-{time.time_ns()}"),
-                                          overlap=cfg.rollout.async_one_step)
+            self.weight_sync = make_route(
+                cfg.rollout.weight_sync, self.actors.policy, self.actors.rollouts,
+                os.path.join(cfg.rollout.sync_dir, f"rlhf-weights-{os.getpid()}-{time.time_ns()}"),
+                overlap=cfg.rollout.async_one_step, timeout_s=cfg.rollout.sync_timeout_s,
+                bucket_mb=cfg.rollout.sync_bucket_mb, sleep=engine_sleeps(cfg))
             self.metrics_log = MetricsLog(
                 str(self.output_dir), cfg.logging.run_name or self.output_dir.name, cfg.logging.wandb_mode,
                 cfg.logging.wandb_project, cfg.logging.wandb_entity, asdict(cfg), cfg.logging.plot,
@@ -171,7 +173,8 @@ class Trainer:
                                  replace(cfg.algo, kl_reward_beta=self.kl_control.value), self.aggregation)
         train_policy = step >= cfg.algo.critic_warmup_steps
         with timer("train"):
-            self.weight_sync.before_train()
+            if train_policy:  # a push follows: sleeping engines may give up their weights meanwhile
+                self.weight_sync.before_train()
             metrics.update(train(self.actors, experience.without_truncated() if cfg.algo.mask_truncated else experience,
                                  train_policy))
         if train_policy:
@@ -231,14 +234,16 @@ def memory_preflight(actors: Actors, cfg: Config, prompts: PromptStream, output_
         pending += group.call("preflight", *lengths)
     reports = [*ray.get(pending), memory.report("driver", memory.peak_rss_gib())]
     write_json_atomically(output_dir / "preflight.json", reports)
-    log.info("memory pre-flight (%.0f s): %s", time.perf_counter() - started,
-             ", ".join(f"{r['role']} {r['peak_gib']:.2f} GiB" for r in reports))
+    log.info("memory pre-flight (%.0f s): %s", time.perf_counter() - started, ", ".join(
+        f"{r['role']} {r['peak_gib']:.2f} GiB" + (f" (GPU {r['gpu_need_gib']:.2f} GiB)" if "gpu_need_gib" in r else "")
+        for r in reports))
     problems = memory.check_fit(reports, cfg.preflight.memory_fraction, cfg.preflight.node_memory_gib)
     if problems:
         raise MemoryError("memory pre-flight: this run would not fit in memory.\n" + "\n".join(problems) +
                           "\nLower train.micro_batch_size, rollout.max_new_tokens, data.max_prompt_tokens or "
-                          "rollout.kv_cache_gib, use train.zero_stage=3 over more ranks, or placement=split over more "
-                          "nodes (preflight.json has every role's peak)")
+                          "rollout.kv_cache_gib; on a GPU, rollout.gpu_memory_utilization or the roles' GPU shares, or "
+                          "train.offload_optimizer=true (with train.zero_stage >= 1); use train.zero_stage=3 over more "
+                          "ranks, or placement=split over more nodes (preflight.json has every role's peak)")
 
 
 def write_json_atomically(path: Path, value) -> None:
@@ -387,7 +392,7 @@ def connect_ray(cfg: Config) -> bool:
         return False
     # Workers import `rlhf` and `actors` from this checkout, wherever the driver was started from.
     repo = str(Path(__file__).resolve().parents[1])
-    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+    ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}})
     return True
 

@@ -40,6 +40,11 @@ class Experience:
     def attention_mask(self) -> torch.Tensor:
         return torch.cat([self.prompt_mask, self.mask.long()], dim=1)
 
+    def to(self, device) -> "Experience":
+        """The same batch with every tensor on `device` (a learner's GPU); a no-op where they already are."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if getattr(self, f.name) is not None}
+        return replace(self, **moved)
+
     def rank_share(self, rank: int, world: int) -> "Experience":
         """Rank `rank`'s contiguous share of the batch (data parallelism over `world` ranks)."""
         return self.split(self.size // world)[rank] if world > 1 else self

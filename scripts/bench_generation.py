@@ -26,15 +26,19 @@ def measure(args) -> None:
     from rlhf.engines.base import SamplingSettings
     from rlhf.models import resolve_model_path
 
+    from rlhf.engines.base import EngineSettings
+
     model = resolve_model_path("smollm2")
+    settings = EngineSettings(dtype=args.dtype, max_model_len=1024, kv_cache_gib=1.0, block_size=args.block_size,
+                              gpu_memory_utilization=0.5, sleep_mode=False, ipc_weight_transfer=False)
     if args.engine == "vllm":
         from rlhf.engines.vllm_engine import VLLMEngine
 
-        engine = VLLMEngine(model, args.dtype, 1024, seed=0, kv_cache_gib=1.0, block_size=args.block_size)
+        engine = VLLMEngine(model, settings, seed=0)
     else:
         from rlhf.engines.hf_engine import HFEngine
 
-        engine = HFEngine(model, args.dtype, seed=0)
+        engine = HFEngine(model, settings, seed=0)
     tok = engine.tokenizer
     rows = reasoning_gym_rows("gsm_symbolic", args.prompts, seed=0)
     prompts = [tok(tok.apply_chat_template([{"role": "user", "content": r["question"]}], tokenize=False,

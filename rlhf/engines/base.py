@@ -21,6 +21,17 @@ class SamplingSettings:
     ignore_eos: bool = False  # always generate max_new_tokens (the memory pre-flight's longest case)
 
 
+@dataclass
+class EngineSettings:
+    dtype: str  # auto (bf16 on a GPU, fp32 on the CPU) | float32 | bfloat16
+    max_model_len: int
+    kv_cache_gib: float  # CPU: vLLM's KV cache
+    block_size: int
+    gpu_memory_utilization: float  # GPU: vLLM's share of its GPU's memory
+    sleep_mode: bool  # free GPU memory while the learner trains (vLLM sleep mode; CUDA only)
+    ipc_weight_transfer: bool  # build the engine for CUDA-IPC weight loads (vLLM's weight-transfer engine)
+
+
 class GenerationEngine(ABC):
     @abstractmethod
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[list[Sample]]:
@@ -30,13 +41,25 @@ class GenerationEngine(ABC):
     def load_weights(self, folder: str) -> None:
         """Replace the model's weights with the safetensors checkpoint in `folder` (full state dict)."""
 
-    # For the GPU weight-sync routes only (rollout.weight_sync=nccl|cuda_ipc):
+    # For the CUDA-IPC weight-sync route (rollout.weight_sync=cuda_ipc): a push is begin, one load_bucket per bucket
+    # of weights (vLLM's IPC wire format: names, dtype_names, shapes, tensor_sizes and {GPU UUID: IPC handle} of one
+    # uint8 buffer holding the tensors back to back), then finish.
+    def begin_weight_update(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot load weights over CUDA IPC; use rollout.weight_sync=shm")
+
+    def load_bucket(self, bucket: dict) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot load weights over CUDA IPC; use rollout.weight_sync=shm")
+
+    def finish_weight_update(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot load weights over CUDA IPC; use rollout.weight_sync=shm")
+
     def load_tensors(self, weights: list) -> None:
-        """Replace the model's weights with (name, tensor) pairs already on this process's device."""
+        """NCCL route only: replace the model's weights with (name, tensor) pairs already on this process's device."""
         raise NotImplementedError(f"{type(self).__name__} cannot load tensors directly; use rollout.weight_sync=shm")
 
     def sleep(self) -> None:
-        """Release generation memory (KV cache) while the learner trains on the same device."""
+        """Release GPU memory (weights and KV cache) while the learner trains on the same device; every push that
+        follows reloads all weights."""
 
-    def wake_up(self) -> None:
-        """Take the memory back before generating or loading weights."""
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Take the memory back: `["weights"]` before a weight load, `["kv_cache"]` after it, None for both."""

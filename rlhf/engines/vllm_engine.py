@@ -1,9 +1,17 @@
 """vLLM behind the engine contract, in-process (one engine per Ray actor; vLLM's own Ray executor refuses CPU).
 
-The caller sets the environment before this module is imported (see `engine_environment`).
+The caller sets the environment before this module is imported (see `engine_environment`). On a GPU the engine
+takes `rollout.gpu_memory_utilization` of its GPU, can sleep while a learner on the same GPU trains (sleep mode,
+level 2: weights and KV cache freed, every push reloads all weights), and loads CUDA-IPC buckets through vLLM's own
+weight-transfer engine (`weight_transfer_config={"backend": "ipc"}`, packed mode). UNTESTED on a GPU: none here.
 """
 
-from rlhf.engines.base import GenerationEngine, Sample, SamplingSettings
+import logging
+
+from rlhf.devices import resolve_device, resolve_dtype
+from rlhf.engines.base import EngineSettings, GenerationEngine, Sample, SamplingSettings
+
+log = logging.getLogger(__name__)
 
 
 def engine_environment(threads: int) -> dict[str, str]:
@@ -14,26 +22,40 @@ def engine_environment(threads: int) -> dict[str, str]:
 
 
 class VLLMEngine(GenerationEngine):
-    def __init__(self, model_path: str, dtype: str, max_model_len: int, seed: int, kv_cache_gib: float,
-                 block_size: int):
+    def __init__(self, model_path: str, settings: EngineSettings, seed: int):
         from vllm import LLM
 
-        self.llm = LLM(
-            model=model_path,
-            dtype=dtype,
-            seed=seed,
-            max_model_len=max_model_len,
+        self.device = resolve_device("rollout")
+        on_gpu = self.device.type == "cuda"
+        if on_gpu:
+            memory = {"gpu_memory_utilization": settings.gpu_memory_utilization}
+        else:
             # without an explicit size vLLM-CPU reserves most of the RAM; fractions of a GiB are fine here
             # (the legacy VLLM_CPU_KVCACHE_SPACE variable takes whole GiB only)
-            kv_cache_memory_bytes=int(kv_cache_gib * 1024**3),
+            memory = {"kv_cache_memory_bytes": int(settings.kv_cache_gib * 1024**3)}
+        self.sleeps = settings.sleep_mode and on_gpu  # vLLM-CPU has no sleep mode (enable_sleep_mode raises)
+        self.ipc = settings.ipc_weight_transfer and on_gpu
+        self.planned_gpu_fraction = settings.gpu_memory_utilization if on_gpu else None  # vLLM takes it up front
+        if settings.sleep_mode and not on_gpu:
+            log.info("rollout: sleep mode needs CUDA; this engine computes on the CPU and stays awake")
+        self.llm = LLM(
+            model=model_path,
+            dtype=str(resolve_dtype(settings.dtype, self.device)).removeprefix("torch."),
+            seed=seed,
+            max_model_len=settings.max_model_len,
+            **memory,
             # The n samples of a prompt are separate requests that share its cached prefill only in whole blocks:
             # with vLLM-CPU's 128-token blocks most prompts here (80-150 tokens) were prefilled n times
-            block_size=block_size,
+            block_size=settings.block_size,
             enforce_eager=True,
             distributed_executor_backend="uni",
             # logprobs of the distribution actually sampled (temperature applied), as the learner computes them
             logprobs_mode="processed_logprobs",
+            **({"enable_sleep_mode": True} if self.sleeps else {}),
+            **({"weight_transfer_config": {"backend": "ipc"}} if self.ipc else {}),
         )
+        if self.ipc:  # the learner sends buckets (vLLM's "packed" IPC format)
+            self.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": {"packed": True}})
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[list[Sample]]:
@@ -61,14 +83,32 @@ class VLLMEngine(GenerationEngine):
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
 
-    # GPU weight-sync routes (UNTESTED: no GPU here; on CPU model.load_weights fails and sleep mode is absent).
+    def begin_weight_update(self) -> None:
+        self._require_ipc()
+        self.llm.collective_rpc("start_weight_update")
+
+    def load_bucket(self, bucket: dict) -> None:
+        # the in-process executor runs the worker here: the IPC handles reach it without serialisation
+        self.llm.collective_rpc("update_weights", kwargs={"update_info": bucket})
+
+    def finish_weight_update(self) -> None:
+        self.llm.collective_rpc("finish_weight_update")
+        self.llm.reset_prefix_cache()
+
+    def _require_ipc(self) -> None:
+        if not self.ipc:
+            raise RuntimeError("this vLLM engine was not built for CUDA-IPC weight loads (it needs a CUDA device and "
+                               "rollout.weight_sync=cuda_ipc or auto)")
+
     def load_tensors(self, weights: list) -> None:
-        """Load (name, tensor) pairs straight into the model (the in-process executor runs the callable here)."""
+        """NCCL route: load (name, tensor) pairs straight into the model (the in-process executor runs it here)."""
         self.llm.collective_rpc(lambda worker: worker.model_runner.model.load_weights(weights))
         self.llm.reset_prefix_cache()
 
     def sleep(self) -> None:
-        self.llm.sleep(level=1)
+        if self.sleeps:
+            self.llm.sleep(level=2)  # weights too: the push that follows reloads every weight
 
-    def wake_up(self) -> None:
-        self.llm.wake_up()
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        if self.sleeps:
+            self.llm.wake_up(tags)

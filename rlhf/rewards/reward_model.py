@@ -12,7 +12,12 @@ class RewardModel:
         except (OSError, ValueError, TypeError) as err:
             raise ValueError(f"reward model {path!r} has no usable tokenizer ({err}); save the tokenizer it was "
                              "trained with into the folder") from err
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+        from rlhf.devices import resolve_device, resolve_dtype
+        from rlhf.models.loading import load_model
+
+        self.device = resolve_device(f"reward model {path}")
+        self.model = load_model(AutoModelForSequenceClassification, path, resolve_dtype("auto", self.device), "sdpa",
+                                self.device).eval()
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -35,5 +40,5 @@ class RewardModel:
             self.tokenizer.truncation_side = "left"
             inputs = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True,
                                     truncation=True, max_length=self.max_length, add_special_tokens=False)
-            scores += self.model(**inputs).logits[:, 0].float().tolist()
+            scores += self.model(**inputs.to(self.device)).logits[:, 0].float().tolist()
         return scores

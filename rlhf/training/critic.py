@@ -9,6 +9,8 @@ import math
 import torch
 
 from rlhf.algorithms import aggregate_loss
+from rlhf.devices import resolve_device
+from rlhf.models.loading import load_model
 from rlhf.algorithms.losses import clipped_value_loss
 from rlhf.experience import Experience
 from rlhf.training.policy import NonFiniteLossError
@@ -31,21 +33,26 @@ class CriticLearner:
         from transformers import AutoModelForTokenClassification
 
         torch.manual_seed(seed)
+        self.device = resolve_device(f"critic rank {rank}")
+        self.offload_optimizer = critic_cfg.offload_optimizer
         self.algo = algo_cfg
         self.mini_batch_size = algo_cfg.mini_batch_size or batch_size
         self.micro_batch_size = critic_cfg.micro_batch_size
-        model = AutoModelForTokenClassification.from_pretrained(model_path, num_labels=heads, dtype=torch.float32)
+        model = load_model(AutoModelForTokenClassification, model_path, torch.float32, critic_cfg.attn_implementation,
+                           self.device, num_labels=heads)
         self.rank, self.world = rank, world
         self.engine = make_engine(model, critic_cfg, self.mini_batch_size, world)
 
     @torch.no_grad()
     def values(self, experience: Experience) -> torch.Tensor:
+        """[B, T] (or [B, T, K]) values on the CPU."""
         self.engine.eval()
+        experience = experience.to(self.device)
         values = torch.cat([
             completion_values(self.engine, p.input_ids, p.attention_mask, p.completion_ids.shape[1])
             for p in experience.split(self.micro_batch_size)
         ])
-        return values * (experience.mask if values.dim() == 2 else experience.mask[..., None])
+        return (values * (experience.mask if values.dim() == 2 else experience.mask[..., None])).cpu()
 
     def train_step(self, experience: Experience) -> dict[str, float]:
         if experience.values is None or experience.returns is None:
@@ -56,6 +63,7 @@ class CriticLearner:
             for mini in experience.split(self.mini_batch_size):
                 num_tokens = mini.mask.sum().item()
                 for part in mini.rank_share(self.rank, self.world).split(self.micro_batch_size):
+                    part = part.to(self.device)
                     values = completion_values(self.engine, part.input_ids, part.attention_mask,
                                                part.completion_ids.shape[1])
                     token_losses = clipped_value_loss(values, part.values, part.returns, self.algo.value_clip)
@@ -73,7 +81,7 @@ class CriticLearner:
 
     def preflight(self, prompt_len: int, completion_len: int) -> dict:
         return learner_preflight(self.engine, completion_values, self.micro_batch_size, prompt_len, completion_len,
-                                 role=f"critic rank {self.rank}")
+                                 role=f"critic rank {self.rank}", offload_optimizer=self.offload_optimizer)
 
     def save_checkpoint(self, folder: str) -> None:
         save_training_state(self.engine, folder, {})

@@ -3,15 +3,20 @@
 import torch
 
 
-def deepspeed_config(train_cfg, batch_size: int, world_size: int) -> dict:
+def deepspeed_config(train_cfg, batch_size: int, world_size: int, bf16: bool, on_gpu: bool) -> dict:
     micro = train_cfg.micro_batch_size
+    zero = {"stage": train_cfg.zero_stage}
+    if train_cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
     return {
         "train_batch_size": batch_size,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": batch_size // (micro * world_size),
         "gradient_clipping": train_cfg.max_grad_norm,
-        "zero_optimization": {"stage": train_cfg.zero_stage},
-        "bf16": {"enabled": train_cfg.bf16},
+        "zero_optimization": zero,
+        # the client AdamW also steps the offloaded fp32 partitions (DeepSpeed's CPU Adam JIT-builds for minutes)
+        "zero_force_ds_cpu_optimizer": False,
+        "bf16": {"enabled": bf16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -25,10 +30,14 @@ def init_distributed() -> None:
 
 
 def make_engine(model, train_cfg, batch_size: int, world_size: int = 1):
-    """`batch_size` sequences make one optimizer step. The optimizer is a client AdamW: DeepSpeed's own Adam
-    variants JIT-compile for minutes on CPU."""
+    """`batch_size` sequences make one optimizer step, on the device the model is on (bf16 there when
+    `train.bf16` is null and it is a GPU). The optimizer is a client AdamW: DeepSpeed's own Adam variants
+    JIT-compile for minutes on CPU."""
     import deepspeed
 
+    from rlhf.devices import resolve_bf16
+
+    device = next(model.parameters()).device
     init_distributed()
     if train_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -36,8 +45,8 @@ def make_engine(model, train_cfg, batch_size: int, world_size: int = 1):
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, fused=True)
     warmup = max(1, train_cfg.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                      config=deepspeed_config(train_cfg, batch_size, world_size))
+    config = deepspeed_config(train_cfg, batch_size, world_size, resolve_bf16(train_cfg.bf16, device), device.type == "cuda")
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     if world_size == 1 and train_cfg.zero_stage == 0:
         # nothing to average over, but DeepSpeed would still flatten and all-reduce (~0.5 s at 135M); under ZeRO
         # the optimizer's gradient partitioning runs through this call, so it stays

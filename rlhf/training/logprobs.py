@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf.models.loading import takes_4d_mask
+
 # Longest packed row (tokens) that takes more than one completion. The packed row's attention runs under a dense
 # [L, L] mask, so its cost grows with L squared while the saving (one prompt for several completions) does not;
 # at 1024 tokens attention is still a fraction of the linear layers' work on a 135M model.
@@ -22,6 +24,8 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     is the target's logit minus the log-sum-exp (no second [B, T, V] tensor of log-softmax values). Logits are
     divided by the sampling temperature so the result is the distribution the engine sampled.
     """
+    if not takes_4d_mask(model):  # FlashAttention-2: one plain row per sequence
+        return plain_completion_logprobs(model, input_ids, attention_mask, completion_len, temperature)
     packed = PackedGroups.build(input_ids, attention_mask, completion_len)
     dtype = getattr(model, "module", model).dtype  # a DeepSpeed engine wraps the HF model
     # additive, in the model's dtype: eager attention adds the mask to the scores (a bool mask would be read as
@@ -31,6 +35,17 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     logits = model(input_ids=packed.ids, attention_mask=mask[:, None], position_ids=packed.positions,
                    logits_to_keep=packed.keep).logits
     logits = packed.unpack(logits).float() / temperature
+    targets = input_ids[:, -completion_len:]
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def plain_completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int,
+                              temperature: float = 1.0) -> torch.Tensor:
+    """The same values as `completion_logprobs` from one row per sequence under a 2D padding mask (attention kernels
+    that take no 4D mask); each prompt is computed once per completion."""
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                   logits_to_keep=completion_len + 1).logits[:, :-1].float() / temperature
     targets = input_ids[:, -completion_len:]
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 

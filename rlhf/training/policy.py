@@ -15,8 +15,10 @@ import time
 import torch
 
 from rlhf.algorithms import POLICY_LOSSES, aggregate_loss, kl_estimate
+from rlhf.devices import resolve_device
 from rlhf.experience import Experience
 from rlhf.models.folders import write_atomically
+from rlhf.models.loading import load_model
 from rlhf.training.deepspeed_engine import (
     backward_and_step,
     full_state_dict,
@@ -40,12 +42,15 @@ class PolicyLearner:
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(seed)
+        self.device = resolve_device(f"policy rank {rank}")
+        self.offload_optimizer = train_cfg.offload_optimizer
         self.algo, self.max_new_tokens, self.temperature = algo_cfg, max_new_tokens, temperature
         self.policy_loss = POLICY_LOSSES.get(algo_cfg.policy_loss)
         self.mini_batch_size = algo_cfg.mini_batch_size or batch_size
         self.micro_batch_size = train_cfg.micro_batch_size
         self.rank, self.world = rank, world
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        # fp32 weights: under bf16 DeepSpeed keeps them as the optimizer's master copy and computes in bf16
+        model = load_model(AutoModelForCausalLM, model_path, torch.float32, train_cfg.attn_implementation, self.device)
         self.engine = make_engine(model, train_cfg, self.mini_batch_size, world)
         self.steps = 0
 
@@ -72,6 +77,7 @@ class PolicyLearner:
             for mini in experience.split(self.mini_batch_size):
                 num_tokens = mini.mask.sum().item()
                 for part in mini.rank_share(self.rank, self.world).split(self.micro_batch_size):
+                    part = part.to(self.device)
                     logp = completion_logprobs(self.engine, part.input_ids, part.attention_mask,
                                                part.completion_ids.shape[1], self.temperature)
                     if self.algo.ratio_against == "reference":  # PAMA as re-implemented by ctwa (UNVERIFIED)
@@ -113,14 +119,14 @@ class PolicyLearner:
         return totals
 
     def logprobs(self, experience: Experience) -> torch.Tensor:
-        """[B, T] logprobs of the completions under the current weights (masked to 0 past each end)."""
+        """[B, T] logprobs of the completions under the current weights (masked to 0 past each end), on the CPU."""
         self.engine.eval()
-        return batch_logprobs(self.engine, experience, self.micro_batch_size, self.temperature)
+        return batch_logprobs(self.engine, experience.to(self.device), self.micro_batch_size, self.temperature).cpu()
 
     def preflight(self, prompt_len: int, completion_len: int) -> dict:
         forward = lambda engine, ids, mask, t: completion_logprobs(engine, ids, mask, t, self.temperature)  # noqa: E731
         return learner_preflight(self.engine, forward, self.micro_batch_size, prompt_len, completion_len,
-                                 role=f"policy rank {self.rank}")
+                                 role=f"policy rank {self.rank}", offload_optimizer=self.offload_optimizer)
 
     def save_checkpoint(self, folder: str) -> None:
         save_training_state(self.engine, folder, {"steps": self.steps})
@@ -137,8 +143,8 @@ class PolicyLearner:
             write_weights(state, os.path.join(folder, "model.safetensors"))
         return folder
 
-    # GPU weight-sync routes (UNTESTED: no GPU here). Every rank calls these (ZeRO-3 gathers collectively);
-    # rank 0 sends.
+    # GPU weight-sync routes. Every rank calls the first call of a push (ZeRO-3 gathers the weights once,
+    # collectively); rank 0 sends.
     def join_weight_group(self, host: str, port: int, rank: int, world: int) -> None:
         self.weight_group = weight_transfer.join_nccl_group(host, port, rank, world)
 
@@ -151,12 +157,21 @@ class PolicyLearner:
         if state is not None:
             weight_transfer.send(self.weight_group, state)
 
-    def ipc_handles(self):
+    def prepare_ipc_push(self, bucket_bytes: int) -> int | None:
+        """Gather the full weights once and plan the buckets; returns their count on rank 0 (None elsewhere)."""
         state = full_state_dict(self.engine)
         if state is None:
             return None
-        self._shared = state  # the engines map these tensors: keep them alive until the next push
-        return weight_transfer.ipc_handles(state)
+        self.sender = weight_transfer.BucketSender(state, bucket_bytes)
+        return len(self.sender.buckets)
+
+    def ipc_bucket(self, index: int) -> dict:
+        """Bucket `index` copied into the shared buffer: vLLM's IPC update format (rank 0)."""
+        return self.sender.bucket(index)
+
+    def finish_ipc_push(self) -> None:
+        self.sender.close()
+        self.sender = None
 
     def save_pretrained(self, folder: str, tokenizer_path: str) -> str:
         from transformers import AutoTokenizer
@@ -166,7 +181,7 @@ class PolicyLearner:
             module = self.engine.module
 
             def write(tmp):
-                module.save_pretrained(tmp, state_dict=state)
+                module.save_pretrained(tmp, state_dict={k: v.cpu() for k, v in state.items()})
                 AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(tmp)
 
             write_atomically(folder, write)

@@ -32,4 +32,4 @@ def write_weights(state: dict[str, torch.Tensor], path: str) -> None:
     with open(path, "r+b" if same_layout else "wb") as f:
         f.write(struct.pack("<Q", len(encoded)) + encoded)
         for tensor in state.values():
-            f.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            f.write(tensor.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().data)  # no copy on the CPU

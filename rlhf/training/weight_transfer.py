@@ -1,7 +1,89 @@
-"""Moving full weights between processes on GPUs: an NCCL group shared by learner rank 0 and the engines,
-and CUDA IPC handles. UNTESTED: this project's machines have no GPU (the CPU route goes through files)."""
+"""Moving full weights between processes on GPUs.
+
+CUDA IPC (learner and engine on the same GPU): the learner copies its weights, bucket by bucket, into one uint8
+CUDA buffer and exports it as an IPC handle; the engine maps that buffer (no copy through the host) and loads the
+tensors from views of it. The wire format is vLLM's IPC weight-transfer format ("packed" mode), so a vLLM engine
+loads a bucket through its own weight-transfer engine, and the HF engine decodes the same dict here:
+`{names, dtype_names, shapes, tensor_sizes, ipc_handles: {GPU UUID: handle}}`, the tensors back to back.
+
+NCCL (engines on other GPUs; UNTESTED, see issue "GPUs for real, part 2"): one communicator shared by learner
+rank 0 and the engines.
+"""
 
 import torch
+
+
+def device_uuid(device: torch.device) -> str:
+    return str(torch.cuda.get_device_properties(device).uuid)
+
+
+def plan_buckets(state: dict[str, torch.Tensor], bucket_bytes: int) -> list[list[str]]:
+    """Names of the tensors in each bucket, in state order; a tensor larger than a bucket gets a bucket of its own."""
+    buckets, current, size = [], [], 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > bucket_bytes:
+            buckets.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += nbytes
+    return buckets + ([current] if current else [])
+
+
+def pack(state: dict[str, torch.Tensor], names: list[str], buffer: torch.Tensor) -> dict:
+    """Copy the named tensors into `buffer` back to back; returns the bucket's metadata (vLLM's field names)."""
+    sizes, offset = [], 0
+    for name in names:
+        flat = state[name].contiguous().reshape(-1).view(torch.uint8)
+        buffer[offset : offset + flat.numel()].copy_(flat)
+        sizes.append(flat.numel())
+        offset += flat.numel()
+    return {"names": list(names), "dtype_names": [str(state[n].dtype).removeprefix("torch.") for n in names],
+            "shapes": [list(state[n].shape) for n in names], "tensor_sizes": sizes}
+
+
+def unpack(buffer: torch.Tensor, bucket: dict) -> list[tuple[str, torch.Tensor]]:
+    """Views of `buffer` as the bucket's named tensors (valid while the buffer is)."""
+    views = buffer[: sum(bucket["tensor_sizes"])].split(bucket["tensor_sizes"])
+    return [(name, view.view(getattr(torch, dtype)).view(shape))
+            for name, dtype, shape, view in zip(bucket["names"], bucket["dtype_names"], bucket["shapes"], views)]
+
+
+class BucketSender:
+    """Learner rank 0's side of one CUDA-IPC push: the gathered weights, the bucket plan and one IPC buffer that
+    every bucket reuses (the route waits for every engine to load a bucket before asking for the next)."""
+
+    def __init__(self, state: dict[str, torch.Tensor], bucket_bytes: int):
+        self.state, self.buckets = state, plan_buckets(state, bucket_bytes)
+        device = next(iter(state.values())).device
+        largest = max(sum(state[n].numel() * state[n].element_size() for n in b) for b in self.buckets)
+        self.buffer = torch.empty(largest, dtype=torch.uint8, device=device)
+        self.uuid = device_uuid(device)
+
+    def bucket(self, index: int) -> dict:
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        bucket = pack(self.state, self.buckets[index], self.buffer)
+        torch.cuda.current_stream().synchronize()  # the engine reads the buffer from another process
+        _, handle = reduce_tensor(self.buffer)  # a fresh export per bucket: one map and one release on the other side
+        return {**bucket, "ipc_handles": {self.uuid: handle}}
+
+    def close(self) -> None:
+        self.state, self.buffer = None, None
+        torch.cuda.ipc_collect()  # frees the buffer once the engines have released their mappings
+
+
+def open_bucket(bucket: dict, device: torch.device) -> torch.Tensor:
+    """Map the bucket's IPC buffer into this process (an engine on the learner's GPU)."""
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    uuid = device_uuid(device)
+    if uuid not in bucket["ipc_handles"]:
+        raise RuntimeError(f"CUDA IPC weights come from GPU {list(bucket['ipc_handles'])} but this engine is on {uuid}: "
+                           "rollout.weight_sync=cuda_ipc needs the engine on the learner's GPU")
+    args = list(bucket["ipc_handles"][uuid])
+    args[6] = device.index if device.index is not None else torch.cuda.current_device()  # this process's index
+    return rebuild_cuda_tensor(*args)
 
 
 def join_nccl_group(host: str, port: int, rank: int, world: int):
@@ -31,13 +113,3 @@ def receive(communicator, meta: list[tuple[str, str, tuple]]) -> list[tuple[str,
         weights.append((name, tensor))
     torch.cuda.synchronize()
     return weights
-
-
-def ipc_handles(state: dict[str, torch.Tensor]) -> dict:
-    from torch.multiprocessing.reductions import reduce_tensor
-
-    return {name: reduce_tensor(t.cuda().contiguous()) for name, t in state.items()}
-
-
-def from_ipc_handles(handles: dict) -> list[tuple[str, torch.Tensor]]:
-    return [(name, rebuild(*args)) for name, (rebuild, args) in handles.items()]

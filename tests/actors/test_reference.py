@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 def start_reference(model: str, ranks: int) -> Reference:
     env = {"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": os.path.expanduser("~/.cache/rlhf/torch_extensions")}
     return Reference([
-        ReferenceActor.options(num_cpus=0, runtime_env={"env_vars": env}).remote(model, 2, SAMPLING.temperature, ranks)
+        ReferenceActor.options(num_cpus=0, runtime_env={"env_vars": env}).remote(model, 2, SAMPLING.temperature, ranks, False, "sdpa")
         for _ in range(ranks)
     ])
 

@@ -1,14 +1,32 @@
+"""Which weight-sync route a run gets, from where its learner and engines compute."""
+
 import pytest
 
-from actors.weight_sync import SharedMemoryRoute, make_route
+from actors.weight_sync import pick_route
 
 
-@pytest.mark.parametrize("kind", ["nccl", "cuda_ipc"])
-def test_gpu_routes_refuse_to_start_without_a_gpu(kind):
-    with pytest.raises(RuntimeError, match=f"rollout.weight_sync={kind} needs GPUs"):
-        make_route(kind, policy=None, rollouts=[], sync_dir="/dev/shm/unused", overlap=False)
+def on_cpu(gpu_ids=()):
+    return {"device": "cpu", "gpu_uuid": None, "gpu_ids": list(gpu_ids), "num_gpus": 0.3 if gpu_ids else 0.0}
 
 
-def test_the_cpu_route_is_the_default_kind():
-    route = make_route("shm", policy=None, rollouts=[], sync_dir="/dev/shm/unused", overlap=True)
-    assert isinstance(route, SharedMemoryRoute) and route.overlap
+def on_gpu(uuid):
+    return {"device": "cuda:0", "gpu_uuid": uuid, "gpu_ids": ["0"], "num_gpus": 0.3}
+
+
+def test_auto_takes_cuda_ipc_only_when_every_engine_is_on_the_learners_gpu():
+    assert pick_route("auto", on_gpu("GPU-a"), [on_gpu("GPU-a"), on_gpu("GPU-a")]) == "cuda_ipc"
+    assert pick_route("auto", on_gpu("GPU-a"), [on_gpu("GPU-a"), on_gpu("GPU-b")]) == "shm"
+    assert pick_route("auto", on_cpu(["0"]), [on_cpu(["0"])]) == "shm"  # GPUs declared to Ray, none usable
+    assert pick_route("shm", on_gpu("GPU-a"), [on_gpu("GPU-a")]) == "shm"
+
+
+def test_cuda_ipc_refuses_actors_off_the_learners_gpu_naming_them():
+    with pytest.raises(RuntimeError, match=r"policy rank 0 on GPU GPU-a; rollout engine 0 on GPU GPU-a; "
+                                           r"rollout engine 1 on the CPU \(Ray GPU ids none\)"):
+        pick_route("cuda_ipc", on_gpu("GPU-a"), [on_gpu("GPU-a"), on_cpu()])
+
+
+def test_nccl_refuses_actors_on_the_cpu():
+    with pytest.raises(RuntimeError, match=r"needs GPUs, but policy rank 0, rollout engine 0 compute on the CPU"):
+        pick_route("nccl", on_cpu(["0"]), [on_cpu()])
+    assert pick_route("nccl", on_gpu("GPU-a"), [on_gpu("GPU-b")]) == "nccl"

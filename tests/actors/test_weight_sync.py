@@ -10,11 +10,12 @@ from transformers import AutoTokenizer
 from actors.learner_group import LearnerGroup
 from actors.policy import PolicyActor
 from actors.rollout import RolloutActor
-from actors.weight_sync import SharedMemoryRoute
+from actors.weight_sync import SharedMemoryRoute, WeightSyncTimeout, make_route
 from rlhf.config import compose_config
 from rlhf.algorithms import group_advantages
 from rlhf.config import load_config
 from rlhf.engines import SamplingSettings
+from rlhf.engines.base import EngineSettings
 from rlhf.engines.vllm_engine import engine_environment
 from rlhf.experience import Experience
 
@@ -24,7 +25,9 @@ SAMPLING = SamplingSettings(max_new_tokens=8, temperature=1.0, top_p=1.0)
 
 def start_rollout(engine: str, model: str):
     env = engine_environment(threads=1)
-    return RolloutActor.options(num_cpus=0, runtime_env={"env_vars": env}).remote(engine, model, "float32", 256, 0, 0.25, 32)
+    settings = EngineSettings(dtype="auto", max_model_len=256, kv_cache_gib=0.25, block_size=32,
+                              gpu_memory_utilization=0.3, sleep_mode=False, ipc_weight_transfer=False)
+    return RolloutActor.options(num_cpus=0, runtime_env={"env_vars": env}).remote(engine, model, settings, 0)
 
 
 def start_policy(model: str, zero_stage: int, batch_size: int):
@@ -59,7 +62,7 @@ def test_engine_generates_with_the_learners_newest_weights(ray_cluster, tiny_mod
 
     metrics = policy.run("train_step", before)
     assert metrics["grad_norm"] > 0 and torch.isfinite(torch.tensor(metrics["loss"]))
-    route = SharedMemoryRoute(policy, [rollout], str(tmp_path / "sync"), overlap)
+    route = SharedMemoryRoute(policy, [rollout], str(tmp_path / "sync"), timeout_s=60, overlap=overlap)
     route.push()
     assert bool(route.loading) == overlap
 
@@ -87,5 +90,30 @@ def test_a_non_finite_loss_names_the_quantity(ray_cluster, tiny_model):
     experience.advantages[0, 0] = float("nan")
     with pytest.raises(ray.exceptions.RayTaskError, match="non-finite quantity: advantages"):
         policy.run("train_step", experience)
+    ray.kill(rollout)
+    policy.kill()
+
+
+def test_gpu_routes_ask_the_actors_where_they_compute(ray_cluster, tiny_model, tmp_path):
+    # on this machine every actor computes on the CPU: auto falls back to shm, cuda_ipc and nccl refuse by name
+    rollout = start_rollout("hf", tiny_model)
+    policy = start_policy(tiny_model, zero_stage=0, batch_size=8)
+    settings = dict(sync_dir=str(tmp_path / "sync"), overlap=False, timeout_s=60, bucket_mb=16, sleep=False)
+    assert isinstance(make_route("auto", policy, [rollout], **settings), SharedMemoryRoute)
+    with pytest.raises(RuntimeError, match=r"cuda_ipc needs .* policy rank 0 on the CPU .*rollout engine 0 on the CPU"):
+        make_route("cuda_ipc", policy, [rollout], **settings)
+    with pytest.raises(RuntimeError, match=r"nccl needs GPUs, but policy rank 0, rollout engine 0 compute on the CPU"):
+        make_route("nccl", policy, [rollout], **settings)
+
+    # every wait is bounded: an actor that does not finish its part of a push in time is named, with the route
+    route = SharedMemoryRoute(policy, [rollout], str(tmp_path / "sync"), timeout_s=1e-3)
+    with pytest.raises(WeightSyncTimeout, match=r"route shm: policy rank 0 did not finish writing the weight file "
+                                                r"within rollout.sync_timeout_s=0.001 s"):
+        route.push()
+    route.loading = [rollout.load_weights.remote(str(tmp_path / "sync"), 1)]
+    with pytest.raises(WeightSyncTimeout, match=r"route shm: rollout engine 0 did not finish reloading"):
+        route.wait_for_reloads()
+    route.timeout_s = 60
+    route.close()
     ray.kill(rollout)
     policy.kill()

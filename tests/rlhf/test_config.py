@@ -46,6 +46,12 @@ def test_unknown_key_is_refused():
     ("checkpoint.keep_last=0", "checkpoint.keep_last"),
     ("omp_wait_policy=sleep", "omp_wait_policy=.sleep."),
     ("rollout.block_size=48", "rollout.block_size=48 must be a multiple of 32"),
+    ("train.num_gpus=1.5", "train.num_gpus=1.5: Ray gives an actor a fraction of one GPU or whole GPUs"),
+    ("reference.num_gpus=-1", "reference.num_gpus=-1.0 must be >= 0"),
+    ("train.offload_optimizer=true", "train.offload_optimizer needs train.zero_stage >= 1"),
+    ("rollout.gpu_memory_utilization=1.2", "rollout.gpu_memory_utilization=1.2 must be in"),
+    ("train.attn_implementation=flash", "train.attn_implementation='flash'"),
+    ("rollout.weight_sync=ipc", "rollout.weight_sync='ipc'"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
@@ -71,3 +77,17 @@ def test_every_algorithm_preset_is_valid():
 def test_unknown_algorithm_lists_the_presets():
     with pytest.raises(Exception, match="ppo"):
         compose_config("algo=ppo3")
+
+
+def test_single_gpu_gives_every_role_a_share_of_one_gpu():
+    cfg = load_config(compose_config("placement=single_gpu", "output_dir=/tmp/x"))
+    shares = [cfg.rollout.num_gpus, cfg.train.num_gpus, cfg.reference.num_gpus, cfg.critic.num_gpus,
+              cfg.reward_actor.num_gpus]
+    assert cfg.placement.layout == "colocated" and all(0 < s < 1 for s in shares) and sum(shares) <= 1
+    assert cfg.rollout.weight_sync == "auto" and cfg.rollout.sleep_mode is None and cfg.train.bf16 is None
+
+
+def test_a_sleeping_engine_cannot_generate_behind_the_learner():
+    with pytest.raises(ValueError, match="rollout.sleep_mode=true with rollout.async_one_step"):
+        load_config(compose_config("rollout.sleep_mode=true", "rollout.async_one_step=true", "algo.tis_cap=2",
+                                   "output_dir=/tmp/x"))

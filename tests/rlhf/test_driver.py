@@ -262,3 +262,33 @@ def test_a_critic_with_another_tokenizer_is_refused(tiny_model, tmp_path):
     cfg = config(tiny_model, tmp_path, "steps=1", "algo=ppo", f"critic.model_path={other}")
     with pytest.raises(ValueError, match="tokenizer different from the policy's"):
         run(cfg)
+
+
+def test_single_gpu_gives_every_role_its_share_of_one_gpu_and_runs_on_the_cpu(ray_cluster, tiny_model,
+                                                                              tiny_reward_model, tmp_path):
+    # the test cluster declares one GPU that does not exist: Ray hands out GPU id 0, torch sees no CUDA
+    cfg = config(tiny_model, tmp_path, "placement=single_gpu", "steps=2", "algo=ppo", "algo.kl_reward_beta=0.01",
+                 "rollout.engine=hf", "critic.micro_batch_size=16", "logging.wandb_mode=disabled",
+                 "checkpoint.every=0", "save_final=false",
+                 f"reward.models=[{{label: rm, path: {tiny_reward_model}, weight: 1.0}}]")
+    run(cfg)
+    reports = {r["role"]: r for r in json.loads((tmp_path / "run" / "preflight.json").read_text())}
+    shares = {"rollout": 0.3, "policy rank 0": 0.3, "reference": 0.2, "critic rank 0": 0.1, "reward model": 0.1}
+    for role, share in shares.items():
+        assert reports[role]["gpu_ids"] == ["0"] and reports[role]["num_gpus"] == pytest.approx(share), reports[role]
+        assert reports[role]["device"] == "cpu"  # the fallback: no CUDA behind the declared GPU
+    assert reports["reward functions"]["gpu_ids"] == [] and reports["driver"]["gpu_ids"] == []
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and all(h["logprob_gap"] < 1e-4 for h in history)  # weights synced (shm, on the CPU)
+
+
+def test_gpu_shares_over_one_gpu_fail_before_any_actor_starts(ray_cluster, tiny_model, tmp_path):
+    import time
+
+    cfg = config(tiny_model, tmp_path, "placement=single_gpu", "steps=1", "rollout.num_gpus=0.7",
+                 "logging.wandb_mode=disabled")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"GPU shares add up to 1.2 \(rollout 1 x 0.7, policy 1 x 0.3, reference"):
+        run(cfg)
+    assert time.monotonic() - started < 30
+    assert not [n for n in ray.util.list_named_actors() if n.startswith("rollout-")]

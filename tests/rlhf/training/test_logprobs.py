@@ -69,3 +69,18 @@ def test_one_token_completions(tiny_model):
     with torch.no_grad():
         torch.testing.assert_close(completion_logprobs(model, ids, mask, 1), plain_logprobs(model, ids, mask, 1),
                                    atol=1e-5, rtol=0)
+
+
+def test_kernels_without_a_4d_mask_get_plain_rows_with_the_same_values(tiny_model, monkeypatch):
+    # FlashAttention-2 takes no 4D mask (and cannot run on the CPU): the dispatch is what is checked here
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    ids, mask = batch_of_groups(model.config.vocab_size)
+    completion_mask = mask[:, -4:].float()
+    with torch.no_grad():
+        packed = completion_logprobs(model, ids, mask, 4, temperature=0.7)
+        monkeypatch.setattr(logprobs, "takes_4d_mask", lambda model: False)
+        monkeypatch.setattr(logprobs.PackedGroups, "build", None)  # the plain path must not pack
+        plain = completion_logprobs(model, ids, mask, 4, temperature=0.7)
+    torch.testing.assert_close(plain * completion_mask, packed * completion_mask, atol=1e-5, rtol=0)
