@@ -20,7 +20,17 @@ def gpu_ids() -> list[str]:
     return [str(i) for i in ray.get_gpu_ids()] if ray.is_initialized() else []
 
 
+def in_ray_worker() -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+
+
 def resolve_device(role: str) -> torch.device:
+    """In a Ray actor: CUDA when Ray gave it a GPU share and torch can use it. Outside Ray (a script, a benchmark):
+    CUDA when torch sees a GPU."""
+    if not in_ray_worker():
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     ids = gpu_ids()
     if not ids:
         return torch.device("cpu")
@@ -60,6 +70,5 @@ def placement_info(device: torch.device) -> dict:
     """What Ray gave this actor and where it computes: goes into the pre-flight report."""
     import ray
 
-    in_worker = ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
-    resources = ray.get_runtime_context().get_assigned_resources() if in_worker else {}  # the driver holds none
+    resources = ray.get_runtime_context().get_assigned_resources() if in_ray_worker() else {}  # a driver holds none
     return {"gpu_ids": gpu_ids(), "num_gpus": resources.get("GPU", 0.0), "device": str(device)}

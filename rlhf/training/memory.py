@@ -49,6 +49,8 @@ def report(role: str, peak_gib: float, device: torch.device | None = None, gpu_m
     device = device or torch.device("cpu")
     row = {"role": role, "node": ray.get_runtime_context().get_node_id(), "peak_gib": peak_gib,
            "node_gib": node_memory_gib(), **placement_info(device), **gpu_memory(device)}
+    if torch.distributed.is_initialized():  # a DeepSpeed rank: gloo on the CPU, NCCL on GPUs
+        row["dist_backend"] = torch.distributed.get_backend()
     if "gpu_uuid" in row:
         need = row["gpu_reserved_peak_gib"] + gpu_missing_gib
         if gpu_planned_fraction is not None:

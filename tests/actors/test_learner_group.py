@@ -16,10 +16,10 @@ from test_weight_sync import SAMPLING, rollout_batch, start_rollout
 pytestmark = pytest.mark.integration
 
 
-def policy_group(model: str, ranks: int, zero_stage: int, batch_size: int = 8) -> LearnerGroup:
+def policy_group(model: str, ranks: int, zero_stage: int, batch_size: int = 8, *overrides: str) -> LearnerGroup:
     cfg = load_config(compose_config("experiment=smoke", f"train.zero_stage={zero_stage}", "train.lr=0.05",
                                      "algo.kl_beta=0", "train.micro_batch_size=2", f"train.ranks={ranks}",
-                                     "output_dir=/tmp/unused"))
+                                     "output_dir=/tmp/unused", *overrides))
     env = {"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": os.path.expanduser("~/.cache/rlhf/torch_extensions")}
     return LearnerGroup([
         PolicyActor.options(num_cpus=0, runtime_env={"env_vars": env}).remote(
@@ -50,6 +50,23 @@ def test_two_ranks_step_like_one_and_stay_identical(ray_cluster, tiny_model, zer
     torch.testing.assert_close(after_two[0], after_one, atol=1e-5, rtol=0)  # ... and those of one rank
     assert two["loss"] == pytest.approx(one["loss"], abs=1e-6)
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
+
+
+def test_an_offloaded_optimizer_takes_the_same_step(ray_cluster, tiny_model):
+    # ZeRO-Offload keeps the optimizer's fp32 partitions (and its step) in host memory: on a GPU that frees room for
+    # a colocated engine; here, on the CPU, it checks that DeepSpeed takes the client AdamW on the offloaded state
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rollout = start_rollout("hf", tiny_model)
+    experience, probe = rollout_batch(rollout, tokenizer), rollout_batch(rollout, tokenizer)
+    ray.kill(rollout)
+    after = []
+    for offload in (False, True):
+        group = policy_group(tiny_model, 1, 1, 8, f"train.offload_optimizer={str(offload).lower()}")
+        group.run("train_step", experience)
+        after.append(group.run("logprobs", probe))
+        group.kill()
+    assert (after[0] - probe.rollout_logp).abs().max() > 1e-3  # the step moved the weights
+    torch.testing.assert_close(after[1], after[0], atol=1e-5, rtol=0)
 
 
 def test_a_placement_that_cannot_fit_says_what_it_needs(ray_cluster):
