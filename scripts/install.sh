@@ -29,4 +29,10 @@ if [[ " $extras " == *" cpu "* ]]; then
     python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 fi
 python -c "import vllm, deepspeed, ray, hydra, transformers, reasoning_gym"
+if [[ " $extras " == *" cpu "* ]]; then
+    # DeepSpeed JIT-builds its CPU communication op at first use (30-60 s): build it now, into the cache the
+    # actors use (rlhf/models/resolve.py::cache_root), so that no run or test waits for it
+    TORCH_EXTENSIONS_DIR="$stamp_dir/torch_extensions" python -c "from deepspeed.accelerator import get_accelerator
+get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >/dev/null 2>&1
+fi
 mkdir -p "$stamp_dir" && touch "$stamp"
