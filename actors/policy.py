@@ -23,6 +23,9 @@ class PolicyActor(LearnerRank):
     def save_weights(self, folder: str) -> str:
         return self.learner.save_weights(folder)
 
+    def export_weights(self):
+        return self.learner.export_weights()
+
     def join_weight_group(self, host: str, port: int, rank: int, world: int) -> None:
         self.learner.join_weight_group(host, port, rank, world)
 

@@ -34,6 +34,11 @@ class RolloutActor:
         self.engine.load_weights(folder)
         self.version = self.version + 1 if version is None else version
 
+    def load_state(self, state: dict, version: int) -> None:
+        """Object-store route: `state` arrives as the learner's object (Ray fetches it to this node)."""
+        self.engine.load_state(state)
+        self.version = version
+
     # CUDA-IPC route: begin, one load_bucket per bucket, finish (which sets the version)
     def begin_weight_update(self) -> None:
         self.engine.begin_weight_update()

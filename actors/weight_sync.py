@@ -5,7 +5,10 @@ A route has one method, `push()`, chosen by `rollout.weight_sync`:
 - `cuda_ipc` (learner and engines on one GPU): rank 0 copies the weights bucket by bucket into one CUDA buffer
   and hands each engine an IPC handle of it; the engines load straight from GPU memory.
 - `nccl` (GPUs, split placement; UNTESTED): rank 0 broadcasts each tensor to every engine over NCCL.
-- `auto`: cuda_ipc when the learner's rank 0 and every engine compute on the same CUDA GPU, else shm.
+- `object_store` (CPU or GPU, tested on CPU): rank 0 returns the weights into Ray's object store, engines reload
+  them from memory: no shared folder needed, so learner and engines may sit on nodes without shared storage.
+- `auto`: cuda_ipc when the learner's rank 0 and every engine compute on the same CUDA GPU, object_store when an
+  engine is on another node than learner rank 0, else shm.
 Every learner rank takes part in a push (ZeRO-3 gathers the full weights once, collectively); rank 0 sends them,
 tied embeddings included. Every wait is bounded by `rollout.sync_timeout_s` and fails naming the route, the engine
 and what it was doing. With `sleep` (vLLM sleep mode, engines sharing the learner's GPU) `before_train` puts the
@@ -71,36 +74,39 @@ class WeightSyncRoute(ABC):
         pass
 
 
-class SharedMemoryRoute(WeightSyncRoute):
-    """Learner rank 0 writes one safetensors file to a folder in shared memory; each engine reloads from it.
+class ReloadingRoute(WeightSyncRoute):
+    """A route where learner rank 0 publishes the full weights once and each engine reloads them whole.
 
-    The folder must be visible to the learner and the engines: same node, or a shared file system.
-    With `overlap` (one-step-off-policy runs) `push` returns once the file is written: each engine reloads
+    With `overlap` (one-step-off-policy runs) `push` returns once the weights are published: each engine reloads
     after the generation it is busy with, before any later one (an actor runs its calls in the order they were
-    sent), so the reload (~0.8 s on SmolLM2) leaves the step's critical path.
+    sent), so the reload (~0.8 s on SmolLM2) leaves the step's critical path. The next push first waits for those
+    reloads (and reports their failures).
     """
 
-    name = "shm"
+    load_method: str  # the rollout actor's method that takes what `publish` returns, and the version
 
-    def __init__(self, policy, rollouts: list, folder: str, timeout_s: float, overlap: bool = False,
-                 sleep: bool = False):
+    def __init__(self, policy, rollouts: list, timeout_s: float, overlap: bool = False, sleep: bool = False):
         super().__init__(policy, rollouts, timeout_s, sleep)
-        self.folder, self.overlap = folder, overlap
+        self.overlap = overlap
         self.loading = []  # reloads in flight
 
+    @abstractmethod
+    def publish(self):
+        """Make the learner's current weights readable by the engines; returns what their load method takes."""
+
     def push(self) -> None:
-        self.wait_for_reloads()  # the file is rewritten in place: no engine may still be reading it
-        self.run_learners("save_weights", self.folder, doing="writing the weight file")
+        self.wait_for_reloads()
+        weights = self.publish()
         self.version += 1
-        self.loading = [self.reload(rollout) for rollout in self.rollouts]
+        self.loading = [self.reload(rollout, weights) for rollout in self.rollouts]
         if not self.overlap:
             self.wait_for_reloads()
 
-    def reload(self, rollout):
+    def reload(self, rollout, weights):
         """The engine's reload, its weights woken first and its KV cache after when it sleeps; returns the last call."""
         if self.sleep:
             rollout.wake_up.remote(["weights"])
-        done = rollout.load_weights.remote(self.folder, self.version)
+        done = getattr(rollout, self.load_method).remote(weights, self.version)
         return rollout.wake_up.remote(["kv_cache"]) if self.sleep else done
 
     def wait_for_reloads(self) -> None:
@@ -108,7 +114,7 @@ class SharedMemoryRoute(WeightSyncRoute):
         deadline = time.monotonic() + self.timeout_s
         for index, ref in enumerate(loading):
             try:
-                self.wait(ref, f"rollout engine {index}", "reloading the weight file", deadline)
+                self.wait(ref, f"rollout engine {index}", "reloading the weights", deadline)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
                 # the engine died: its weight version stays behind, which its next generate call reports
                 # (StaleWeightsError), and the driver's retry pushes again once it is back
@@ -116,10 +122,47 @@ class SharedMemoryRoute(WeightSyncRoute):
                     raise
 
     def close(self) -> None:
+        self.wait_for_reloads()
+
+
+class SharedMemoryRoute(ReloadingRoute):
+    """Learner rank 0 writes one safetensors file to a folder in shared memory (rewritten in place at every push, so
+    the previous reloads must be done first); each engine reloads from it. The folder must be visible to the
+    learner and the engines: same node, or a shared file system."""
+
+    name, load_method = "shm", "load_weights"
+
+    def __init__(self, policy, rollouts: list, folder: str, timeout_s: float, overlap: bool = False,
+                 sleep: bool = False):
+        super().__init__(policy, rollouts, timeout_s, overlap, sleep)
+        self.folder = folder
+
+    def publish(self) -> str:
+        self.run_learners("save_weights", self.folder, doing="writing the weight file")
+        return self.folder
+
+    def close(self) -> None:
         try:
-            self.wait_for_reloads()
+            super().close()
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class ObjectStoreRoute(ReloadingRoute):
+    """Learner rank 0 returns its full weights (CPU tensors) into Ray's object store; each engine's load call takes
+    that object, which Ray brings to the engine's node (read in place on the learner's node), and reloads from
+    memory. Needs no folder that learner and engines share, so it works across nodes without shared storage."""
+
+    name, load_method = "object_store", "load_state"
+
+    def publish(self):
+        refs = self.policy.call("export_weights")  # every rank: a ZeRO-3 gather needs them all
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
+        if len(ready) < len(refs):
+            late = next(rank for rank, ref in enumerate(refs) if ref not in ready)
+            raise WeightSyncTimeout(f"weight sync route {self.name}: policy rank {late} did not finish exporting "
+                                    f"the weights within rollout.sync_timeout_s={self.timeout_s:g} s")
+        return refs[0]  # a reference: the driver never holds the weights
 
 
 class CudaIpcRoute(WeightSyncRoute):
@@ -177,10 +220,13 @@ class NcclBroadcastRoute(WeightSyncRoute):
 
 def pick_route(kind: str, learner: dict, engines: list[dict]) -> str:
     """The route for `kind` given where learner rank 0 and the engines compute (`device_info` of each); refuses a
-    GPU route whose actors are not where it needs them, naming them."""
+    GPU route whose actors are not where it needs them, naming them. `auto`: cuda_ipc when all share the learner's
+    GPU, object_store when an engine is on another node (no shared folder needed), else shm."""
     on_learners_gpu = learner["gpu_uuid"] is not None and all(e["gpu_uuid"] == learner["gpu_uuid"] for e in engines)
     if kind == "auto":
-        return "cuda_ipc" if on_learners_gpu else "shm"
+        if on_learners_gpu:
+            return "cuda_ipc"
+        return "object_store" if any(e["node"] != learner["node"] for e in engines) else "shm"
     if kind == "cuda_ipc" and not on_learners_gpu:
         where = "; ".join([f"policy rank 0 on {_where(learner)}"] +
                           [f"rollout engine {i} on {_where(e)}" for i, e in enumerate(engines)])
@@ -210,4 +256,6 @@ def make_route(kind: str, policy, rollouts: list, sync_dir: str, overlap: bool, 
         return CudaIpcRoute(policy, rollouts, timeout_s, bucket_mb, sleep)
     if chosen == "nccl":
         return NcclBroadcastRoute(policy, rollouts, timeout_s)
+    if chosen == "object_store":
+        return ObjectStoreRoute(policy, rollouts, timeout_s, overlap, sleep)
     return SharedMemoryRoute(policy, rollouts, sync_dir, timeout_s, overlap, sleep)

@@ -329,7 +329,7 @@ def validate(c: Config) -> None:
     _positive("rollout.block_size", c.rollout.block_size)
     if c.rollout.block_size % 32:
         raise ValueError(f"rollout.block_size={c.rollout.block_size} must be a multiple of 32 (vLLM-CPU's attention kernels)")
-    _choice("rollout.weight_sync", c.rollout.weight_sync, {"auto", "shm", "nccl", "cuda_ipc"})
+    _choice("rollout.weight_sync", c.rollout.weight_sync, {"auto", "shm", "object_store", "nccl", "cuda_ipc"})
     _positive("rollout.sync_timeout_s", c.rollout.sync_timeout_s)
     _positive("rollout.sync_bucket_mb", c.rollout.sync_bucket_mb)
     if not 0 < c.rollout.gpu_memory_utilization < 1:

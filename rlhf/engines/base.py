@@ -41,6 +41,10 @@ class GenerationEngine(ABC):
     def load_weights(self, folder: str) -> None:
         """Replace the model's weights with the safetensors checkpoint in `folder` (full state dict)."""
 
+    @abstractmethod
+    def load_state(self, state: dict) -> None:
+        """Replace the model's weights with a full state dict of CPU tensors (the object-store route)."""
+
     # For the CUDA-IPC weight-sync route (rollout.weight_sync=cuda_ipc): a push is begin, one load_bucket per bucket
     # of weights (vLLM's IPC wire format: names, dtype_names, shapes, tensor_sizes and {GPU UUID: IPC handle} of one
     # uint8 buffer holding the tensors back to back), then finish.

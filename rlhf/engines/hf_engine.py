@@ -55,6 +55,9 @@ class HFEngine(GenerationEngine):
         state = load_file(f"{folder}/model.safetensors", device=str(self.device))
         self.model.load_state_dict(state, strict=True)
 
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state, strict=True)  # copies onto the model's device
+
     def begin_weight_update(self) -> None:
         self.updated = set()
 

@@ -83,6 +83,12 @@ class VLLMEngine(GenerationEngine):
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
 
+    def load_state(self, state: dict) -> None:
+        # the same in-place reload as from a folder, fed from memory (exact on CPU, where load_weights is not)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items()),
+                                                          "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+
     def begin_weight_update(self) -> None:
         self._require_ipc()
         self.llm.collective_rpc("start_weight_update")

@@ -39,7 +39,7 @@ def node_memory_gib() -> float:
 def device_info(device: torch.device) -> dict:
     """Where an actor computes and what Ray gave it (the weight-sync route picks itself from these)."""
     gpu = gpu_memory(device)
-    return {**placement_info(device), "gpu_uuid": gpu.get("gpu_uuid")}
+    return {**placement_info(device), "gpu_uuid": gpu.get("gpu_uuid"), "node": ray.get_runtime_context().get_node_id()}
 
 
 def report(role: str, peak_gib: float, device: torch.device | None = None, gpu_missing_gib: float = 0.0,

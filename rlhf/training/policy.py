@@ -143,6 +143,12 @@ class PolicyLearner:
             write_weights(state, os.path.join(folder, "model.safetensors"))
         return folder
 
+    def export_weights(self) -> dict | None:
+        """The full state dict on the CPU for Ray's object store (rank 0; None on the others, which take part in
+        the ZeRO-3 gather)."""
+        state = full_state_dict(self.engine)
+        return None if state is None else {name: tensor.cpu() for name, tensor in state.items()}
+
     # GPU weight-sync routes. Every rank calls the first call of a push (ZeRO-3 gathers the weights once,
     # collectively); rank 0 sends.
     def join_weight_group(self, host: str, port: int, rank: int, world: int) -> None:

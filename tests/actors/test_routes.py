@@ -5,12 +5,13 @@ import pytest
 from actors.weight_sync import pick_route
 
 
-def on_cpu(gpu_ids=()):
-    return {"device": "cpu", "gpu_uuid": None, "gpu_ids": list(gpu_ids), "num_gpus": 0.3 if gpu_ids else 0.0}
+def on_cpu(gpu_ids=(), node="n1"):
+    return {"device": "cpu", "gpu_uuid": None, "gpu_ids": list(gpu_ids), "num_gpus": 0.3 if gpu_ids else 0.0,
+            "node": node}
 
 
-def on_gpu(uuid):
-    return {"device": "cuda:0", "gpu_uuid": uuid, "gpu_ids": ["0"], "num_gpus": 0.3}
+def on_gpu(uuid, node="n1"):
+    return {"device": "cuda:0", "gpu_uuid": uuid, "gpu_ids": ["0"], "num_gpus": 0.3, "node": node}
 
 
 def test_auto_takes_cuda_ipc_only_when_every_engine_is_on_the_learners_gpu():
@@ -18,6 +19,12 @@ def test_auto_takes_cuda_ipc_only_when_every_engine_is_on_the_learners_gpu():
     assert pick_route("auto", on_gpu("GPU-a"), [on_gpu("GPU-a"), on_gpu("GPU-b")]) == "shm"
     assert pick_route("auto", on_cpu(["0"]), [on_cpu(["0"])]) == "shm"  # GPUs declared to Ray, none usable
     assert pick_route("shm", on_gpu("GPU-a"), [on_gpu("GPU-a")]) == "shm"
+
+
+def test_auto_needs_no_shared_folder_when_an_engine_is_on_another_node():
+    assert pick_route("auto", on_cpu(), [on_cpu(), on_cpu(node="n2")]) == "object_store"
+    assert pick_route("auto", on_gpu("GPU-a"), [on_gpu("GPU-b", node="n2")]) == "object_store"
+    assert pick_route("shm", on_cpu(), [on_cpu(node="n2")]) == "shm"  # asked for: a shared file system, then
 
 
 def test_cuda_ipc_refuses_actors_off_the_learners_gpu_naming_them():

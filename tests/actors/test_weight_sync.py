@@ -48,10 +48,12 @@ def rollout_batch(rollout, tokenizer, n=4):
     return experience
 
 
-# overlap: the push returns before the engine has reloaded; the engine must still reload before its next generation
-@pytest.mark.parametrize("engine, zero_stage, overlap", [("vllm", 0, True), ("hf", 3, False)])
+# overlap: the push returns before the engine has reloaded; the engine must still reload before its next generation.
+# vLLM with shm runs in every driver test; here vLLM reloads from the object store (from memory, no file).
+@pytest.mark.parametrize("engine, zero_stage, overlap, kind", [("vllm", 0, True, "object_store"),
+                                                              ("hf", 3, False, "shm")])
 def test_engine_generates_with_the_learners_newest_weights(ray_cluster, tiny_model, tmp_path, engine, zero_stage,
-                                                           overlap):
+                                                           overlap, kind):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     rollout = start_rollout(engine, tiny_model)
     policy = start_policy(tiny_model, zero_stage, batch_size=8)
@@ -62,7 +64,8 @@ def test_engine_generates_with_the_learners_newest_weights(ray_cluster, tiny_mod
 
     metrics = policy.run("train_step", before)
     assert metrics["grad_norm"] > 0 and torch.isfinite(torch.tensor(metrics["loss"]))
-    route = SharedMemoryRoute(policy, [rollout], str(tmp_path / "sync"), timeout_s=60, overlap=overlap)
+    route = make_route(kind, policy, [rollout], str(tmp_path / "sync"), overlap, timeout_s=60, bucket_mb=16, sleep=False)
+    assert route.name == kind
     route.push()
     assert bool(route.loading) == overlap
 
@@ -77,7 +80,7 @@ def test_engine_generates_with_the_learners_newest_weights(ray_cluster, tiny_mod
     again = rollout_batch(rollout, tokenizer)
     torch.testing.assert_close(again.rollout_logp, policy.run("logprobs", again), atol=1e-5, rtol=0)
     route.close()
-    assert not (tmp_path / "sync").exists()
+    assert not (tmp_path / "sync").exists()  # shm removes its folder; object_store never made one
     ray.kill(rollout)
     policy.kill()
 
