@@ -92,7 +92,8 @@ def engine_sleeps(cfg: Config) -> bool:
 
 def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors:
     """Every role's actors; `learners=False` starts only generation and scoring (for offline scripts)."""
-    placement = Placement(cfg.placement.layout, role_demands(cfg, learners), cfg.placement.timeout_s)
+    placement = Placement(cfg.placement.layout, role_demands(cfg, learners), cfg.placement.timeout_s,
+                          cfg.placement.bundles, dict(cfg.placement.beside))
     restarts = {"max_restarts": cfg.fault_tolerance.max_restarts}
     run_tag = uuid.uuid4().hex[:8]
 

@@ -1,11 +1,14 @@
 """Where each role's actors go: Ray placement groups built from `conf/placement/`.
 
-- colocated: one placement group, one bundle holding every role's CPUs and GPU shares on one node (the debug and
-  single-machine layout: all roles share the node, and with GPU shares one GPU, taking turns on them).
-  `placement=single_gpu` is this layout with every role given a share of the one GPU.
-- split: a placement group per role, one bundle per actor (engine or rank), spread over the nodes, so roles
-  sit on resources of their own.
-Bundles need some resource, so a role that reserves 0 CPUs still gets a token 0.01 CPU bundle.
+- colocated: one placement group of `placement.bundles` bundles on as few nodes as possible; actor i of every role
+  goes to bundle i % bundles. With one bundle (the default, and `placement=single_gpu`) every role shares one node
+  and, with GPU shares, one GPU, taking turns; with one bundle per GPU (`placement=colocated_8gpu`) every GPU holds
+  an engine, a learner rank and a reference rank, the engine asleep while the learner trains.
+- split: a placement group per role, one bundle per actor (engine or rank), spread over the nodes, so roles sit on
+  resources of their own; `placement.beside` puts a role into another's bundles (`{reference: policy}`: reference
+  rank i on learner rank i's GPU).
+Several actors in one bundle that take GPU shares share its one GPU, so their shares may add up to at most 1.
+Bundles need some resource, so a bundle of 0-CPU actors still gets a token 0.01 CPU.
 """
 
 import math
@@ -33,57 +36,90 @@ class PlacementError(RuntimeError):
     """The layout cannot be placed on this cluster (or on any): names every role's demand."""
 
 
-def _total(demands: dict[str, RoleDemand], resource: str) -> float:
-    return round(sum(d.count * getattr(d, f"num_{resource}") for d in demands.values()), 4)  # Ray's granularity
+def _round(x: float) -> float:
+    return round(x, 4)  # Ray's resource granularity: 0.3 + 0.3 + 0.2 + 0.1 + 0.1 is 1, not 1.0000000000000002
 
 
-def check_gpu_plan(layout: str, demands: dict[str, RoleDemand], cluster_gpus: float) -> None:
-    """Fail before anything is reserved when the GPU shares cannot be placed: colocated puts every share on one GPU."""
+def plan_groups(layout: str, demands: dict[str, RoleDemand], bundles: int = 1,
+                beside: dict[str, str] | None = None) -> dict[str, dict]:
+    """Placement groups as `{name: {"roles": [...], "bundles": [{resource: amount}], "members": [[(role, i)]]}}`:
+    which actors each bundle holds and what it reserves for them. Pure: no Ray."""
+    beside = beside or {}
+    if layout == "colocated":
+        layout_groups = {"all": (list(demands), bundles)}
+    elif layout == "split":
+        unknown = {r: h for r, h in beside.items() if r not in demands or h not in demands or h in beside}
+        if unknown:
+            raise PlacementError(f"placement.beside={beside}: {unknown} does not name two running roles (the host "
+                                 f"may not be beside another); running roles: {sorted(demands)}")
+        layout_groups = {role: ([role] + [r for r, host in beside.items() if host == role], d.count)
+                         for role, d in demands.items() if role not in beside}
+    else:
+        raise ValueError(f"unknown placement layout {layout!r}; choose colocated or split")
+    groups = {}
+    for name, (roles, count) in layout_groups.items():
+        members = [[] for _ in range(count)]
+        for role in roles:
+            for index in range(demands[role].count):
+                members[index % count].append((role, index))
+        reserved = []
+        for held in members:
+            bundle = {"CPU": max(_round(sum(demands[r].num_cpus for r, _ in held)), TOKEN_CPU)}
+            gpus = _round(sum(demands[r].num_gpus for r, _ in held))
+            if gpus:
+                bundle["GPU"] = gpus
+            reserved.append(bundle)
+        groups[name] = {"roles": roles, "bundles": reserved, "members": members}
+    return groups
+
+
+def check_gpu_plan(groups: dict[str, dict], demands: dict[str, RoleDemand], cluster_gpus: float) -> None:
+    """Fail before anything is reserved when the GPU shares cannot be placed: actors sharing a bundle share its one
+    GPU, and the cluster must have the GPUs the bundles add up to."""
+    for name, group in groups.items():
+        for held, bundle in zip(group["members"], group["bundles"]):
+            sharing = [(r, i) for r, i in held if demands[r].num_gpus]
+            if len(sharing) > 1 and bundle.get("GPU", 0) > 1:
+                shares = ", ".join(f"{r} {demands[r].num_gpus:g}" for r, _ in sharing)
+                raise PlacementError(f"placement group {name!r}: {', '.join(f'{r} {i}' for r, i in sharing)} share one "
+                                     f"GPU, but their GPU shares add up to {bundle['GPU']:g} ({shares}); lower "
+                                     "*.num_gpus so they sum to at most 1, or give the roles bundles of their own "
+                                     "(placement=split, more placement.bundles)")
     wanted = {role: d for role, d in demands.items() if d.num_gpus}
-    if not wanted:
-        return
-    shares = ", ".join(f"{role} {d.count} x {d.num_gpus:g}" for role, d in wanted.items())
-    total = _total(wanted, "gpus")
-    if layout == "colocated" and total > 1:
-        raise PlacementError(f"placement 'colocated' puts every role on one GPU, but the roles' GPU shares add up to "
-                             f"{total:g} ({shares}); lower *.num_gpus so they sum to at most 1, or use placement=split")
-    if math.ceil(total) > cluster_gpus:
+    total = sum(math.ceil(b.get("GPU", 0) - 1e-9) for g in groups.values() for b in g["bundles"])
+    if wanted and total > cluster_gpus:
+        shares = ", ".join(f"{role} {d.count} x {d.num_gpus:g}" for role, d in wanted.items())
         raise PlacementError(f"the roles ask for {total:g} GPUs ({shares}) but the cluster has {cluster_gpus:g}; start "
                              "Ray with GPUs (ray.num_gpus=N declares them for a local instance) or set the roles' "
                              "num_gpus to 0")
 
 
 class Placement:
-    def __init__(self, layout: str, demands: dict[str, RoleDemand], timeout_s: float):
+    def __init__(self, layout: str, demands: dict[str, RoleDemand], timeout_s: float, bundles: int = 1,
+                 beside: dict[str, str] | None = None):
         self.layout, self.demands, self.groups = layout, demands, {}
-        if layout not in ("colocated", "split"):
-            raise ValueError(f"unknown placement layout {layout!r}; choose colocated or split")
-        check_gpu_plan(layout, demands, ray.cluster_resources().get("GPU", 0))
-        if layout == "colocated":
-            bundle = {"CPU": max(_total(demands, "cpus"), TOKEN_CPU)}
-            if _total(demands, "gpus"):
-                bundle["GPU"] = _total(demands, "gpus")  # at most 1 (checked): every share on the same GPU
-            self.groups["all"] = placement_group([bundle], strategy="STRICT_PACK")
-        else:
-            for role, d in demands.items():
-                bundle = {"CPU": max(d.num_cpus, TOKEN_CPU), **({"GPU": d.num_gpus} if d.num_gpus else {})}
-                self.groups[role] = placement_group([dict(bundle) for _ in range(d.count)], strategy="SPREAD")
+        plan = plan_groups(layout, demands, bundles, beside)
+        check_gpu_plan(plan, demands, ray.cluster_resources().get("GPU", 0))
+        self.where = {member: (name, k) for name, group in plan.items()
+                      for k, held in enumerate(group["members"]) for member in held}
+        strategy = {"colocated": "STRICT_PACK" if bundles == 1 else "PACK", "split": "SPREAD"}[layout]
+        self.groups = {name: placement_group(group["bundles"], strategy=strategy) for name, group in plan.items()}
         ready = [g.ready() for g in self.groups.values()]
         done, _ = ray.wait(ready, num_returns=len(ready), timeout=timeout_s)
         if len(done) < len(ready):
             self.remove()
             wanted = {role: d.describe() for role, d in demands.items()}
             resources = ray.cluster_resources()
+            cpus = sum(b["CPU"] for g in plan.values() for b in g["bundles"])
+            gpus = sum(b.get("GPU", 0) for g in plan.values() for b in g["bundles"])
             raise PlacementError(
                 f"placement '{layout}' could not be scheduled within {timeout_s} s: it needs {wanted} (total "
-                f"{_total(demands, 'cpus'):g} CPUs, {_total(demands, 'gpus'):g} GPUs); the cluster has "
-                f"{resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs. Lower *.num_cpus / *.num_gpus "
-                "or the engine/rank counts, or add nodes")
+                f"{cpus:g} CPUs, {gpus:g} GPUs); the cluster has {resources.get('CPU', 0):g} CPUs and "
+                f"{resources.get('GPU', 0):g} GPUs. Lower *.num_cpus / *.num_gpus or the engine/rank counts, or add nodes")
 
     def strategy(self, role: str, index: int) -> PlacementGroupSchedulingStrategy:
-        if self.layout == "colocated":
-            return PlacementGroupSchedulingStrategy(self.groups["all"], placement_group_bundle_index=0)
-        return PlacementGroupSchedulingStrategy(self.groups[role], placement_group_bundle_index=index)
+        name, bundle = self.where[(role, index)]
+        return PlacementGroupSchedulingStrategy(self.groups[name], placement_group_bundle_index=bundle)
 
     def remove(self) -> None:
         for group in self.groups.values():

@@ -115,11 +115,11 @@ class ReloadingRoute(WeightSyncRoute):
         for index, ref in enumerate(loading):
             try:
                 self.wait(ref, f"rollout engine {index}", "reloading the weights", deadline)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
                 # the engine died: its weight version stays behind, which its next generate call reports
-                # (StaleWeightsError), and the driver's retry pushes again once it is back
-                if not self.overlap:
-                    raise
+                # (StaleWeightsError, or the death itself), and the driver's retry pushes again once it is back
+                log.warning("weight sync route %s: rollout engine %d died during a push (%s); the next rollout "
+                            "waits for its restart and pushes again", self.name, index, type(err).__name__)
 
     def close(self) -> None:
         self.wait_for_reloads()

@@ -201,6 +201,8 @@ class CheckpointConfig:
 class PlacementConfig:
     layout: str = MISSING
     timeout_s: float = MISSING
+    bundles: int = MISSING  # colocated: bundles the roles spread over (actor i in bundle i % bundles)
+    beside: dict[str, str] = MISSING  # split: role -> role whose bundles it shares
 
 
 @dataclass
@@ -354,6 +356,7 @@ def validate(c: Config) -> None:
                          "(e.g. 2.0) for the truncated importance-sampling correction")
     _choice("omp_wait_policy", c.omp_wait_policy, {"auto", "default", "passive", "active"})
     _choice("placement.layout", c.placement.layout, {"colocated", "split"})
+    _positive("placement.bundles", c.placement.bundles)
     if not 0 < c.preflight.memory_fraction <= 1:
         raise ValueError(f"preflight.memory_fraction={c.preflight.memory_fraction} must be in (0, 1]")
     _positive("fault_tolerance.max_restarts", c.fault_tolerance.max_restarts, allow_zero=True)

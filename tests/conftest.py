@@ -23,8 +23,8 @@ def ray_cluster(tmp_path_factory):
 
     # short path: Ray's socket paths must fit in 107 bytes
     temp_dir = Path("/tmp") / f"rlhf-test-ray-{os.getpid()}"
-    # one declared GPU (none exists): GPU placement is exercised, the actors compute on the CPU
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, _temp_dir=str(temp_dir),
+    # 8 declared GPUs (none exists): GPU placement is exercised, the actors compute on the CPU
+    ray.init(address="local", num_cpus=2, num_gpus=8, include_dashboard=False, _temp_dir=str(temp_dir),
              runtime_env={"env_vars": {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}})
     yield
     ray.shutdown()

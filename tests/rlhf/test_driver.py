@@ -267,7 +267,7 @@ def test_a_critic_with_another_tokenizer_is_refused(tiny_model, tmp_path):
 
 def test_single_gpu_gives_every_role_its_share_of_one_gpu_and_runs_on_the_cpu(ray_cluster, tiny_model,
                                                                               tiny_reward_model, tmp_path):
-    # the test cluster declares one GPU that does not exist: Ray hands out GPU id 0, torch sees no CUDA
+    # the test cluster declares GPUs that do not exist: Ray hands out GPU ids, torch sees no CUDA
     cfg = config(tiny_model, tmp_path, "placement=single_gpu", "steps=2", "algo=ppo", "algo.kl_reward_beta=0.01",
                  "rollout.engine=hf", "critic.micro_batch_size=16", "logging.wandb_mode=disabled",
                  "checkpoint.every=0", "save_final=false",
@@ -275,8 +275,10 @@ def test_single_gpu_gives_every_role_its_share_of_one_gpu_and_runs_on_the_cpu(ra
     run(cfg)
     reports = {r["role"]: r for r in json.loads((tmp_path / "run" / "preflight.json").read_text())}
     shares = {"rollout": 0.3, "policy rank 0": 0.3, "reference": 0.2, "critic rank 0": 0.1, "reward model": 0.1}
+    one_gpu = reports["rollout"]["gpu_ids"]
+    assert len(one_gpu) == 1
     for role, share in shares.items():
-        assert reports[role]["gpu_ids"] == ["0"] and reports[role]["num_gpus"] == pytest.approx(share), reports[role]
+        assert reports[role]["gpu_ids"] == one_gpu and reports[role]["num_gpus"] == pytest.approx(share), reports[role]
         assert reports[role]["device"] == "cpu"  # the fallback: no CUDA behind the declared GPU
     assert reports["reward functions"]["gpu_ids"] == [] and reports["driver"]["gpu_ids"] == []
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -289,7 +291,7 @@ def test_gpu_shares_over_one_gpu_fail_before_any_actor_starts(ray_cluster, tiny_
     cfg = config(tiny_model, tmp_path, "placement=single_gpu", "steps=1", "rollout.num_gpus=0.7",
                  "logging.wandb_mode=disabled")
     started = time.monotonic()
-    with pytest.raises(RuntimeError, match=r"GPU shares add up to 1.2 \(rollout 1 x 0.7, policy 1 x 0.3, reference"):
+    with pytest.raises(RuntimeError, match=r"rollout 0, policy 0, reference 0 share one GPU, but their GPU shares add up to 1.2 \(rollout 0.7, policy"):
         run(cfg)
     assert time.monotonic() - started < 30
     assert not [n for n in ray.util.list_named_actors() if n.startswith("rollout-")]
