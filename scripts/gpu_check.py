@@ -4,7 +4,10 @@ Parts, each PASSED, FAILED or SKIPPED (with the reason), then a summary; the exi
 1. `hf`: `python -m rlhf.train experiment=smoke placement=single_gpu rollout.engine=hf steps=3`: every GPU role on
    the same CUDA GPU, DeepSpeed over NCCL, the cuda_ipc route chosen, the engine's logprobs close to the learner's.
 2. `vllm`: the same with vLLM (its GPU build; SKIPPED when it is not installed), with sleep mode.
-3. `update`: bf16 policy updates on the default model (SmolLM2-135M), in this process: tokens/s and peak memory.
+3. `object_store`: part 1 with `rollout.weight_sync=object_store` (weights from CUDA tensors through Ray's
+   object store, as between nodes).
+4. `two_ranks`: always SKIPPED on one GPU (NCCL cannot put two ranks of one group on one GPU).
+5. `update`: bf16 policy updates on the default model (SmolLM2-135M), in this process: tokens/s and peak memory.
 
 `RLHF_GPU_CHECK_ON_CPU=1` runs the same parts on a CPU machine with a GPU declared to Ray (the tiny model for part
 3), to check this script itself: the roles then compute on the CPU, and the output says it is NOT a GPU check.
@@ -29,8 +32,9 @@ class Skipped(Exception):
     pass
 
 
-def train_run(engine: str, out: Path) -> list[str]:
+def train_run(engine: str, out: Path, route: str = "auto") -> list[str]:
     overrides = ["experiment=smoke", "placement=single_gpu", f"rollout.engine={engine}", "steps=3",
+                 f"rollout.weight_sync={route}",
                  f"output_dir={out}", f"hydra.run.dir={out}", "logging.wandb_mode=disabled",
                  "logging.progress_bar=false", "save_final=false", "checkpoint.every=0"]
     if ON_CPU:
@@ -46,8 +50,8 @@ def train_run(engine: str, out: Path) -> list[str]:
 
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     reports = {r["role"]: r for r in json.loads((out / "preflight.json").read_text())}
-    route = re.search(r"weight sync: (\w+)", log)
-    lines = [f"steps {len(history)}, weight sync route: {route.group(1) if route else '?'}, DeepSpeed backend: "
+    chosen = re.search(r"weight sync: (\w+)", log)
+    lines = [f"steps {len(history)}, weight sync route: {chosen.group(1) if chosen else '?'}, DeepSpeed backend: "
              f"{reports['policy rank 0'].get('dist_backend')}"]
     lines.append("seconds per step (mean of steps 1-2): " + ", ".join(
         f"{p} {sum(h.get(f'time/{p}', 0.0) for h in history[1:]) / max(1, len(history) - 1):.2f}" for p in PHASES))
@@ -60,6 +64,7 @@ def train_run(engine: str, out: Path) -> list[str]:
     lines.append(f"largest engine/learner logprob gap: {gap:.2e}")
 
     expected_device, expected_route, expected_backend = ("cpu", "shm", "gloo") if ON_CPU else ("cuda:0", "cuda_ipc", "nccl")
+    expected_route = expected_route if route == "auto" else route
     problems = [f"{role} computes on {reports[role]['device']}, not {expected_device}"
                 for role in GPU_ROLES if reports[role]["device"] != expected_device]
     uuids = {reports[role].get("gpu_uuid") for role in GPU_ROLES}
@@ -67,8 +72,8 @@ def train_run(engine: str, out: Path) -> list[str]:
         problems.append(f"the roles are on different GPUs: {uuids}")
     if len(history) != 3:
         problems.append(f"{len(history)} steps logged, not 3")
-    if not route or route.group(1) != expected_route:
-        problems.append(f"weight sync route {route.group(1) if route else 'not logged'}, not {expected_route}")
+    if not chosen or chosen.group(1) != expected_route:
+        problems.append(f"weight sync route {chosen.group(1) if chosen else 'not logged'}, not {expected_route}")
     if reports["policy rank 0"].get("dist_backend") != expected_backend:
         problems.append(f"DeepSpeed backend {reports['policy rank 0'].get('dist_backend')}, not {expected_backend}")
     if gap > (1e-4 if ON_CPU else 0.1):  # bf16 engine and learner differ by ~1e-2; a stale engine by far more
@@ -86,6 +91,10 @@ def vllm_run(out: Path) -> list[str]:
     if not ON_CPU and not current_platform.is_cuda():
         raise Skipped(f"the installed vLLM is not a CUDA build (platform {current_platform.device_name!r})")
     return train_run("vllm", out)
+
+
+def two_ranks() -> list[str]:
+    raise Skipped("two learner ranks need two GPUs: NCCL cannot put two ranks of one group on the same GPU")
 
 
 def policy_update() -> list[str]:
@@ -148,7 +157,9 @@ def main() -> int:
               "scripts/install.sh) on a machine with an NVIDIA GPU.")
         return 1
     out = Path(os.environ.get("RLHF_GPU_CHECK_DIR", f"/tmp/rlhf-gpu-check-{os.getpid()}"))
-    parts = {"hf": lambda: train_run("hf", out / "hf"), "vllm": lambda: vllm_run(out / "vllm"), "update": policy_update}
+    parts = {"hf": lambda: train_run("hf", out / "hf"), "vllm": lambda: vllm_run(out / "vllm"),
+             "object_store": lambda: train_run("hf", out / "object_store", route="object_store"),
+             "two_ranks": two_ranks, "update": policy_update}
     results = {}
     for name, part in parts.items():
         (out / name).mkdir(parents=True, exist_ok=True)

@@ -79,8 +79,10 @@ RUN = ["experiment=smoke", "steps=10", "checkpoint.every=4", "checkpoint.keep_la
 
 def start(out, *extra):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # a SIGKILLed run cannot remove its weight-sync folder: it goes under the test's own folder, not /dev/shm
     return subprocess.Popen([sys.executable, "-m", "rlhf.train", *RUN, f"output_dir={out}", f"hydra.run.dir={out}",
-                             *extra], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             f"rollout.sync_dir={out.parent / 'sync'}", *extra], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def finish(process):
