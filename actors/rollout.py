@@ -34,9 +34,11 @@ class RolloutActor:
         self.engine.load_weights(folder)
         self.version = self.version + 1 if version is None else version
 
-    def load_state(self, state: dict, version: int) -> None:
-        """Object-store route: `state` arrives as the learner's object (Ray fetches it to this node)."""
-        self.engine.load_state(state)
+    def load_state(self, exported: dict, version: int) -> None:
+        """Object-store route: the learner's exported arrays (Ray fetches them to this node, read in place)."""
+        from rlhf.training.weight_transfer import from_arrays
+
+        self.engine.load_state(from_arrays(exported))
         self.version = version
 
     # CUDA-IPC route: begin, one load_bucket per bucket, finish (which sets the version)

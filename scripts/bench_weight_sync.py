@@ -49,11 +49,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_weight_sync")
     args = parser.parse_args()
 
-    path = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    path = args.out / f"{stamp}.json"
     results = []
     for engines in args.engines:
         for route in args.routes:
-            result = run(route, engines, args.steps, args.warmup, args.out / f"{route}-{engines}")
+            result = run(route, engines, args.steps, args.warmup, args.out / stamp / f"{route}-{engines}")
             results.append(result)
             path.write_text(json.dumps(results, indent=1))
             print(f"{route:>12}, {engines} engine(s): push {result['weight_sync_s']:.3f} s (median of "

@@ -144,10 +144,10 @@ class PolicyLearner:
         return folder
 
     def export_weights(self) -> dict | None:
-        """The full state dict on the CPU for Ray's object store (rank 0; None on the others, which take part in
-        the ZeRO-3 gather)."""
+        """The full weights as arrays for Ray's object store (rank 0; None on the others, which take part in the
+        ZeRO-3 gather)."""
         state = full_state_dict(self.engine)
-        return None if state is None else {name: tensor.cpu() for name, tensor in state.items()}
+        return None if state is None else weight_transfer.to_arrays(state)
 
     # GPU weight-sync routes. Every rank calls the first call of a push (ZeRO-3 gathers the weights once,
     # collectively); rank 0 sends.

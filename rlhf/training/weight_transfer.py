@@ -13,6 +13,24 @@ rank 0 and the engines.
 import torch
 
 
+def to_arrays(state: dict[str, torch.Tensor]) -> dict:
+    """The state as numpy arrays (bf16 as its raw 16 bits) for Ray's object store: Ray writes numpy arrays with one
+    copy and reads them in place, where torch tensors are pickled (0.8 s to put 540 MB, 0.2 s as arrays)."""
+    arrays = {name: (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).detach().cpu().numpy()
+              for name, t in state.items()}
+    return {"arrays": arrays, "dtypes": {name: str(t.dtype).removeprefix("torch.") for name, t in state.items()}}
+
+
+def from_arrays(exported: dict) -> dict[str, torch.Tensor]:
+    """Tensors over the arrays `to_arrays` made (no copy: views of the object store's read-only memory)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only memory: the loaders copy out of it
+        return {name: torch.from_numpy(array).view(getattr(torch, exported["dtypes"][name]))
+                for name, array in exported["arrays"].items()}
+
+
 def device_uuid(device: torch.device) -> str:
     return str(torch.cuda.get_device_properties(device).uuid)
 

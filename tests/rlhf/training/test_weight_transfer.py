@@ -30,3 +30,13 @@ def test_a_packed_bucket_unpacks_to_the_same_tensors():
         assert [name for name, _ in unpacked] == names
         for name, tensor in unpacked:
             assert tensor.dtype == s[name].dtype and torch.equal(tensor, s[name])
+
+
+def test_the_object_store_arrays_give_back_the_same_tensors():
+    from rlhf.training.weight_transfer import from_arrays, to_arrays
+
+    s = state()
+    back = from_arrays(to_arrays(s))
+    assert list(back) == list(s)
+    for name, tensor in back.items():
+        assert tensor.dtype == s[name].dtype and torch.equal(tensor, s[name])
