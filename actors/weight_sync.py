@@ -98,21 +98,22 @@ class ReloadingRoute(WeightSyncRoute):
         self.wait_for_reloads()
         weights = self.publish()
         self.version += 1
-        self.loading = [self.reload(rollout, weights) for rollout in self.rollouts]
+        self.loading = [(index, ref) for index, rollout in enumerate(self.rollouts)
+                        for ref in self.reload(rollout, weights)]
         if not self.overlap:
             self.wait_for_reloads()
 
-    def reload(self, rollout, weights):
-        """The engine's reload, its weights woken first and its KV cache after when it sleeps; returns the last call."""
-        if self.sleep:
-            rollout.wake_up.remote(["weights"])
-        done = getattr(rollout, self.load_method).remote(weights, self.version)
-        return rollout.wake_up.remote(["kv_cache"]) if self.sleep else done
+    def reload(self, rollout, weights) -> list:
+        """The engine's reload calls, in the order the actor runs them: its weights woken first and its KV cache
+        after when it sleeps."""
+        calls = [rollout.wake_up.remote(["weights"])] if self.sleep else []
+        calls.append(getattr(rollout, self.load_method).remote(weights, self.version))
+        return calls + ([rollout.wake_up.remote(["kv_cache"])] if self.sleep else [])
 
     def wait_for_reloads(self) -> None:
         loading, self.loading = self.loading, []
         deadline = time.monotonic() + self.timeout_s
-        for index, ref in enumerate(loading):
+        for index, ref in loading:
             try:
                 self.wait(ref, f"rollout engine {index}", "reloading the weights", deadline)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:

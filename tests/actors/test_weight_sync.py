@@ -113,7 +113,7 @@ def test_gpu_routes_ask_the_actors_where_they_compute(ray_cluster, tiny_model, t
     with pytest.raises(WeightSyncTimeout, match=r"route shm: policy rank 0 did not finish writing the weight file "
                                                 r"within rollout.sync_timeout_s=0.001 s"):
         route.push()
-    route.loading = [rollout.load_weights.remote(str(tmp_path / "sync"), 1)]
+    route.loading = [(0, rollout.load_weights.remote(str(tmp_path / "sync"), 1))]
     with pytest.raises(WeightSyncTimeout, match=r"route shm: rollout engine 0 did not finish reloading"):
         route.wait_for_reloads()
     route.timeout_s = 60
