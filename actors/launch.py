@@ -103,12 +103,14 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
         return {"num_cpus": demand.num_cpus, "num_gpus": demand.num_gpus, "runtime_env": {"env_vars": env},
                 "name": f"{role}-{index}-{run_tag}", "scheduling_strategy": placement.strategy(role, index)}
 
-    rollout_env = {**_threads(cfg.rollout.threads, cfg), **engine_environment(cfg.rollout.threads)}
+    # an NCCL group that vLLM shares with the trainer needs NCCL's cuMem allocator off on both sides
+    nccl_env = {"NCCL_CUMEM_ENABLE": "0"} if cfg.rollout.weight_sync == "nccl" else {}
+    rollout_env = {**_threads(cfg.rollout.threads, cfg), **engine_environment(cfg.rollout.threads), **nccl_env}
     engine_settings = EngineSettings(
         dtype=cfg.rollout.dtype, max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
         kv_cache_gib=cfg.rollout.kv_cache_gib, block_size=cfg.rollout.block_size,
         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, sleep_mode=engine_sleeps(cfg),
-        ipc_weight_transfer=cfg.rollout.weight_sync in ("auto", "cuda_ipc"))
+        weight_transfer={"auto": "ipc", "cuda_ipc": "ipc", "nccl": "nccl"}.get(cfg.rollout.weight_sync))
     rollouts = [
         RolloutActor.options(**place("rollout", i, rollout_env), **restarts).remote(
             cfg.rollout.engine, model_path, engine_settings, cfg.seed + i)
@@ -141,7 +143,7 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
         ])
     batch_size = cfg.prompts_per_step * cfg.algo.group_size
     policy = LearnerGroup([
-        PolicyActor.options(**place("policy", i, {**_threads(cfg.train.threads, cfg), **extensions}))
+        PolicyActor.options(**place("policy", i, {**_threads(cfg.train.threads, cfg), **extensions, **nccl_env}))
         .remote(model_path, cfg.train, cfg.algo, batch_size, cfg.rollout.max_new_tokens, cfg.rollout.temperature,
                 cfg.seed)
         for i in range(cfg.train.ranks)

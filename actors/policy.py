@@ -29,11 +29,14 @@ class PolicyActor(LearnerRank):
     def join_weight_group(self, host: str, port: int, rank: int, world: int) -> None:
         self.learner.join_weight_group(host, port, rank, world)
 
-    def weight_metadata(self):
-        return self.learner.weight_metadata()
+    def prepare_nccl_push(self, bucket_bytes: int):
+        return self.learner.prepare_nccl_push(bucket_bytes)
 
-    def broadcast_weights(self) -> None:
-        self.learner.broadcast_weights()
+    def broadcast_bucket(self, index: int) -> None:
+        self.learner.broadcast_bucket(index)
+
+    def finish_nccl_push(self) -> None:
+        self.learner.finish_nccl_push()
 
     def prepare_ipc_push(self, bucket_bytes: int):
         return self.learner.prepare_ipc_push(bucket_bytes)

@@ -52,17 +52,12 @@ class RolloutActor:
         self.engine.finish_weight_update()
         self.version = version
 
-    # NCCL route (UNTESTED: needs GPUs on other devices)
-    def join_weight_group(self, host: str, port: int, rank: int, world: int) -> None:
-        from rlhf.training.weight_transfer import join_nccl_group
+    # NCCL route (UNTESTED: needs two GPUs): join once; per push begin, receive_bucket per bucket, finish
+    def join_weight_group(self, host: str, port: int, rank: int, world: int, bucket_bytes: int) -> None:
+        self.engine.join_nccl(host, port, rank, world, bucket_bytes)
 
-        self.weight_group = join_nccl_group(host, port, rank, world)
-
-    def receive_weights(self, metadata: list, version: int) -> None:
-        from rlhf.training.weight_transfer import receive
-
-        self.engine.load_tensors(receive(self.weight_group, metadata))
-        self.version = version
+    def receive_bucket(self, bucket: dict) -> None:
+        self.engine.receive_bucket(bucket)
 
     def sleep(self) -> None:
         self.engine.sleep()

@@ -4,7 +4,7 @@ A route has one method, `push()`, chosen by `rollout.weight_sync`:
 - `shm` (CPU or GPU, tested on CPU): rank 0 writes a safetensors file to a folder (shared memory), engines reload it.
 - `cuda_ipc` (learner and engines on one GPU): rank 0 copies the weights bucket by bucket into one CUDA buffer
   and hands each engine an IPC handle of it; the engines load straight from GPU memory.
-- `nccl` (GPUs, split placement; UNTESTED): rank 0 broadcasts each tensor to every engine over NCCL.
+- `nccl` (GPUs, split placement; UNTESTED): rank 0 broadcasts the weights bucket by bucket to every engine over NCCL.
 - `object_store` (CPU or GPU, tested on CPU): rank 0 returns the weights into Ray's object store, engines reload
   them from memory: no shared folder needed, so learner and engines may sit on nodes without shared storage.
 - `auto`: cuda_ipc when the learner's rank 0 and every engine compute on the same CUDA GPU, object_store when an
@@ -199,24 +199,41 @@ class CudaIpcRoute(WeightSyncRoute):
 
 
 class NcclBroadcastRoute(WeightSyncRoute):
-    """UNTESTED (needs GPUs). Learner rank 0 and every engine form one NCCL group (rank 0 = learner); each push
-    sends the tensor list's metadata, then broadcasts tensor by tensor."""
+    """UNTESTED (needs two GPUs: NCCL cannot join two processes on one). Engines on other GPUs or nodes. Learner
+    rank 0 and every engine form one NCCL group (rank 0 = learner; vLLM joins through its NCCL weight-transfer
+    engine). Every learner rank gathers the weights once per push; rank 0 broadcasts them bucket by bucket
+    (`rollout.sync_bucket_mb`, one packed buffer each) while the engines receive. Each bucket's broadcast is waited
+    for under the timeout, so a hung collective becomes an error naming the route, the engine and the bucket.
+    Learner and engine actors run with NCCL_CUMEM_ENABLE=0, which a group shared with vLLM needs."""
 
     name = "nccl"
 
-    def __init__(self, policy, rollouts: list, timeout_s: float):
+    def __init__(self, policy, rollouts: list, timeout_s: float, bucket_mb: float):
         super().__init__(policy, rollouts, timeout_s)
-        host, port = ray.get(policy.ranks[0].master_address.remote())
+        self.bucket_bytes = int(bucket_mb * 1024**2)
+        sender = policy.ranks[0]
+        host, port = self.wait(sender.master_address.remote(), "policy rank 0", "choosing the NCCL rendezvous")
         world = 1 + len(rollouts)
-        ray.get([policy.ranks[0].join_weight_group.remote(host, port, 0, world)]
-                + [r.join_weight_group.remote(host, port, i + 1, world) for i, r in enumerate(rollouts)])
+        joining = [sender.join_weight_group.remote(host, port, 0, world)]  # all at once: the rendezvous waits for all
+        joining += [r.join_weight_group.remote(host, port, i + 1, world, self.bucket_bytes) for i, r in enumerate(rollouts)]
+        self.wait(joining[0], "policy rank 0", "joining the NCCL weight group")
+        self.wait_engines(joining[1:], "joining the NCCL weight group")
 
     def push(self) -> None:
-        metadata = self.policy.run("weight_metadata")
+        sender = self.policy.ranks[0]
+        buckets = self.run_learners("prepare_nccl_push", self.bucket_bytes, doing="gathering the weights")
         self.version += 1
-        receiving = [r.receive_weights.remote(metadata, self.version) for r in self.rollouts]
-        self.policy.run("broadcast_weights")
-        self.wait_engines(receiving, "receiving the broadcast")
+        try:
+            self.wait_engines([r.begin_weight_update.remote() for r in self.rollouts], "starting a weight update")
+            for index, bucket in enumerate(buckets):
+                receiving = [r.receive_bucket.remote(bucket) for r in self.rollouts]
+                doing = f"the broadcast of bucket {index + 1} of {len(buckets)}"
+                self.wait(sender.broadcast_bucket.remote(index), "policy rank 0", doing)
+                self.wait_engines(receiving, doing)
+            self.wait_engines([r.finish_weight_update.remote(self.version) for r in self.rollouts],
+                              "finishing the weight update")
+        finally:
+            self.wait(sender.finish_nccl_push.remote(), "policy rank 0", "releasing the gathered weights")
 
 
 def pick_route(kind: str, learner: dict, engines: list[dict]) -> str:
@@ -256,7 +273,7 @@ def make_route(kind: str, policy, rollouts: list, sync_dir: str, overlap: bool, 
     if chosen == "cuda_ipc":
         return CudaIpcRoute(policy, rollouts, timeout_s, bucket_mb, sleep)
     if chosen == "nccl":
-        return NcclBroadcastRoute(policy, rollouts, timeout_s)
+        return NcclBroadcastRoute(policy, rollouts, timeout_s, bucket_mb)
     if chosen == "object_store":
         return ObjectStoreRoute(policy, rollouts, timeout_s, overlap, sleep)
     return SharedMemoryRoute(policy, rollouts, sync_dir, timeout_s, overlap, sleep)

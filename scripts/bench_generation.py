@@ -30,7 +30,7 @@ def measure(args) -> None:
 
     model = resolve_model_path("smollm2")
     settings = EngineSettings(dtype=args.dtype, max_model_len=1024, kv_cache_gib=1.0, block_size=args.block_size,
-                              gpu_memory_utilization=0.5, sleep_mode=False, ipc_weight_transfer=False)
+                              gpu_memory_utilization=0.5, sleep_mode=False, weight_transfer=None)
     if args.engine == "vllm":
         from rlhf.engines.vllm_engine import VLLMEngine
 

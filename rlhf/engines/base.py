@@ -29,7 +29,7 @@ class EngineSettings:
     block_size: int
     gpu_memory_utilization: float  # GPU: vLLM's share of its GPU's memory
     sleep_mode: bool  # free GPU memory while the learner trains (vLLM sleep mode; CUDA only)
-    ipc_weight_transfer: bool  # build the engine for CUDA-IPC weight loads (vLLM's weight-transfer engine)
+    weight_transfer: str | None  # "ipc" | "nccl": build the engine for that GPU route (vLLM's weight-transfer engine)
 
 
 class GenerationEngine(ABC):
@@ -57,9 +57,13 @@ class GenerationEngine(ABC):
     def finish_weight_update(self) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot load weights over CUDA IPC; use rollout.weight_sync=shm")
 
-    def load_tensors(self, weights: list) -> None:
-        """NCCL route only: replace the model's weights with (name, tensor) pairs already on this process's device."""
-        raise NotImplementedError(f"{type(self).__name__} cannot load tensors directly; use rollout.weight_sync=shm")
+    # For the NCCL route: join the group once (rank `rank` of `world`, the learner is rank 0), then per push
+    # begin, one receive_bucket per bucket (names, dtype_names, shapes; the tensors arrive packed by broadcast), finish.
+    def join_nccl(self, host: str, port: int, rank: int, world: int, bucket_bytes: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot join an NCCL weight group; use rollout.weight_sync=shm")
+
+    def receive_bucket(self, bucket: dict) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot join an NCCL weight group; use rollout.weight_sync=shm")
 
     def sleep(self) -> None:
         """Release GPU memory (weights and KV cache) while the learner trains on the same device; every push that

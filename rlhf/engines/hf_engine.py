@@ -75,8 +75,14 @@ class HFEngine(GenerationEngine):
         if missing:
             raise RuntimeError(f"a CUDA-IPC push left {len(missing)} weights unloaded, e.g. {sorted(missing)[:3]}")
 
-    def load_tensors(self, weights: list) -> None:
-        self.model.load_state_dict(dict(weights), strict=True)
+    def join_nccl(self, host: str, port: int, rank: int, world: int, bucket_bytes: int) -> None:
+        self.weight_group, self.bucket_bytes = weight_transfer.join_nccl_group(host, port, rank, world), bucket_bytes
+
+    def receive_bucket(self, bucket: dict) -> None:
+        params = self.model.state_dict()
+        for name, tensor in weight_transfer.receive_bucket(self.weight_group, bucket, self.bucket_bytes, self.device):
+            params[name].copy_(tensor)
+            self.updated.add(name)
 
     def sleep(self) -> None:
         if self.sleeps:  # transformers keeps no KV cache between calls: the weights are what there is to free

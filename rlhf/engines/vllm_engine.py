@@ -34,7 +34,7 @@ class VLLMEngine(GenerationEngine):
             # (the legacy VLLM_CPU_KVCACHE_SPACE variable takes whole GiB only)
             memory = {"kv_cache_memory_bytes": int(settings.kv_cache_gib * 1024**3)}
         self.sleeps = settings.sleep_mode and on_gpu  # vLLM-CPU has no sleep mode (enable_sleep_mode raises)
-        self.ipc = settings.ipc_weight_transfer and on_gpu
+        self.transfer = settings.weight_transfer if on_gpu else None  # vLLM's weight-transfer backend
         self.planned_gpu_fraction = settings.gpu_memory_utilization if on_gpu else None  # vLLM takes it up front
         if settings.sleep_mode and not on_gpu:
             log.info("rollout: sleep mode needs CUDA; this engine computes on the CPU and stays awake")
@@ -52,9 +52,9 @@ class VLLMEngine(GenerationEngine):
             # logprobs of the distribution actually sampled (temperature applied), as the learner computes them
             logprobs_mode="processed_logprobs",
             **({"enable_sleep_mode": True} if self.sleeps else {}),
-            **({"weight_transfer_config": {"backend": "ipc"}} if self.ipc else {}),
+            **({"weight_transfer_config": {"backend": self.transfer}} if self.transfer else {}),
         )
-        if self.ipc:  # the learner sends buckets (vLLM's "packed" IPC format)
+        if self.transfer == "ipc":  # the learner sends buckets (vLLM's "packed" IPC format)
             self.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": {"packed": True}})
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -90,7 +90,9 @@ class VLLMEngine(GenerationEngine):
         self.llm.reset_prefix_cache()
 
     def begin_weight_update(self) -> None:
-        self._require_ipc()
+        if self.transfer is None:
+            raise RuntimeError("this vLLM engine was not built for GPU weight transfer (it needs a CUDA device and "
+                               "rollout.weight_sync=cuda_ipc, nccl or auto)")
         self.llm.collective_rpc("start_weight_update")
 
     def load_bucket(self, bucket: dict) -> None:
@@ -101,15 +103,14 @@ class VLLMEngine(GenerationEngine):
         self.llm.collective_rpc("finish_weight_update")
         self.llm.reset_prefix_cache()
 
-    def _require_ipc(self) -> None:
-        if not self.ipc:
-            raise RuntimeError("this vLLM engine was not built for CUDA-IPC weight loads (it needs a CUDA device and "
-                               "rollout.weight_sync=cuda_ipc or auto)")
+    def join_nccl(self, host: str, port: int, rank: int, world: int, bucket_bytes: int) -> None:
+        # vLLM's NCCL weight-transfer engine joins the learner's group; packed: one broadcast per bucket
+        self.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": {
+            "master_address": host, "master_port": port, "rank_offset": rank, "world_size": world, "packed": True,
+            "packed_buffer_size_bytes": bucket_bytes, "packed_num_buffers": 1}})
 
-    def load_tensors(self, weights: list) -> None:
-        """NCCL route: load (name, tensor) pairs straight into the model (the in-process executor runs it here)."""
-        self.llm.collective_rpc(lambda worker: worker.model_runner.model.load_weights(weights))
-        self.llm.reset_prefix_cache()
+    def receive_bucket(self, bucket: dict) -> None:
+        self.llm.collective_rpc("update_weights", kwargs={"update_info": bucket})
 
     def sleep(self) -> None:
         if self.sleeps:

@@ -152,16 +152,23 @@ class PolicyLearner:
     # GPU weight-sync routes. Every rank calls the first call of a push (ZeRO-3 gathers the weights once,
     # collectively); rank 0 sends.
     def join_weight_group(self, host: str, port: int, rank: int, world: int) -> None:
+        """NCCL route, rank 0: host the group's rendezvous as its rank 0."""
         self.weight_group = weight_transfer.join_nccl_group(host, port, rank, world)
 
-    def weight_metadata(self):
+    def prepare_nccl_push(self, bucket_bytes: int) -> list[dict] | None:
+        """Gather the full weights once and plan the buckets; rank 0 returns each bucket's update info."""
         state = full_state_dict(self.engine)
-        return None if state is None else weight_transfer.metadata(state)
+        if state is None:
+            return None
+        self.nccl_push = (state, weight_transfer.plan_buckets(state, bucket_bytes), bucket_bytes)
+        return [weight_transfer.bucket_metadata(state, names) for names in self.nccl_push[1]]
 
-    def broadcast_weights(self) -> None:
-        state = full_state_dict(self.engine)
-        if state is not None:
-            weight_transfer.send(self.weight_group, state)
+    def broadcast_bucket(self, index: int) -> None:
+        state, buckets, bucket_bytes = self.nccl_push
+        weight_transfer.send_bucket(self.weight_group, state, buckets[index], bucket_bytes)
+
+    def finish_nccl_push(self) -> None:
+        self.nccl_push = None
 
     def prepare_ipc_push(self, bucket_bytes: int) -> int | None:
         """Gather the full weights once and plan the buckets; returns their count on rank 0 (None elsewhere)."""

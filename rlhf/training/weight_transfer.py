@@ -6,8 +6,9 @@ tensors from views of it. The wire format is vLLM's IPC weight-transfer format (
 loads a bucket through its own weight-transfer engine, and the HF engine decodes the same dict here:
 `{names, dtype_names, shapes, tensor_sizes, ipc_handles: {GPU UUID: handle}}`, the tensors back to back.
 
-NCCL (engines on other GPUs; UNTESTED, see issue "GPUs for real, part 2"): one communicator shared by learner
-rank 0 and the engines.
+NCCL (engines on other GPUs; UNTESTED: it needs two GPUs): one communicator shared by learner rank 0 and the
+engines, made and used in vLLM's packed NCCL format, so a vLLM engine receives through its own NCCL weight-transfer
+engine; one broadcast per bucket.
 """
 
 import torch
@@ -105,29 +106,36 @@ def open_bucket(bucket: dict, device: torch.device) -> torch.Tensor:
 
 
 def join_nccl_group(host: str, port: int, rank: int, world: int):
-    """A communicator outside torch.distributed's default group (the learner's DeepSpeed group is separate)."""
-    from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-    from vllm.distributed.utils import StatelessProcessGroup
+    """A communicator outside torch.distributed's default group (the learner's DeepSpeed group is separate), made
+    the way vLLM's NCCL weight-transfer engine makes its side of it (a StatelessProcessGroup rendezvous)."""
+    from vllm.distributed.weight_transfer.nccl_common import stateless_init_process_group
 
-    group = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world)
-    return PyNcclCommunicator(group, device=torch.cuda.current_device())
-
-
-def metadata(state: dict[str, torch.Tensor]) -> list[tuple[str, str, tuple]]:
-    return [(name, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in state.items()]
+    return stateless_init_process_group(host, port, rank, world, torch.cuda.current_device())
 
 
-def send(communicator, state: dict[str, torch.Tensor]) -> None:
-    for tensor in state.values():
-        communicator.broadcast(tensor.cuda(), src=0)
-    torch.cuda.synchronize()
+def bucket_metadata(state: dict[str, torch.Tensor], names: list[str]) -> dict:
+    """An NCCL bucket's update info (vLLM's field names): the tensors themselves follow by broadcast."""
+    return {"names": list(names), "dtype_names": [str(state[n].dtype).removeprefix("torch.") for n in names],
+            "shapes": [list(state[n].shape) for n in names]}
 
 
-def receive(communicator, meta: list[tuple[str, str, tuple]]) -> list[tuple[str, torch.Tensor]]:
-    weights = []
-    for name, dtype, shape in meta:
-        tensor = torch.empty(shape, dtype=getattr(torch, dtype), device="cuda")
-        communicator.broadcast(tensor, src=0)
-        weights.append((name, tensor))
-    torch.cuda.synchronize()
-    return weights
+def send_bucket(communicator, state: dict[str, torch.Tensor], names: list[str], bucket_bytes: int) -> None:
+    """Broadcast one bucket as one packed buffer (vLLM's packed NCCL format: the engines unpack it alike)."""
+    from vllm.distributed.weight_transfer.packed_tensor import packed_nccl_broadcast_producer
+
+    packed_nccl_broadcast_producer(iter([(n, state[n]) for n in names]), communicator, src=0,
+                                   post_iter_func=lambda item: item[1], buffer_size_bytes=bucket_bytes, num_buffers=1)
+
+
+def receive_bucket(communicator, bucket: dict, bucket_bytes: int, device: torch.device) -> list:
+    """The HF engine's side of `send_bucket`: the bucket's named tensors, copied out of the receive buffer."""
+    from vllm.distributed.weight_transfer.packed_tensor import packed_nccl_broadcast_consumer
+
+    received = []
+    meta = ((n, (shape, getattr(torch, d))) for n, d, shape in zip(bucket["names"], bucket["dtype_names"],
+                                                                    bucket["shapes"]))
+    packed_nccl_broadcast_consumer(meta, communicator, src=0, buffer_size_bytes=bucket_bytes, num_buffers=1,
+                                   device=device,
+                                   post_unpack_func=lambda named: received.extend((n, t.clone()) for n, t in named))
+    torch.cuda.current_stream().synchronize()
+    return received

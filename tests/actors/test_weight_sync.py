@@ -26,7 +26,7 @@ SAMPLING = SamplingSettings(max_new_tokens=8, temperature=1.0, top_p=1.0)
 def start_rollout(engine: str, model: str):
     env = engine_environment(threads=1)
     settings = EngineSettings(dtype="auto", max_model_len=256, kv_cache_gib=0.25, block_size=32,
-                              gpu_memory_utilization=0.3, sleep_mode=False, ipc_weight_transfer=False)
+                              gpu_memory_utilization=0.3, sleep_mode=False, weight_transfer=None)
     return RolloutActor.options(num_cpus=0, runtime_env={"env_vars": env}).remote(engine, model, settings, 0)
 
 
