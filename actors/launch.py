@@ -105,12 +105,14 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
 
     # an NCCL group that vLLM shares with the trainer needs NCCL's cuMem allocator off on both sides
     nccl_env = {"NCCL_CUMEM_ENABLE": "0"} if cfg.rollout.weight_sync == "nccl" else {}
-    rollout_env = {**_threads(cfg.rollout.threads, cfg), **engine_environment(cfg.rollout.threads), **nccl_env}
+    rollout_env = {**_threads(cfg.rollout.threads, cfg),
+                   **engine_environment(cfg.rollout.threads, cfg.rollout.tensor_parallel_size), **nccl_env}
     engine_settings = EngineSettings(
         dtype=cfg.rollout.dtype, max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
         kv_cache_gib=cfg.rollout.kv_cache_gib, block_size=cfg.rollout.block_size,
         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, sleep_mode=engine_sleeps(cfg),
-        weight_transfer={"auto": "ipc", "cuda_ipc": "ipc", "nccl": "nccl"}.get(cfg.rollout.weight_sync))
+        weight_transfer={"auto": "ipc", "cuda_ipc": "ipc", "nccl": "nccl"}.get(cfg.rollout.weight_sync),
+        tensor_parallel_size=cfg.rollout.tensor_parallel_size)
     rollouts = [
         RolloutActor.options(**place("rollout", i, rollout_env), **restarts).remote(
             cfg.rollout.engine, model_path, engine_settings, cfg.seed + i)

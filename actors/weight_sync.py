@@ -208,14 +208,16 @@ class NcclBroadcastRoute(WeightSyncRoute):
 
     name = "nccl"
 
-    def __init__(self, policy, rollouts: list, timeout_s: float, bucket_mb: float):
+    def __init__(self, policy, rollouts: list, timeout_s: float, bucket_mb: float, tensor_parallel_size: int = 1):
         super().__init__(policy, rollouts, timeout_s)
         self.bucket_bytes = int(bucket_mb * 1024**2)
         sender = policy.ranks[0]
         host, port = self.wait(sender.master_address.remote(), "policy rank 0", "choosing the NCCL rendezvous")
-        world = 1 + len(rollouts)
+        tp = tensor_parallel_size  # each engine's workers take tp consecutive ranks after the learner's 0
+        world = 1 + len(rollouts) * tp
         joining = [sender.join_weight_group.remote(host, port, 0, world)]  # all at once: the rendezvous waits for all
-        joining += [r.join_weight_group.remote(host, port, i + 1, world, self.bucket_bytes) for i, r in enumerate(rollouts)]
+        joining += [r.join_weight_group.remote(host, port, 1 + i * tp, world, self.bucket_bytes)
+                    for i, r in enumerate(rollouts)]
         self.wait(joining[0], "policy rank 0", "joining the NCCL weight group")
         self.wait_engines(joining[1:], "joining the NCCL weight group")
 
@@ -265,15 +267,17 @@ def _where(info: dict) -> str:
 
 
 def make_route(kind: str, policy, rollouts: list, sync_dir: str, overlap: bool, timeout_s: float,
-               bucket_mb: float, sleep: bool) -> WeightSyncRoute:
+               bucket_mb: float, sleep: bool, tensor_parallel_size: int = 1) -> WeightSyncRoute:
     learner = ray.get(policy.ranks[0].device_info.remote(), timeout=timeout_s)
     engines = ray.get([r.device_info.remote() for r in rollouts], timeout=timeout_s)
     chosen = pick_route(kind, learner, engines)
+    if tensor_parallel_size > 1 and chosen != "nccl":
+        chosen = "shm"  # the other routes hand the weights to one process; vLLM's workers reload the folder each
     log.info("weight sync: %s%s", chosen, f" (rollout.weight_sync={kind})" if kind != chosen else "")
     if chosen == "cuda_ipc":
         return CudaIpcRoute(policy, rollouts, timeout_s, bucket_mb, sleep)
     if chosen == "nccl":
-        return NcclBroadcastRoute(policy, rollouts, timeout_s, bucket_mb)
+        return NcclBroadcastRoute(policy, rollouts, timeout_s, bucket_mb, tensor_parallel_size)
     if chosen == "object_store":
         return ObjectStoreRoute(policy, rollouts, timeout_s, overlap, sleep)
     return SharedMemoryRoute(policy, rollouts, sync_dir, timeout_s, overlap, sleep)

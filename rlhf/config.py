@@ -131,6 +131,7 @@ class RolloutConfig:
     sleep_mode: Optional[bool] = MISSING  # None: on when the engine shares its GPU with the learner
     block_size: int = MISSING
     engines: int = MISSING
+    tensor_parallel_size: int = MISSING
     num_cpus: float = MISSING
     num_gpus: float = MISSING
     threads: int = MISSING
@@ -333,6 +334,16 @@ def validate(c: Config) -> None:
         raise ValueError(f"rollout.block_size={c.rollout.block_size} must be a multiple of 32 (vLLM-CPU's attention kernels)")
     _choice("rollout.weight_sync", c.rollout.weight_sync, {"auto", "shm", "object_store", "nccl", "cuda_ipc"})
     _positive("rollout.sync_timeout_s", c.rollout.sync_timeout_s)
+    tp = c.rollout.tensor_parallel_size
+    _positive("rollout.tensor_parallel_size", tp)
+    if tp > 1 and c.rollout.num_gpus != tp:
+        raise ValueError(f"rollout.tensor_parallel_size={tp} spans {tp} GPUs: set rollout.num_gpus={tp} (each engine "
+                         f"reserves them whole), not {c.rollout.num_gpus:g}")
+    if tp > 1 and c.rollout.engine != "vllm":
+        raise ValueError(f"rollout.tensor_parallel_size={tp} needs rollout.engine=vllm (the HF engine is one device)")
+    if tp > 1 and c.rollout.weight_sync in ("cuda_ipc", "object_store"):
+        raise ValueError(f"rollout.weight_sync={c.rollout.weight_sync} hands the weights to one process, but an engine "
+                         f"of rollout.tensor_parallel_size={tp} has a worker per GPU; use shm (a shared folder) or nccl")
     _positive("rollout.sync_bucket_mb", c.rollout.sync_bucket_mb)
     if not 0 < c.rollout.gpu_memory_utilization < 1:
         raise ValueError(f"rollout.gpu_memory_utilization={c.rollout.gpu_memory_utilization} must be in (0, 1)")

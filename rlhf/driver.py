@@ -85,7 +85,8 @@ class Trainer:
                 cfg.rollout.weight_sync, self.actors.policy, self.actors.rollouts,
                 os.path.join(cfg.rollout.sync_dir, f"rlhf-weights-{os.getpid()}-{time.time_ns()}"),
                 overlap=cfg.rollout.async_one_step, timeout_s=cfg.rollout.sync_timeout_s,
-                bucket_mb=cfg.rollout.sync_bucket_mb, sleep=engine_sleeps(cfg))
+                bucket_mb=cfg.rollout.sync_bucket_mb, sleep=engine_sleeps(cfg),
+                tensor_parallel_size=cfg.rollout.tensor_parallel_size)
             self.metrics_log = MetricsLog(
                 str(self.output_dir), cfg.logging.run_name or self.output_dir.name, cfg.logging.wandb_mode,
                 cfg.logging.wandb_project, cfg.logging.wandb_entity, asdict(cfg), cfg.logging.plot,

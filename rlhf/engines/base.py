@@ -30,6 +30,7 @@ class EngineSettings:
     gpu_memory_utilization: float  # GPU: vLLM's share of its GPU's memory
     sleep_mode: bool  # free GPU memory while the learner trains (vLLM sleep mode; CUDA only)
     weight_transfer: str | None  # "ipc" | "nccl": build the engine for that GPU route (vLLM's weight-transfer engine)
+    tensor_parallel_size: int = 1  # GPUs one engine spans (vLLM runs a worker process per GPU)
 
 
 class GenerationEngine(ABC):

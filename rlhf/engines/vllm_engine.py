@@ -14,11 +14,17 @@ from rlhf.engines.base import EngineSettings, GenerationEngine, Sample, Sampling
 log = logging.getLogger(__name__)
 
 
-def engine_environment(threads: int) -> dict[str, str]:
-    return {
+def engine_environment(threads: int, tensor_parallel_size: int = 1) -> dict[str, str]:
+    env = {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # keep the engine in this process: starts in seconds
         "OMP_NUM_THREADS": str(threads),
     }
+    if tensor_parallel_size > 1:
+        # vLLM-CPU binds each tensor-parallel worker's threads to cores of one NUMA node and refuses when there are
+        # fewer nodes than workers: worker k gets cores k*threads .. (ignored on GPUs)
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
+            f"{k * threads}-{(k + 1) * threads - 1}" if threads > 1 else str(k) for k in range(tensor_parallel_size))
+    return env
 
 
 class VLLMEngine(GenerationEngine):
@@ -48,7 +54,9 @@ class VLLMEngine(GenerationEngine):
             # with vLLM-CPU's 128-token blocks most prompts here (80-150 tokens) were prefilled n times
             block_size=settings.block_size,
             enforce_eager=True,
-            distributed_executor_backend="uni",
+            # one GPU (or the CPU): the worker runs in this process; tensor parallelism: a worker process per GPU
+            tensor_parallel_size=settings.tensor_parallel_size,
+            distributed_executor_backend="uni" if settings.tensor_parallel_size == 1 else "mp",
             # logprobs of the distribution actually sampled (temperature applied), as the learner computes them
             logprobs_mode="processed_logprobs",
             **({"enable_sleep_mode": True} if self.sleeps else {}),
@@ -104,7 +112,8 @@ class VLLMEngine(GenerationEngine):
         self.llm.reset_prefix_cache()
 
     def join_nccl(self, host: str, port: int, rank: int, world: int, bucket_bytes: int) -> None:
-        # vLLM's NCCL weight-transfer engine joins the learner's group; packed: one broadcast per bucket
+        # vLLM's NCCL weight-transfer engine joins the learner's group (its TP workers take ranks rank .. rank + TP - 1);
+        # packed: one broadcast per bucket
         self.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": {
             "master_address": host, "master_port": port, "rank_offset": rank, "world_size": world, "packed": True,
             "packed_buffer_size_bytes": bucket_bytes, "packed_num_buffers": 1}})

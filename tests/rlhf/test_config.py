@@ -52,6 +52,8 @@ def test_unknown_key_is_refused():
     ("rollout.gpu_memory_utilization=1.2", "rollout.gpu_memory_utilization=1.2 must be in"),
     ("train.attn_implementation=flash", "train.attn_implementation='flash'"),
     ("rollout.weight_sync=ipc", "rollout.weight_sync='ipc'"),
+    ("rollout.tensor_parallel_size=2", "spans 2 GPUs: set rollout.num_gpus=2"),
+    ("rollout.tensor_parallel_size=0", "rollout.tensor_parallel_size=0 must be > 0"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
@@ -91,3 +93,14 @@ def test_a_sleeping_engine_cannot_generate_behind_the_learner():
     with pytest.raises(ValueError, match="rollout.sleep_mode=true with rollout.async_one_step"):
         load_config(compose_config("rollout.sleep_mode=true", "rollout.async_one_step=true", "algo.tis_cap=2",
                                    "output_dir=/tmp/x"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["rollout.engine=hf"], "needs rollout.engine=vllm"),
+    (["rollout.weight_sync=object_store"], "hands the weights to one process"),
+])
+def test_tensor_parallel_engines_refuse_what_cannot_feed_them(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(compose_config("rollout.tensor_parallel_size=2", "rollout.num_gpus=2", *overrides,
+                                   "output_dir=/tmp/x"))
+    load_config(compose_config("rollout.tensor_parallel_size=2", "rollout.num_gpus=2", "output_dir=/tmp/x"))

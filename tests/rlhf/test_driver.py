@@ -295,3 +295,14 @@ def test_gpu_shares_over_one_gpu_fail_before_any_actor_starts(ray_cluster, tiny_
         run(cfg)
     assert time.monotonic() - started < 30
     assert not [n for n in ray.util.list_named_actors() if n.startswith("rollout-")]
+
+
+def test_a_tensor_parallel_engine_spans_two_gpus_and_takes_the_new_weights(ray_cluster, tiny_model, tmp_path):
+    # vLLM runs a worker process per GPU share (here on the CPU, a core each); the shm route reloads them all
+    cfg = config(tiny_model, tmp_path, "steps=2", "rollout.tensor_parallel_size=2", "rollout.num_gpus=2",
+                 "rollout.threads=1", "rollout.num_cpus=0", "algo.kl_beta=0", "logging.wandb_mode=disabled",
+                 "checkpoint.every=0", "save_final=false", "preflight.enabled=false")
+    run(cfg)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and all(h["logprob_gap"] < 1e-4 for h in history)
+    assert history[-1]["grad_norm"] > 0
