@@ -74,7 +74,7 @@ class AlgoConfig:
 @dataclass
 class RewardFunctionConfig:
     name: str = MISSING
-    weight: float = MISSING
+    weight: float = 1.0  # as in TRL: an entry of a list, so its default cannot live in conf/
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the function
     label: Optional[str] = None  # the objective's name in logs (default: `name`)
 

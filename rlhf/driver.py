@@ -38,7 +38,8 @@ from rlhf.rewards.aggregation import Aggregation
 from rlhf.sampling import Sampler
 from rlhf.models import resolve_model_path
 from rlhf.tracking import MetricsLog
-from rlhf.training import memory
+from rlhf.rewards.scoring import check_reward_sources
+from rlhf.training import memory, sync_folders
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,14 @@ class Trainer:
         check_no_later_checkpoints(self.checkpoints, self.state["step"] if self.state else -1)
         remove_unfinished(self.checkpoints)
 
+        check_reward_sources(cfg.reward)  # before any actor: an actor that cannot be built would be retried
+        sync_folders.remove_orphans(cfg.rollout.sync_dir)
         self.started_ray = connect_ray(cfg)
         try:
             self.actors = launch_actors(cfg, self.model_path)
             self.weight_sync = make_route(
                 cfg.rollout.weight_sync, self.actors.policy, self.actors.rollouts,
-                os.path.join(cfg.rollout.sync_dir, f"rlhf-weights-{os.getpid()}-{time.time_ns()}"),
+                sync_folders.new_folder(cfg.rollout.sync_dir),
                 overlap=cfg.rollout.async_one_step, timeout_s=cfg.rollout.sync_timeout_s,
                 bucket_mb=cfg.rollout.sync_bucket_mb, sleep=engine_sleeps(cfg),
                 tensor_parallel_size=cfg.rollout.tensor_parallel_size)

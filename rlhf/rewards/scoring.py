@@ -5,6 +5,7 @@ import concurrent.futures
 import importlib
 import inspect
 import math
+from pathlib import Path
 
 from rlhf.rewards.functions import REWARD_FUNCTIONS
 
@@ -22,6 +23,19 @@ def resolve_function(name: str):
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"reward function {name!r} cannot be imported: {err}") from err
+
+
+def check_reward_sources(reward_cfg) -> None:
+    """Every reward function resolves and every reward-model folder is a model folder, checked where the run starts
+    (a reward actor that cannot be built would otherwise be taken for a crash and restarted)."""
+    for index, function in enumerate(reward_cfg.functions):
+        try:
+            resolve_function(function.name)
+        except (ValueError, KeyError) as err:
+            raise ValueError(f"reward.functions[{index}] ({function.name!r}): {err}") from err
+    for model in reward_cfg.models:
+        if not (Path(model.path) / "config.json").is_file():
+            raise ValueError(f"reward.models {model.label!r}: {model.path!r} is not a HF model folder (no config.json)")
 
 
 class RewardScorer:

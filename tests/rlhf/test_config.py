@@ -104,3 +104,8 @@ def test_tensor_parallel_engines_refuse_what_cannot_feed_them(overrides, message
         load_config(compose_config("rollout.tensor_parallel_size=2", "rollout.num_gpus=2", *overrides,
                                    "output_dir=/tmp/x"))
     load_config(compose_config("rollout.tensor_parallel_size=2", "rollout.num_gpus=2", "output_dir=/tmp/x"))
+
+
+def test_a_reward_functions_weight_defaults_to_one():
+    cfg = load_config(compose_config("reward.functions=[{name: bleu}, {name: length, weight: 0.5}]", "output_dir=/tmp/x"))
+    assert cfg.reward.objective_weights() == [1.0, 0.5]

@@ -306,3 +306,17 @@ def test_a_tensor_parallel_engine_spans_two_gpus_and_takes_the_new_weights(ray_c
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 2 and all(h["logprob_gap"] < 1e-4 for h in history)
     assert history[-1]["grad_norm"] > 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("reward.functions=[{name: no_such_module:fn}]", r"reward.functions\[0\] \('no_such_module:fn'\): .*No module named"),
+    ("reward.functions=[{name: blue}]", r"reward.functions\[0\] \('blue'\): unknown reward function 'blue'"),
+    ("reward.models=[{label: rm, path: /no/such/folder, weight: 1.0}]", r"reward.models 'rm': '/no/such/folder' is not"),
+])
+def test_a_reward_that_cannot_be_built_fails_before_any_actor_starts(tiny_model, tmp_path, override, message):
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=message):
+        run(config(tiny_model, tmp_path, "steps=1", override))
+    assert time.monotonic() - started < 30  # it used to wait for restarts of a reward actor that could not be built
