@@ -36,7 +36,10 @@ class Actors:
         return [*self.rollouts, self.reward, *self.reward_models.values(), *restartable_reference]
 
     def kill(self) -> None:
-        """Free the actors' resources now rather than when their handles are collected."""
+        """Free the actors' resources now rather than when their handles are collected. Engines shut down first
+        (bounded): a tensor-parallel vLLM engine's worker processes remove their shared memory only then."""
+        closing = [rollout.close.remote() for rollout in self.rollouts]
+        ray.wait(closing, num_returns=len(closing), timeout=30)
         for actor in [*self.rollouts, self.reward, *self.reward_models.values()]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)

@@ -78,5 +78,8 @@ class RolloutActor:
         planned = getattr(self.engine, "planned_gpu_fraction", None)
         return report("rollout", peak_rss_gib(), self.engine.device, gpu_planned_fraction=planned)
 
+    def close(self) -> None:
+        self.engine.close()
+
     def ready(self) -> bool:
         return True

@@ -66,6 +66,9 @@ class GenerationEngine(ABC):
     def receive_bucket(self, bucket: dict) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot join an NCCL weight group; use rollout.weight_sync=shm")
 
+    def close(self) -> None:
+        """Release what outlives the process unless released (worker processes, shared memory)."""
+
     def sleep(self) -> None:
         """Release GPU memory (weights and KV cache) while the learner trains on the same device; every push that
         follows reloads all weights."""

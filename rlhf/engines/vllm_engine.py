@@ -121,6 +121,11 @@ class VLLMEngine(GenerationEngine):
     def receive_bucket(self, bucket: dict) -> None:
         self.llm.collective_rpc("update_weights", kwargs={"update_info": bucket})
 
+    def close(self) -> None:
+        # stops a tensor-parallel engine's worker processes, which then remove their shared-memory segments (killed
+        # with the actor, they left them in /dev/shm)
+        self.llm.llm_engine.engine_core.shutdown()
+
     def sleep(self) -> None:
         if self.sleeps:
             self.llm.sleep(level=2)  # weights too: the push that follows reloads every weight
