@@ -15,31 +15,20 @@ outputs/bench_driver/<time>.json.
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from training_runs import REPO, train
 
 
 def run(engines: int, prompts: int, steps: int, warmup: int, out: Path) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
     overrides = ["experiment=smoke", "rollout.engine=hf", f"rollout.engines={engines}", "rollout.threads=1",
                  "rollout.num_cpus=0", "train.num_cpus=0", f"prompts_per_step={prompts}", "algo.group_size=2",
                  f"train.micro_batch_size={2 * prompts}", "algo.kl_beta=0", f"data.size={prompts * (steps + warmup)}",
                  f"steps={steps + warmup}", "checkpoint.every=0", "save_final=false", "logging.wandb_mode=disabled",
-                 "logging.plot=false", "logging.progress_bar=false", "preflight.enabled=false",
-                 f"output_dir={out}", f"hydra.run.dir={out}"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    with open(out / "run.log", "w") as log:
-        code = subprocess.run([sys.executable, "-m", "rlhf.train", *overrides], cwd=REPO, env=env, stdout=log,
-                              stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        raise RuntimeError(f"{engines} engines: the run failed (exit {code}); see {out / 'run.log'}")
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][warmup:]
+                 "logging.plot=false", "logging.progress_bar=false", "preflight.enabled=false"]
+    history = train(overrides, out, f"{engines} engines")[warmup:]
     median = {key: statistics.median(h[key] for h in history) for key in history[0] if key.startswith("time/")}
     return {"engines": engines, "prompts_per_step": prompts, "seconds_per_step": median["time/step"],
             "driver_cpu_seconds": median["time/driver_cpu"], "driver_share": median["time/driver_cpu"] / median["time/step"], "phases": median}

@@ -11,30 +11,19 @@ Figures also go to outputs/bench_weight_sync/<time>.json.
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from training_runs import REPO, train
 
 
 def run(route: str, engines: int, steps: int, warmup: int, out: Path) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
     overrides = [f"rollout.weight_sync={route}", f"rollout.engines={engines}", "rollout.num_cpus=0", "train.num_cpus=0",
                  "prompts_per_step=1", "rollout.max_new_tokens=16", "train.micro_batch_size=4", "algo.kl_beta=0",
                  f"steps={steps + warmup}", "checkpoint.every=0", "save_final=false", "logging.wandb_mode=disabled",
-                 "logging.plot=false", "logging.progress_bar=false", "preflight.enabled=false",
-                 f"output_dir={out}", f"hydra.run.dir={out}"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    with open(out / "run.log", "w") as log:
-        code = subprocess.run([sys.executable, "-m", "rlhf.train", *overrides], cwd=REPO, env=env, stdout=log,
-                              stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        raise RuntimeError(f"{route}, {engines} engines: the run failed (exit {code}); see {out / 'run.log'}")
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][warmup:]
+                 "logging.plot=false", "logging.progress_bar=false", "preflight.enabled=false"]
+    history = train(overrides, out, f"{route}, {engines} engines")[warmup:]
     return {"route": route, "engines": engines, "steps": len(history),
             "weight_sync_s": statistics.median(h["time/weight_sync"] for h in history),
             "step_s": statistics.median(h["time/step"] for h in history)}

@@ -6,8 +6,6 @@ import json
 import logging
 import shutil
 import sys
-import threading
-import time
 from pathlib import Path
 
 import ray
@@ -16,9 +14,7 @@ from ray.cluster_utils import Cluster
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "rlhf"), str(REPO / "tests")]
 
-from test_driver import config  # noqa: E402
-
-from rlhf.driver import run  # noqa: E402
+from test_driver import config, run_killing_engine_0_after_step_1  # noqa: E402
 
 
 def main(tiny_model: str, tmp: Path) -> None:
@@ -33,22 +29,10 @@ def main(tiny_model: str, tmp: Path) -> None:
         sync_dir = tmp / "sync"
         sync_dir.mkdir()
         cfg = config(tiny_model, tmp, "placement=split", "steps=4", "rollout.engine=hf", "rollout.num_cpus=1.5",
-                     "train.num_cpus=1.5", "placement.timeout_s=60", "algo.kl_beta=0", f"rollout.sync_dir={sync_dir}", "checkpoint.every=0",
-                     "save_final=false", "logging.wandb_mode=disabled")
-        metrics, killed = tmp / "run" / "metrics.jsonl", []
-
-        def kill_the_engine_after_step_1():
-            deadline = time.time() + 300
-            while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-                time.sleep(0.1)
-            name = next(n for n in ray.util.list_named_actors() if n.startswith("rollout-0-"))
-            ray.kill(ray.get_actor(name), no_restart=False)
-            killed.append(name)
-
-        killer = threading.Thread(target=kill_the_engine_after_step_1)
-        killer.start()
-        run(cfg)
-        killer.join()
+                     "train.num_cpus=1.5", "placement.timeout_s=60", "algo.kl_beta=0", f"rollout.sync_dir={sync_dir}",
+                     "checkpoint.every=0", "save_final=false", "logging.wandb_mode=disabled")
+        metrics = tmp / "run" / "metrics.jsonl"
+        killed = run_killing_engine_0_after_step_1(cfg, metrics)
         reports = {r["role"]: r["node"] for r in json.loads((tmp / "run" / "preflight.json").read_text())}
         print(json.dumps({"history": [json.loads(line) for line in metrics.read_text().splitlines()],
                           "nodes": reports, "routes": records, "killed": killed,

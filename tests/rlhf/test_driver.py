@@ -158,26 +158,34 @@ def test_two_engines_two_learner_ranks_and_a_sharded_reference(ray_cluster, tiny
     assert history[0]["kl"] == pytest.approx(0, abs=1e-6) and history[-1]["kl"] > 0
 
 
-def test_a_rollout_actor_that_dies_is_restarted_and_the_run_completes(ray_cluster, tiny_model, tmp_path):
+def run_killing_engine_0_after_step_1(cfg, metrics_file) -> list[str]:
+    """Run `cfg` while a thread kills rollout engine 0 once step 1 is logged (as a crash would: Ray restarts it);
+    returns the killed actor's name, if it came to that."""
     import threading
     import time
 
-    cfg = config(tiny_model, tmp_path, "steps=5", "algo.kl_beta=0", "logging.wandb_mode=disabled",
-                 "checkpoint.every=0", "save_final=false", "rollout.engine=hf")
-    metrics_file, killed = tmp_path / "run" / "metrics.jsonl", []
+    killed = []
 
     def kill_the_engine_after_step_1():
         deadline = time.time() + 300
         while time.time() < deadline and not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 2):
             time.sleep(0.1)
         name = next(n for n in ray.util.list_named_actors() if n.startswith("rollout-0-"))
-        ray.kill(ray.get_actor(name), no_restart=False)  # as a crash would: Ray restarts it
+        ray.kill(ray.get_actor(name), no_restart=False)
         killed.append(name)
 
     killer = threading.Thread(target=kill_the_engine_after_step_1)
     killer.start()
     run(cfg)
     killer.join()
+    return killed
+
+
+def test_a_rollout_actor_that_dies_is_restarted_and_the_run_completes(ray_cluster, tiny_model, tmp_path):
+    cfg = config(tiny_model, tmp_path, "steps=5", "algo.kl_beta=0", "logging.wandb_mode=disabled",
+                 "checkpoint.every=0", "save_final=false", "rollout.engine=hf")
+    metrics_file = tmp_path / "run" / "metrics.jsonl"
+    killed = run_killing_engine_0_after_step_1(cfg, metrics_file)
 
     history = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     assert killed and [h["step"] for h in history] == list(range(5))
