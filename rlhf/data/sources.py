@@ -1,5 +1,6 @@
 """Where prompt rows come from. Each source returns a list of dicts with the columns it has."""
 
+import json
 from pathlib import Path
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -25,8 +26,33 @@ def reasoning_gym_rows(task: str, size: int, seed: int) -> list[dict]:
     return rows
 
 
+def jsonl_rows(file: Path) -> list[dict]:
+    """Rows of a JSONL file, read line by line so that a bad line is named by its number (1-based). Blank lines are
+    skipped; every row gets every column found in the file (None where it has none), as `datasets` would."""
+    rows = []
+    with open(file, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"data.path={str(file)!r}, line {number}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{where}: not valid UTF-8 (byte {err.start + 1} of the line is "
+                                 f"{raw[err.start:err.start + 1]!r})") from None
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text.rstrip("\r\n"))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON at column {err.colno} ({err.msg}); a truncated line?") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: a JSON {type(row).__name__}, not an object with one field per column")
+            rows.append(row)
+    columns = dict.fromkeys(key for row in rows for key in row)
+    return [{key: row.get(key) for key in columns} for row in rows]
+
+
 def file_rows(path: str) -> list[dict]:
-    """Rows of a local JSONL / JSON / parquet / CSV file, read through `datasets`."""
+    """Rows of a local JSONL (read here, line by line) or JSON / parquet / CSV file (read through `datasets`)."""
     from datasets import load_dataset
 
     file = Path(path)
@@ -36,6 +62,8 @@ def file_rows(path: str) -> list[dict]:
         raise ValueError(f"data.path={path!r}: unsupported format {file.suffix!r}; use one of {sorted(FILE_FORMATS)}")
     if file.stat().st_size == 0:
         return []
+    if file.suffix == ".jsonl":
+        return jsonl_rows(file)
     try:
         dataset = load_dataset(FILE_FORMATS[file.suffix], data_files=str(file), split="train")
     except Exception as err:  # datasets raises many kinds; the user needs the file's name

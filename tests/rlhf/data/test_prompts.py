@@ -91,3 +91,28 @@ def test_prompt_longer_than_the_limit_is_named(tiny_model):
     tok = AutoTokenizer.from_pretrained(tiny_model)
     with pytest.raises(ValueError, match=r"data row 1: prompt has \d+ tokens"):
         PromptStream([{"prompt": "hi"}, {"prompt": "word " * 200}], tok, None, max_prompt_tokens=50, seed=0)
+
+
+@pytest.mark.parametrize("lines, message", [
+    ([b'{"prompt": "a", "references": ["x"]}', b'{"prompt": "caf\xe9", "references": ["x"]}'],
+     r"line 2: not valid UTF-8 \(byte 16 of the line is b'\\xe9'\)"),
+    ([b'{"prompt": "a", "references": ["x"]}', b'', b'{"prompt": "b", "refer'],
+     r"line 3: not valid JSON at column 17 \(Unterminated string starting at\); a truncated line\?"),
+    ([b'["prompt", "a"]'], r"line 1: a JSON list, not an object"),
+])
+def test_a_bad_jsonl_line_is_named_by_file_and_line(tmp_path, lines, message):
+    from rlhf.data.sources import file_rows
+
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(ValueError, match=rf"data.path='{path}', {message}"):
+        file_rows(str(path))
+
+
+def test_jsonl_rows_get_every_column_and_skip_blank_lines(tmp_path):
+    from rlhf.data.sources import file_rows
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "a", "references": ["x"]}\n\n{"prompt": "b", "answer": "2"}\n')
+    assert file_rows(str(path)) == [{"prompt": "a", "references": ["x"], "answer": None},
+                                    {"prompt": "b", "references": None, "answer": "2"}]
