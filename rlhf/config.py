@@ -109,6 +109,7 @@ class RewardConfig:
     aggregation: str = MISSING
     normalize_eps: float = MISSING
     timeout_s: float = MISSING
+    max_unscorable_steps: int = MISSING
     lsc: LscConfig = MISSING
     pama: PamaConfig = MISSING
 
@@ -388,6 +389,7 @@ def validate(c: Config) -> None:
         raise ValueError(f"reward.lsc.quantile={c.reward.lsc.quantile} must be in (0, 1)")
     _positive("reward.lsc.ref_samples", c.reward.lsc.ref_samples)
     _positive("reward.timeout_s", c.reward.timeout_s)
+    _positive("reward.max_unscorable_steps", c.reward.max_unscorable_steps)
 
 
 def _get(c: Config, dotted: str):

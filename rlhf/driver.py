@@ -44,6 +44,10 @@ from rlhf.training import memory, sync_folders
 log = logging.getLogger(__name__)
 
 
+class UnscorableRewardsError(RuntimeError):
+    """Every sample of several steps in a row had no reward."""
+
+
 def run(cfg: Config) -> dict[str, float]:
     """Train for `cfg.steps` steps; return the last step's metrics."""
     trainer = Trainer(cfg)
@@ -113,7 +117,7 @@ class Trainer:
         first_step = self.prepare()
         bar = tqdm(range(first_step, cfg.steps), desc="train", disable=not cfg.logging.progress_bar,
                    dynamic_ncols=True, initial=first_step, total=cfg.steps)
-        metrics, pending, step = {}, None, first_step
+        metrics, pending, step, unscorable_steps = {}, None, first_step, 0
         try:
             for step in bar:
                 timer = PhaseTimer()
@@ -123,6 +127,13 @@ class Trainer:
                 metrics = {**self.learn(step, experience, timer), **rollout_metrics(experience, groups),
                            **sampling_metrics, **timer.seconds()}
                 report(step, metrics, groups, self.metrics_log, bar)
+                # a step whose every sample is unscorable trains on nothing: a few in a row mean the rewards are broken
+                unscorable_steps = unscorable_steps + 1 if metrics["reward_unscorable"] == len(groups.rewards.total) else 0
+                if unscorable_steps == cfg.reward.max_unscorable_steps:
+                    raise UnscorableRewardsError(
+                        f"step {step}: {unscorable_steps} steps in a row in which the rewards "
+                        f"{cfg.reward.objective_labels()} left every sample unscorable (None or NaN): nothing was "
+                        "learned; the run stops (reward.max_unscorable_steps)")
                 if cfg.checkpoint.every and ((step + 1) % cfg.checkpoint.every == 0 or step == cfg.steps - 1):
                     self.save(step, cursor)
         except (*ACTOR_DIED, RankDied) as err:

@@ -16,3 +16,8 @@ def overflow_from_call(prompts, completions, call=3, **_):
     if calls["n"] < call:
         return [float(i % 2) for i in range(len(completions))]
     return [3e38 if i % 2 else -3e38 for i in range(len(completions))]
+
+
+def unscorable(prompts, completions, **_):
+    """No sample can be scored (as a verifier whose answers never parse)."""
+    return [None] * len(completions)

@@ -328,3 +328,15 @@ def test_a_reward_that_cannot_be_built_fails_before_any_actor_starts(tiny_model,
     with pytest.raises(ValueError, match=message):
         run(config(tiny_model, tmp_path, "steps=1", override))
     assert time.monotonic() - started < 30  # it used to wait for restarts of a reward actor that could not be built
+
+
+def test_steps_in_a_row_with_nothing_scorable_stop_the_run_naming_the_rewards(ray_cluster, tiny_model, tmp_path):
+    cfg = config(tiny_model, tmp_path, "steps=6", "rollout.engine=hf", "algo.kl_beta=0", "reward.max_unscorable_steps=2",
+                 "reward.functions=[{name: 'tests_reward_helpers:unscorable'}]", "logging.wandb_mode=disabled",
+                 "checkpoint.every=0", "save_final=false", "preflight.enabled=false")
+    from rlhf.driver import UnscorableRewardsError
+
+    with pytest.raises(UnscorableRewardsError, match=r"step 1: 2 steps in a row in which the rewards "
+                                                     r"\['tests_reward_helpers:unscorable'\] left every sample"):
+        run(cfg)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2  # both steps were logged
