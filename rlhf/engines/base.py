@@ -46,17 +46,17 @@ class GenerationEngine(ABC):
     def load_state(self, state: dict) -> None:
         """Replace the model's weights with a full state dict of CPU tensors (the object-store route)."""
 
-    # For the CUDA-IPC weight-sync route (rollout.weight_sync=cuda_ipc): a push is begin, one load_bucket per bucket
-    # of weights (vLLM's IPC wire format: names, dtype_names, shapes, tensor_sizes and {GPU UUID: IPC handle} of one
-    # uint8 buffer holding the tensors back to back), then finish.
+    # For the GPU routes (cuda_ipc, nccl): a push is begin, one bucket after another, then finish. CUDA IPC loads a
+    # bucket with load_bucket (vLLM's IPC wire format: names, dtype_names, shapes, tensor_sizes and {GPU UUID: IPC
+    # handle} of one uint8 buffer holding the tensors back to back).
     def begin_weight_update(self) -> None:
-        raise NotImplementedError(f"{type(self).__name__} cannot load weights over CUDA IPC; use rollout.weight_sync=shm")
+        raise NotImplementedError(f"{type(self).__name__} has no GPU weight routes; use rollout.weight_sync=shm")
 
     def load_bucket(self, bucket: dict) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot load weights over CUDA IPC; use rollout.weight_sync=shm")
 
     def finish_weight_update(self) -> None:
-        raise NotImplementedError(f"{type(self).__name__} cannot load weights over CUDA IPC; use rollout.weight_sync=shm")
+        raise NotImplementedError(f"{type(self).__name__} has no GPU weight routes; use rollout.weight_sync=shm")
 
     # For the NCCL route: join the group once (rank `rank` of `world`, the learner is rank 0), then per push
     # begin, one receive_bucket per bucket (names, dtype_names, shapes; the tensors arrive packed by broadcast), finish.

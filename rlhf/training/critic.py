@@ -34,7 +34,6 @@ class CriticLearner:
 
         torch.manual_seed(seed)
         self.device = resolve_device(f"critic rank {rank}")
-        self.offload_optimizer = critic_cfg.offload_optimizer
         self.algo = algo_cfg
         self.mini_batch_size = algo_cfg.mini_batch_size or batch_size
         self.micro_batch_size = critic_cfg.micro_batch_size
@@ -81,7 +80,7 @@ class CriticLearner:
 
     def preflight(self, prompt_len: int, completion_len: int) -> dict:
         return learner_preflight(self.engine, completion_values, self.micro_batch_size, prompt_len, completion_len,
-                                 role=f"critic rank {self.rank}", offload_optimizer=self.offload_optimizer)
+                                 role=f"critic rank {self.rank}")
 
     def save_checkpoint(self, folder: str) -> None:
         save_training_state(self.engine, folder, {})

@@ -2,6 +2,8 @@
 
 import torch
 
+from rlhf.devices import resolve_bf16
+
 
 def deepspeed_config(train_cfg, batch_size: int, world_size: int, bf16: bool, on_gpu: bool) -> dict:
     micro = train_cfg.micro_batch_size
@@ -34,8 +36,6 @@ def make_engine(model, train_cfg, batch_size: int, world_size: int = 1):
     `train.bf16` is null and it is a GPU). The optimizer is a client AdamW: DeepSpeed's own Adam variants
     JIT-compile for minutes on CPU."""
     import deepspeed
-
-    from rlhf.devices import resolve_bf16
 
     device = next(model.parameters()).device
     init_distributed()

@@ -64,13 +64,12 @@ def dummy_batch(vocab_size: int, rows: int, prompt_len: int, completion_len: int
     return ids, torch.ones_like(ids)
 
 
-def learner_preflight(engine, forward, rows: int, prompt_len: int, completion_len: int, role: str,
-                      offload_optimizer: bool = False) -> dict:
+def learner_preflight(engine, forward, rows: int, prompt_len: int, completion_len: int, role: str) -> dict:
     """One micro-batch forward and backward at the longest lengths, before the first step. The backward is
     taken with respect to the first weight only (nothing is accumulated, the optimizer is untouched); every
     weight's gradient and the optimizer's state (AdamW's two fp32 moments, plus fp32 master weights under bf16)
-    are added from the parameter count (not divided among ZeRO ranks: an upper bound), on the GPU or, with
-    `offload_optimizer`, the optimizer's part in host memory."""
+    are added from the parameter count (not divided among ZeRO ranks: an upper bound), on the GPU or, when
+    DeepSpeed offloads the optimizer (`train.offload_optimizer`), the optimizer's part in host memory."""
     module = engine.module
     params = [p for p in module.parameters() if p.requires_grad]
     device = params[0].device
@@ -79,6 +78,7 @@ def learner_preflight(engine, forward, rows: int, prompt_len: int, completion_le
     # the bare module: DeepSpeed's engine refuses a backward that does not go through engine.backward
     out = forward(module, ids, mask, completion_len)
     torch.autograd.grad(out.float().mean(), params[:1])
+    offload_optimizer = engine.zero_cpu_offload()
     numel = sum(getattr(p, "ds_numel", p.numel()) for p in params)
     gradients = numel * DTYPE_BYTES.get(params[0].dtype, 4)
     optimizer = numel * 4 * (2 + (params[0].dtype != torch.float32))

@@ -43,7 +43,6 @@ class PolicyLearner:
 
         torch.manual_seed(seed)
         self.device = resolve_device(f"policy rank {rank}")
-        self.offload_optimizer = train_cfg.offload_optimizer
         self.algo, self.max_new_tokens, self.temperature = algo_cfg, max_new_tokens, temperature
         self.policy_loss = POLICY_LOSSES.get(algo_cfg.policy_loss)
         self.mini_batch_size = algo_cfg.mini_batch_size or batch_size
@@ -126,7 +125,7 @@ class PolicyLearner:
     def preflight(self, prompt_len: int, completion_len: int) -> dict:
         forward = lambda engine, ids, mask, t: completion_logprobs(engine, ids, mask, t, self.temperature)  # noqa: E731
         return learner_preflight(self.engine, forward, self.micro_batch_size, prompt_len, completion_len,
-                                 role=f"policy rank {self.rank}", offload_optimizer=self.offload_optimizer)
+                                 role=f"policy rank {self.rank}")
 
     def save_checkpoint(self, folder: str) -> None:
         save_training_state(self.engine, folder, {"steps": self.steps})
