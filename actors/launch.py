@@ -1,5 +1,6 @@
 """Start every role's actors on their placement, with their CPU reservation and thread count."""
 
+import re
 import uuid
 from dataclasses import asdict, dataclass
 
@@ -18,6 +19,42 @@ from rlhf.engines.base import EngineSettings
 from rlhf.engines.vllm_engine import engine_environment
 from rlhf.models.resolve import cache_root
 from rlhf.rewards import REWARD_AGGREGATIONS
+
+
+class ActorBuildError(RuntimeError):
+    """An actor's constructor raised: a configuration error, not a crash (a restart would fail the same way)."""
+
+
+def build_failure(err: BaseException) -> str | None:
+    """The exception an actor's constructor raised ("ValueError: ..."), if `err` says that is how the actor died."""
+    if not (isinstance(err, ray.exceptions.RayActorError) and err.actor_init_failed):
+        return None
+    lines = err.error_msg.rstrip().splitlines()
+    # the remote traceback ends with the exception's own lines, from "SomeError: ..." on
+    starts = [i for i, line in enumerate(lines) if re.match(r"[A-Za-z_][\w.]*(Error|Exception)\b", line)]
+    return " ".join(line.strip() for line in lines[starts[-1] if starts else -1:])
+
+
+def wait_until_built(actors: dict[str, object], placement: Placement) -> None:
+    """Wait for each actor (name -> handle) to answer; the first whose constructor raised stops the run now, named.
+    If any fails, all of them and their placement are removed (the Ray cluster may outlive this run)."""
+    names = {actor.ready.remote(): name for name, actor in actors.items()}
+    pending = list(names)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(done[0])
+            except ray.exceptions.RayActorError as err:
+                cause = build_failure(err)
+                if cause is None:
+                    raise
+                raise ActorBuildError(f"the {names[done[0]]} actor could not be built: {cause}") from err
+    except BaseException:
+        for actor in actors.values():
+            ray.kill(actor, no_restart=True)
+        placement.remove()
+        raise
 
 
 @dataclass
@@ -131,35 +168,43 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
             m.path, m.batch_size, m.max_length)
         for i, m in enumerate(cfg.reward.models)
     }
+    named = {**{f"rollout-{i}": r for i, r in enumerate(rollouts)}, **({"reward": reward} if reward else {}),
+             **{f"reward model {label!r}": m for label, m in reward_models.items()}}
     if not learners:
+        wait_until_built(named, placement)
         return Actors(rollouts, reward, reward_models, None, None, None, placement)
 
     # DeepSpeed JIT-builds its CPU communication op once (about a minute); keep the build in our own cache.
     extensions = {"TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions")}
-    reference = None
+    reference_ranks = []
     if needs_reference(cfg):
         ranks = cfg.reference.ranks
-        reference = Reference([
+        reference_ranks = [
             ReferenceActor.options(**place("reference", i, {**_threads(cfg.reference.threads, cfg), **extensions}),
                                    **(restarts if ranks == 1 else {}))
             .remote(model_path, cfg.reference.micro_batch_size, cfg.rollout.temperature, ranks, cfg.train.bf16,
                     cfg.train.attn_implementation)
             for i in range(ranks)
-        ])
+        ]
     batch_size = cfg.prompts_per_step * cfg.algo.group_size
-    policy = LearnerGroup([
+    policy_ranks = [
         PolicyActor.options(**place("policy", i, {**_threads(cfg.train.threads, cfg), **extensions, **nccl_env}))
         .remote(model_path, cfg.train, cfg.algo, batch_size, cfg.rollout.max_new_tokens, cfg.rollout.temperature,
                 cfg.seed)
         for i in range(cfg.train.ranks)
-    ])
-    critic = None
-    if cfg.algo.use_critic:
-        critic = LearnerGroup([
-            CriticActor.options(**place("critic", i, {**_threads(cfg.critic.threads, cfg), **extensions}))
-            .remote(cfg.critic.model_path or model_path, cfg.critic, cfg.algo, batch_size, cfg.seed, value_heads(cfg))
-            for i in range(cfg.critic.ranks)
-        ])
+    ]
+    critic_ranks = [
+        CriticActor.options(**place("critic", i, {**_threads(cfg.critic.threads, cfg), **extensions}))
+        .remote(cfg.critic.model_path or model_path, cfg.critic, cfg.algo, batch_size, cfg.seed, value_heads(cfg))
+        for i in range(cfg.critic.ranks if cfg.algo.use_critic else 0)
+    ]
+    # every actor is built side by side; the learner groups then join their ranks
+    for role, ranks in {"reference": reference_ranks, "policy": policy_ranks, "critic": critic_ranks}.items():
+        named.update({f"{role}-{i}": actor for i, actor in enumerate(ranks)})
+    wait_until_built(named, placement)
+    reference = Reference(reference_ranks) if reference_ranks else None
+    policy = LearnerGroup(policy_ranks)
+    critic = LearnerGroup(critic_ranks) if critic_ranks else None
     return Actors(rollouts, reward, reward_models, reference, policy, critic, placement)
 
 

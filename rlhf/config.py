@@ -32,6 +32,7 @@ class DataConfig:
     columns: dict[str, Optional[str]] = MISSING
     system_prompt: Optional[str] = MISSING
     max_prompt_tokens: int = MISSING
+    bad_rows: str = MISSING  # error | skip
 
 
 @dataclass
@@ -83,7 +84,7 @@ class RewardFunctionConfig:
 class RewardModelConfig:
     label: str = MISSING
     path: str = MISSING
-    weight: float = MISSING
+    weight: float = 1.0  # as a reward function's
     batch_size: int = 16
     max_length: int = 1024
 
@@ -293,6 +294,7 @@ def validate(c: Config) -> None:
     _choice("algo.kl_estimator", c.algo.kl_estimator, KL_ESTIMATORS)
     _choice("train.zero_stage", c.train.zero_stage, {0, 1, 2, 3})
     _choice("logging.wandb_mode", c.logging.wandb_mode, {"offline", "online", "disabled"})
+    _choice("data.bad_rows", c.data.bad_rows, {"error", "skip"})
     for key in ("steps", "prompts_per_step", "algo.group_size", "rollout.max_new_tokens", "train.lr",
                 "train.micro_batch_size", "reference.micro_batch_size", "rollout.threads", "train.threads"):
         _positive(key, _get(c, key))

@@ -14,7 +14,7 @@ import ray
 import torch
 from tqdm import tqdm
 
-from actors.launch import Actors, engine_sleeps, launch_actors
+from actors.launch import ActorBuildError, Actors, build_failure, engine_sleeps, launch_actors
 from actors.learner_group import LearnerGroup, RankDied
 from actors.rollout import StaleWeightsError
 from actors.weight_sync import make_route
@@ -72,7 +72,7 @@ class Trainer:
         if cfg.algo.use_critic and cfg.critic.model_path:
             check_same_tokenizer(tokenizer, cfg.critic.model_path)
         self.prompts = PromptStream(load_rows(cfg.data), tokenizer, cfg.data.system_prompt,
-                                    cfg.data.max_prompt_tokens, cfg.seed)
+                                    cfg.data.max_prompt_tokens, cfg.seed, cfg.data.bad_rows)
 
         self.checkpoints = Path(cfg.checkpoint.dir or self.output_dir / "checkpoints").absolute()
         self.resume_from = find_checkpoint(cfg.resume, self.checkpoints)
@@ -298,13 +298,17 @@ def rollout_with_retries(actors: Actors, sampler: Sampler, prompts: PromptStream
 
 
 def wait_for_restarts(actors: Actors, timeout_s: float = 300.0) -> None:
+    """Until every restartable actor answers. One whose restart failed in its constructor will not come back."""
     deadline = time.time() + timeout_s
     for actor in filter(None, actors.stateless()):
         while True:
             try:
                 ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.time()))
                 break
-            except ACTOR_DIED:
+            except ACTOR_DIED as err:
+                cause = build_failure(err)
+                if cause is not None:
+                    raise ActorBuildError(f"an actor restarted after a crash could not be built again: {cause}") from err
                 if time.time() > deadline:
                     raise
                 time.sleep(1.0)

@@ -2,11 +2,34 @@
 
 import logging
 import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from rlhf.config import load_config
+
+log = logging.getLogger(__name__)
+
+
+def user_message(err: BaseException) -> str | None:
+    """What a user's data, config or reward code caused, as the message to show without a traceback (None for
+    anything else: a bug or a crash keeps its traceback)."""
+    import ray
+
+    from actors.launch import ActorBuildError
+    from actors.placement import PlacementError
+    from rlhf.driver import UnscorableRewardsError
+    from rlhf.rewards.scoring import RewardFunctionError
+    from rlhf.training.policy import NonFiniteLossError
+
+    user_errors = (ValueError, FileNotFoundError, FileExistsError, MemoryError, ActorBuildError, PlacementError,
+                   UnscorableRewardsError, RewardFunctionError, NonFiniteLossError)
+    if not isinstance(err, user_errors):
+        return None
+    # an error raised in an actor reaches the driver wrapped, with the actor's traceback in its text
+    cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) else err
+    return f"{type(cause).__name__}: {cause}"
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -14,9 +37,16 @@ def main(cfg: DictConfig) -> float:
     os.environ.setdefault("WANDB_SILENT", "true")
     from rlhf.driver import run
 
-    config = load_config(cfg)
-    metrics = run(config)
-    logging.getLogger(__name__).info("finished: %s", {k: round(v, 4) for k, v in metrics.items() if "/" not in k})
+    try:
+        metrics = run(load_config(cfg))
+    except Exception as err:
+        message = user_message(err)
+        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s", message)
+        print(f"Error: {message}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)
+    log.info("finished: %s", {k: round(v, 4) for k, v in metrics.items() if "/" not in k})
     return metrics.get("reward", float("nan"))
 
 

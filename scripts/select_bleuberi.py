@@ -73,7 +73,7 @@ def scored_pool(cfg, args):
 
     model_path = resolve_model_path(cfg.model.source, cfg.model.path)
     stream = PromptStream(load_rows(cfg.data), AutoTokenizer.from_pretrained(model_path), cfg.data.system_prompt,
-                          cfg.data.max_prompt_tokens, cfg.seed)
+                          cfg.data.max_prompt_tokens, cfg.seed, cfg.data.bad_rows)
     started = connect_ray(cfg)
     actors = launch_actors(cfg, model_path, learners=False)
     settings = SamplingSettings(cfg.rollout.max_new_tokens, args.temperature, args.top_p, seed=args.seed)

@@ -3,6 +3,7 @@
 import random
 from dataclasses import dataclass
 
+from rlhf.data.bad_rows import BadRows
 from rlhf.data.sources import file_rows, reasoning_gym_rows
 
 CANONICAL = ("prompt", "references", "answer")
@@ -12,15 +13,18 @@ def load_rows(cfg) -> list[dict]:
     """Load rows from `cfg.source` and rename columns per `cfg.columns` (canonical name -> column name).
 
     Every row gets `prompt`; `references` (list of str) and `answer` when mapped; other columns pass through
-    unchanged so reward functions can use them.
+    unchanged so reward functions can use them. Rows the run cannot use stop it or are dropped (`cfg.bad_rows`).
     """
+    bad_rows = BadRows(cfg.bad_rows)
+    what = f"data.path={cfg.path!r}" if cfg.source == "file" else f"data.source={cfg.source!r}"
     if cfg.source == "reasoning_gym":
         rows = reasoning_gym_rows(cfg.task, cfg.size, cfg.seed)
     elif cfg.source == "file":
-        rows = file_rows(cfg.path)
+        rows = file_rows(cfg.path, bad_rows)
     else:
         raise ValueError(f"unknown data.source {cfg.source!r}; choose reasoning_gym or file")
     if not rows:
+        bad_rows.report(0, what)
         raise ValueError(f"data source {cfg.source!r} produced no rows (path={cfg.path!r})")
 
     found = sorted(rows[0])
@@ -38,21 +42,27 @@ def load_rows(cfg) -> list[dict]:
         mapped = {k: v for k, v in row.items() if k not in mapping.values()}
         for canonical, column in mapping.items():
             mapped[canonical] = row.get(column)
-        _check_row(mapped, index)
-        out.append(mapped)
+        problem = _row_problem(mapped)
+        if problem:
+            bad_rows.drop(f"data row {index}", problem)
+        else:
+            out.append(mapped)
+    bad_rows.report(len(out), what)
     return out
 
 
-def _check_row(row: dict, index: int) -> None:
+def _row_problem(row: dict) -> str | None:
+    """What makes the row unusable, if anything (a string reference becomes a list of one)."""
     prompt = row["prompt"]
     if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
-        raise ValueError(f"data row {index}: prompt must be a non-empty string or message list, got {prompt!r}")
+        return f"prompt must be a non-empty string or message list, got {prompt!r}"
     if "references" in row:
         refs = row["references"]
         if isinstance(refs, str):
             row["references"] = refs = [refs]
         if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
-            raise ValueError(f"data row {index}: references must be a string or a non-empty list of strings, got {refs!r}")
+            return f"references must be a string or a non-empty list of strings, got {refs!r}"
+    return None
 
 
 @dataclass
@@ -63,12 +73,15 @@ class PromptBatch:
 
 
 class PromptStream:
-    """Endless shuffled epochs over the rows; its cursor (epoch, position) is all the state a resume needs."""
+    """Endless shuffled epochs over the rows; its cursor (epoch, position) is all the state a resume needs.
+    A prompt longer than `max_prompt_tokens` stops the run or is dropped (`bad_rows`, as `data.bad_rows`)."""
 
-    def __init__(self, rows: list[dict], tokenizer, system_prompt: str | None, max_prompt_tokens: int, seed: int):
-        self.rows, self.seed = rows, seed
+    def __init__(self, rows: list[dict], tokenizer, system_prompt: str | None, max_prompt_tokens: int, seed: int,
+                 bad_rows: str = "error"):
+        self.rows, self.seed = [], seed
         self.epoch, self.position = 0, 0
         self.texts, self.token_ids = [], []
+        dropped = BadRows(bad_rows)
         for index, row in enumerate(rows):
             messages = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
             if system_prompt:
@@ -76,12 +89,13 @@ class PromptStream:
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(ids) > max_prompt_tokens:
-                raise ValueError(
-                    f"data row {index}: prompt has {len(ids)} tokens, more than data.max_prompt_tokens="
-                    f"{max_prompt_tokens}; raise the limit or drop the row"
-                )
+                dropped.drop(f"data row {index}", f"prompt has {len(ids)} tokens, more than data.max_prompt_tokens="
+                                                  f"{max_prompt_tokens}; raise the limit or drop the row")
+                continue
+            self.rows.append(row)
             self.texts.append(text)
             self.token_ids.append(ids)
+        dropped.report(len(self.rows), "the data (over-long prompts)")
         self._order = self._shuffled(0)
 
     def _shuffled(self, epoch: int) -> list[int]:

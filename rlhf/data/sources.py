@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+from rlhf.data.bad_rows import BadRows
+
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -26,7 +28,7 @@ def reasoning_gym_rows(task: str, size: int, seed: int) -> list[dict]:
     return rows
 
 
-def jsonl_rows(file: Path) -> list[dict]:
+def jsonl_rows(file: Path, bad_rows: BadRows) -> list[dict]:
     """Rows of a JSONL file, read line by line so that a bad line is named by its number (1-based). Blank lines are
     skipped; every row gets every column found in the file (None where it has none), as `datasets` would."""
     rows = []
@@ -36,22 +38,25 @@ def jsonl_rows(file: Path) -> list[dict]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise ValueError(f"{where}: not valid UTF-8 (byte {err.start + 1} of the line is "
-                                 f"{raw[err.start:err.start + 1]!r})") from None
+                bad_rows.drop(where, f"not valid UTF-8 (byte {err.start + 1} of the line is "
+                                     f"{raw[err.start:err.start + 1]!r})")
+                continue
             if not text.strip():
                 continue
             try:
                 row = json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON at column {err.colno} ({err.msg}); a truncated line?") from None
+                bad_rows.drop(where, f"not valid JSON at column {err.colno} ({err.msg}); a truncated line?")
+                continue
             if not isinstance(row, dict):
-                raise ValueError(f"{where}: a JSON {type(row).__name__}, not an object with one field per column")
+                bad_rows.drop(where, f"a JSON {type(row).__name__}, not an object with one field per column")
+                continue
             rows.append(row)
     columns = dict.fromkeys(key for row in rows for key in row)
     return [{key: row.get(key) for key in columns} for row in rows]
 
 
-def file_rows(path: str) -> list[dict]:
+def file_rows(path: str, bad_rows: BadRows | None = None) -> list[dict]:
     """Rows of a local JSONL (read here, line by line) or JSON / parquet / CSV file (read through `datasets`)."""
     from datasets import load_dataset
 
@@ -63,7 +68,7 @@ def file_rows(path: str) -> list[dict]:
     if file.stat().st_size == 0:
         return []
     if file.suffix == ".jsonl":
-        return jsonl_rows(file)
+        return jsonl_rows(file, bad_rows or BadRows("error"))
     try:
         dataset = load_dataset(FILE_FORMATS[file.suffix], data_files=str(file), split="train")
     except Exception as err:  # datasets raises many kinds; the user needs the file's name

@@ -10,6 +10,7 @@ import torch
 from rlhf.config import compose_config
 from rlhf.config import load_config
 from rlhf.driver import run
+from rlhf.train import user_message
 
 pytestmark = pytest.mark.integration
 
@@ -252,8 +253,12 @@ def test_a_raising_reward_function_is_named_and_earlier_output_survives(ray_clus
     cfg.reward.functions[0].kwargs = {"boom": True}
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text('{"step": -1, "reward": 0.5}\n')  # a previous run's line
-    with pytest.raises(ray.exceptions.RayTaskError, match=r"explode_on_second_call.*sample 0"):
+    with pytest.raises(ray.exceptions.RayTaskError, match=r"explode_on_second_call.*sample 0") as raised:
         run(cfg)
+    # the command line shows it as one message, without the actor's traceback
+    message = user_message(raised.value)
+    assert message.startswith("RewardFunctionError: reward function 'tests_reward_helpers:explode_on_second_call'")
+    assert "Traceback" not in message and "sample 0" in message
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert lines[0] == '{"step": -1, "reward": 0.5}' and json.loads(lines[1])["step"] == 0
 
@@ -340,3 +345,44 @@ def test_steps_in_a_row_with_nothing_scorable_stop_the_run_naming_the_rewards(ra
                                                      r"\['tests_reward_helpers:unscorable'\] left every sample"):
         run(cfg)
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2  # both steps were logged
+
+
+def test_an_actor_that_cannot_be_built_stops_the_run_in_seconds_naming_it(ray_cluster, tiny_model, tmp_path):
+    import time
+
+    broken = tmp_path / "broken_rm"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no_such_architecture"}')  # a model folder, not a model
+    cfg = config(tiny_model, tmp_path, "steps=1", "rollout.engine=hf", "logging.wandb_mode=disabled",
+                 f"reward.models=[{{label: rm, path: {broken}}}]")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"the reward model 'rm' actor could not be built: ValueError: .*tokenizer"):
+        run(cfg)
+    assert time.monotonic() - started < 60  # no restart is waited for
+    assert not [n for n in ray.util.list_named_actors() if n.startswith(("rollout-", "reward"))]
+
+
+def test_an_actor_whose_restart_cannot_be_built_stops_the_wait_for_it(ray_cluster):
+    import os
+    import time
+
+    from actors.launch import ActorBuildError, Actors
+    from actors.reward import RewardActor
+    from rlhf.driver import wait_for_restarts
+    from tests_flaky_import import FLAG
+
+    reward = RewardActor.options(max_restarts=2).remote([{"name": "tests_flaky_import:zero"}], 10.0)
+    assert ray.get(reward.ready.remote())
+    FLAG.touch()
+    try:
+        # a crash (the process exits mid-task): Ray restarts the actor, and its constructor's import now fails
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(reward.__ray_call__.remote(lambda self: os._exit(1)))
+        started = time.monotonic()
+        with pytest.raises(ActorBuildError, match="could not be built again: ValueError: reward function "
+                                                  "'tests_flaky_import:zero' cannot be imported: tests_flaky_import is"):
+            wait_for_restarts(Actors([], reward, {}, None, None, None))
+        assert time.monotonic() - started < 30
+    finally:
+        FLAG.unlink()
+        ray.kill(reward, no_restart=True)

@@ -12,8 +12,10 @@ from conftest import REPO
 pytestmark = pytest.mark.integration
 
 
-def train(*overrides, cwd):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never join another cluster
+def train(*overrides, cwd, **env_vars):
+    # never join another cluster; tracebacks as a user gets them
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "HYDRA_FULL_ERROR")}
+    env.update(env_vars)
     return subprocess.run([sys.executable, "-m", "rlhf.train", *overrides], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -33,6 +35,22 @@ def test_smoke_experiment_from_the_command_line(tmp_path):
 def test_unknown_override_fails_fast_and_names_the_key(tmp_path):
     result = train("experiment=smoke", "train.learning_rate=3", f"hydra.run.dir={tmp_path}", cwd=REPO)
     assert result.returncode != 0 and "learning_rate" in result.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.path=/no/such/rows.jsonl", "Error: FileNotFoundError: data.path='/no/such/rows.jsonl' does not exist"),
+    ("data.bad_rows=sometimes", "Error: ValueError: data.bad_rows='sometimes' is not valid"),
+])
+def test_a_user_error_is_one_message_and_the_traceback_needs_hydra_full_error(tmp_path, override, message):
+    args = ("experiment=smoke", "data=file", override, f"output_dir={tmp_path}", f"hydra.run.dir={tmp_path}")
+    if "data.path" not in override:
+        args += (f"data.path={tmp_path / 'rows.jsonl'}",)
+        (tmp_path / "rows.jsonl").write_text('{"prompt": "hi", "references": ["x"]}\n')
+    result = train(*args, cwd=REPO)
+    assert result.returncode == 1 and message in result.stderr
+    assert "Traceback" not in result.stderr
+    full = train(*args, cwd=REPO, HYDRA_FULL_ERROR="1")
+    assert full.returncode == 1 and "Traceback" in full.stderr and message.split(": ", 2)[2] in full.stderr
 
 
 def test_a_parallel_sweep_gives_every_member_its_own_folder_and_wandb_run(tmp_path):

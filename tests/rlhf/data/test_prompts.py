@@ -6,8 +6,8 @@ import pytest
 from rlhf.data import PromptStream, load_rows
 
 
-def file_cfg(path, **columns):
-    return SimpleNamespace(source="file", path=str(path), task=None, size=None, seed=0,
+def file_cfg(path, bad_rows="error", **columns):
+    return SimpleNamespace(source="file", path=str(path), task=None, size=None, seed=0, bad_rows=bad_rows,
                            columns={"prompt": "prompt", "references": "references", "answer": None, **columns})
 
 
@@ -17,7 +17,7 @@ def write_jsonl(path, rows):
 
 
 def test_reasoning_gym_rows_have_references():
-    cfg = SimpleNamespace(source="reasoning_gym", task="gsm_symbolic", size=4, seed=0, path=None,
+    cfg = SimpleNamespace(source="reasoning_gym", task="gsm_symbolic", size=4, seed=0, path=None, bad_rows="error",
                           columns={"prompt": "question", "references": "answer_cot", "answer": "answer"})
     rows = load_rows(cfg)
     assert len(rows) == 4
@@ -116,3 +116,37 @@ def test_jsonl_rows_get_every_column_and_skip_blank_lines(tmp_path):
     path.write_text('{"prompt": "a", "references": ["x"]}\n\n{"prompt": "b", "answer": "2"}\n')
     assert file_rows(str(path)) == [{"prompt": "a", "references": ["x"], "answer": None},
                                     {"prompt": "b", "references": None, "answer": "2"}]
+
+
+def test_bad_rows_skip_drops_each_kind_logs_them_and_keeps_the_rest(tmp_path, caplog, tiny_model):
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\n".join([
+        b'{"prompt": "good one", "references": ["x"]}',
+        b'{"prompt": "caf\xe9", "references": ["x"]}',            # line 2: not UTF-8
+        b'{"prompt": "cut", "references": ["x"',                    # line 3: truncated
+        b'{"prompt": "  ", "references": ["x"]}',                   # blank prompt
+        b'{"prompt": "no reference", "references": null}',          # missing reference
+        b'{"prompt": "bad reference", "references": [1, 2]}',       # malformed reference
+        b'{"prompt": "' + b"word " * 100 + b'", "references": ["x"]}',  # over-long prompt
+        b'{"prompt": "good two", "references": "y"}',
+    ]) + b"\n")
+    with pytest.raises(ValueError, match="line 2: not valid UTF-8"):
+        load_rows(file_cfg(path))  # the default stops at the first bad row
+    with caplog.at_level("WARNING"):
+        rows = load_rows(file_cfg(path, bad_rows="skip"))
+        stream = PromptStream(rows, AutoTokenizer.from_pretrained(tiny_model), None, max_prompt_tokens=50, seed=0, bad_rows="skip")
+    assert [r["prompt"] for r in stream.rows] == ["good one", "good two"]
+    assert len(stream.token_ids) == len(stream.texts) == 2
+    logged = caplog.text
+    assert "dropped 5 of" in logged and "line 2: not valid UTF-8" in logged and "line 3: not valid JSON" in logged
+    assert "prompt must be a non-empty string" in logged and "references must be" in logged
+    assert "dropped 1 of 3 rows" in logged and "prompt has" in logged
+
+
+def test_bad_rows_skip_stops_when_nothing_is_left(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"prompt": ""}\n[1]\n')
+    with pytest.raises(ValueError, match=r"dropped every row .*line 2: a JSON list"):
+        load_rows(file_cfg(path, bad_rows="skip", references=None))
