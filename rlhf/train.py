@@ -19,11 +19,12 @@ def user_message(err: BaseException) -> str | None:
 
     from actors.launch import ActorBuildError
     from actors.placement import PlacementError
+    from rlhf.checkpoint import CheckpointWriteError
     from rlhf.driver import UnscorableRewardsError
     from rlhf.rewards.scoring import RewardFunctionError
     from rlhf.training.policy import NonFiniteLossError
 
-    user_errors = (ValueError, FileNotFoundError, FileExistsError, MemoryError, ActorBuildError, PlacementError,
+    user_errors = (ValueError, FileNotFoundError, FileExistsError, MemoryError, ActorBuildError, PlacementError, CheckpointWriteError,
                    UnscorableRewardsError, RewardFunctionError, NonFiniteLossError)
     if not isinstance(err, user_errors):
         return None

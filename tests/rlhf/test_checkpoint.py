@@ -57,6 +57,40 @@ def test_a_fresh_run_refuses_to_overwrite_an_earlier_runs_checkpoints(tmp_path):
     check_no_later_checkpoints(tmp_path, 9)  # resuming from it is fine
 
 
+def test_a_damaged_checkpoint_is_set_aside_and_the_one_before_it_resumed(tmp_path, caplog):
+    for step in (4, 9):
+        save_checkpoint(tmp_path, step, write_weights, {"step": step}, keep_last=2)
+    assert (tmp_path / "step-000009" / "manifest.json").is_file()
+    (tmp_path / "step-000009" / "policy" / "weights.bin").write_bytes(b"")  # truncated since
+    with pytest.raises(ValueError, match=r"step-000009.* is damaged: policy/weights.bin has 0 bytes, the manifest says 1"):
+        find_checkpoint(str(tmp_path / "step-000009"), tmp_path)  # asked for by name: refused
+    with caplog.at_level("WARNING"):
+        assert find_checkpoint("auto", tmp_path).name == "step-000004"
+    assert "policy/weights.bin has 0 bytes" in caplog.text
+    assert (tmp_path / "damaged-step-000009" / "driver.json").is_file()  # kept, out of the way
+    check_no_later_checkpoints(tmp_path, 4)  # the run resumed from step 4 may write step 9 again
+    (tmp_path / "step-000004" / "policy" / "weights.bin").write_bytes(b"x")  # same size, other bytes
+    assert find_checkpoint("auto", tmp_path) is None  # nothing sound is left: start from step 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged-step-000004", "damaged-step-000009"]
+
+
+def test_a_full_disk_fails_clearly_and_leaves_the_earlier_checkpoints_as_they_were(tmp_path):
+    import errno
+
+    from rlhf.checkpoint import CheckpointWriteError
+
+    save_checkpoint(tmp_path, 4, write_weights, {"step": 4}, keep_last=1)
+
+    def disk_full(folder):
+        write_weights(folder)
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "policy" / "optim.pt"))
+
+    with pytest.raises(CheckpointWriteError, match=r"step 9: .*no space left.*\['step-000004'\] are as they were"):
+        save_checkpoint(tmp_path, 9, disk_full, {"step": 9}, keep_last=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["step-000004"]  # no half-written folder, nothing pruned
+    assert find_checkpoint("auto", tmp_path).name == "step-000004"
+
+
 # --- a real run killed and resumed -------------------------------------------------------------------------
 import json  # noqa: E402
 import os  # noqa: E402

@@ -93,7 +93,8 @@ def test_dapo_trains_only_on_groups_that_teach_something(ray_cluster, tiny_model
     assert "kl" in history[0] and "rollout_kl" in history[0] and history[0]["rollout_kl"] == 0  # no reference
 
 
-def test_a_non_finite_loss_names_step_and_quantity_and_keeps_the_last_checkpoint(ray_cluster, tiny_model, tmp_path):
+def test_a_non_finite_loss_names_step_and_quantity_and_a_resume_skips_a_damaged_checkpoint(ray_cluster, tiny_model,
+                                                                                          tmp_path):
     # no std scaling: advantages of +-3e38 reach the loss, whose sum over tokens overflows at the third step
     cfg = config(tiny_model, tmp_path, "steps=4", "rollout.engine=hf", "algo.kl_beta=0", "algo.advantage_scale=none",
                  "checkpoint.every=1", "logging.wandb_mode=disabled")
@@ -105,6 +106,16 @@ def test_a_non_finite_loss_names_step_and_quantity_and_keeps_the_last_checkpoint
     last = find_checkpoint("auto", tmp_path / "run" / "checkpoints")
     assert last.name == "step-000001" and read_driver_state(last)["step"] == 1
     assert (last / "policy" / "state").is_dir()
+
+    # one of its files truncated since: the resume sets it aside and continues from the checkpoint before it
+    largest = max((p for p in (last / "policy").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    with open(largest, "r+b") as f:
+        f.truncate(largest.stat().st_size // 2)
+    cfg.reward.functions[0].name, cfg.steps, cfg.resume = "bleu", 3, "auto"
+    run(cfg)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["damaged-step-000001", "step-000001", "step-000002"]
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
 
 
 @pytest.fixture(scope="module")
