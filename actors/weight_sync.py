@@ -1,6 +1,7 @@
 """Routes that move the learner's new weights into the rollout engines after every update.
 
-A route has one method, `push()`, chosen by `rollout.weight_sync`:
+A route has one method, `push()` (one at a time, under a lock; a route implements `transfer()`), chosen by
+`rollout.weight_sync`:
 - `shm` (CPU or GPU, tested on CPU): rank 0 writes a safetensors file to a folder (shared memory), engines reload it.
 - `cuda_ipc` (learner and engines on one GPU): rank 0 copies the weights bucket by bucket into one CUDA buffer
   and hands each engine an IPC handle of it; the engines load straight from GPU memory.
@@ -18,6 +19,7 @@ of memory during an update.
 
 import logging
 import shutil
+import threading
 import time
 from abc import ABC, abstractmethod
 
@@ -38,15 +40,25 @@ class WeightSyncRoute(ABC):
         """`policy`: the policy's LearnerGroup."""
         self.policy, self.rollouts, self.timeout_s, self.sleep = policy, rollouts, timeout_s, sleep
         self.version = 0
+        # One push at a time: in one-step-off-policy runs a retried background rollout pushes while the loop may
+        # too. Interleaved, two pushes would corrupt the version and the reload list, rewrite a weight file being
+        # read, and send the learner ranks their gather calls in different orders (a ZeRO-3 deadlock).
+        self.lock = threading.RLock()
 
-    @abstractmethod
     def push(self) -> None:
         """Make every engine generate with the learner's current weights, and count the push in `version`."""
+        with self.lock:
+            self.transfer()
+
+    @abstractmethod
+    def transfer(self) -> None:
+        """One push (the caller holds the lock)."""
 
     def before_train(self) -> None:
         """Called before the learners train when a push follows: sleeping engines free their GPU memory."""
         if self.sleep:
-            self.wait_engines([r.sleep.remote() for r in self.rollouts], "going to sleep")
+            with self.lock:
+                self.wait_engines([r.sleep.remote() for r in self.rollouts], "going to sleep")
 
     def wait_engines(self, refs: list, doing: str) -> list:
         """Each engine's answer, in engine order, within one timeout for all of them."""
@@ -94,7 +106,7 @@ class ReloadingRoute(WeightSyncRoute):
     def publish(self):
         """Make the learner's current weights readable by the engines; returns what their load method takes."""
 
-    def push(self) -> None:
+    def transfer(self) -> None:
         self.wait_for_reloads()
         weights = self.publish()
         self.version += 1
@@ -123,7 +135,8 @@ class ReloadingRoute(WeightSyncRoute):
                             "waits for its restart and pushes again", self.name, index, type(err).__name__)
 
     def close(self) -> None:
-        self.wait_for_reloads()
+        with self.lock:
+            self.wait_for_reloads()
 
 
 class SharedMemoryRoute(ReloadingRoute):
@@ -178,7 +191,7 @@ class CudaIpcRoute(WeightSyncRoute):
         super().__init__(policy, rollouts, timeout_s, sleep)
         self.bucket_bytes = int(bucket_mb * 1024**2)
 
-    def push(self) -> None:
+    def transfer(self) -> None:
         sender = self.policy.ranks[0]
         count = self.run_learners("prepare_ipc_push", self.bucket_bytes, doing="gathering the weights")
         self.version += 1
@@ -221,7 +234,7 @@ class NcclBroadcastRoute(WeightSyncRoute):
         self.wait(joining[0], "policy rank 0", "joining the NCCL weight group")
         self.wait_engines(joining[1:], "joining the NCCL weight group")
 
-    def push(self) -> None:
+    def transfer(self) -> None:
         sender = self.policy.ranks[0]
         buckets = self.run_learners("prepare_nccl_push", self.bucket_bytes, doing="gathering the weights")
         self.version += 1

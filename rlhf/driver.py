@@ -122,6 +122,8 @@ class Trainer:
             for step in bar:
                 timer = PhaseTimer()
                 groups, sampling_metrics, experience = self.rollout(step, pending, timer)
+                # pushes the samples' weights are behind the learner's (1 in one-step-off-policy runs, else 0)
+                sampling_metrics["weights_behind"] = self.weight_sync.version - sampling_metrics.pop("weights_version")
                 cursor = self.prompts.state_dict()  # where a resume continues: before the next step's draws
                 pending = self.start_next_rollout(step)
                 metrics = {**self.learn(step, experience, timer), **rollout_metrics(experience, groups),
@@ -284,7 +286,7 @@ def rollout_with_retries(actors: Actors, sampler: Sampler, prompts: PromptStream
         try:
             groups, sampling_metrics = sampler.sample_groups(prompts, step, timer, version)
             experience = make_experience(actors, groups, pad_id, timer)
-            return groups, {**sampling_metrics, "step_retries": attempt}, experience
+            return groups, {**sampling_metrics, "step_retries": attempt, "weights_version": version}, experience
         except ACTOR_RESTARTED as err:
             if attempt == fault_tolerance.max_step_retries:
                 raise RuntimeError(f"step {step}: an actor died {attempt + 1} times in a row "
@@ -298,9 +300,11 @@ def rollout_with_retries(actors: Actors, sampler: Sampler, prompts: PromptStream
 
 
 def wait_for_restarts(actors: Actors, timeout_s: float = 300.0) -> None:
-    """Until every restartable actor answers. One whose restart failed in its constructor will not come back."""
+    """Until every restartable actor answers. One whose restart failed in its constructor will not come back, nor
+    will one that has used its restarts (a new call to it fails at once as dead, where a restarting one waits)."""
     deadline = time.time() + timeout_s
     for actor in filter(None, actors.stateless()):
+        dead_answers = 0
         while True:
             try:
                 ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.time()))
@@ -309,7 +313,8 @@ def wait_for_restarts(actors: Actors, timeout_s: float = 300.0) -> None:
                 cause = build_failure(err)
                 if cause is not None:
                     raise ActorBuildError(f"an actor restarted after a crash could not be built again: {cause}") from err
-                if time.time() > deadline:
+                dead_answers = dead_answers + 1 if isinstance(err, ray.exceptions.ActorDiedError) else 0
+                if dead_answers == 3 or time.time() > deadline:
                     raise
                 time.sleep(1.0)
 

@@ -37,3 +37,34 @@ def test_nccl_refuses_actors_on_the_cpu():
     with pytest.raises(RuntimeError, match=r"needs GPUs, but policy rank 0, rollout engine 0 compute on the CPU"):
         pick_route("nccl", on_cpu(["0"]), [on_cpu()])
     assert pick_route("nccl", on_gpu("GPU-a"), [on_gpu("GPU-b")]) == "nccl"
+
+
+def test_pushes_from_two_threads_run_one_at_a_time():
+    # one-step-off-policy: a retried background rollout pushes while the loop pushes too
+    import threading
+    import time
+
+    from actors.weight_sync import WeightSyncRoute
+
+    class RecordingRoute(WeightSyncRoute):
+        name = "recording"
+
+        def __init__(self):
+            super().__init__(policy=None, rollouts=[], timeout_s=1.0)
+            self.spans = []
+
+        def transfer(self):
+            began = time.monotonic()
+            self.version += 1
+            time.sleep(0.2)  # a push's gather and reloads
+            self.spans.append((began, time.monotonic()))
+
+    route = RecordingRoute()
+    threads = [threading.Thread(target=route.push) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    spans = sorted(route.spans)
+    assert route.version == 3 and len(spans) == 3
+    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:]))  # never two at once

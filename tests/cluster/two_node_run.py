@@ -14,7 +14,7 @@ from ray.cluster_utils import Cluster
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "rlhf"), str(REPO / "tests")]
 
-from test_driver import config, run_killing_engine_0_after_step_1  # noqa: E402
+from test_driver import config, run_killing_engine_0  # noqa: E402
 
 
 def main(tiny_model: str, tmp: Path) -> None:
@@ -32,7 +32,7 @@ def main(tiny_model: str, tmp: Path) -> None:
                      "train.num_cpus=1.5", "placement.timeout_s=60", "algo.kl_beta=0", f"rollout.sync_dir={sync_dir}",
                      "checkpoint.every=0", "save_final=false", "logging.wandb_mode=disabled")
         metrics = tmp / "run" / "metrics.jsonl"
-        killed = run_killing_engine_0_after_step_1(cfg, metrics)
+        killed = run_killing_engine_0(cfg, metrics)
         reports = {r["role"]: r["node"] for r in json.loads((tmp / "run" / "preflight.json").read_text())}
         print(json.dumps({"history": [json.loads(line) for line in metrics.read_text().splitlines()],
                           "nodes": reports, "routes": records, "killed": killed,

@@ -170,23 +170,51 @@ def test_two_engines_two_learner_ranks_and_a_sharded_reference(ray_cluster, tiny
     assert history[0]["kl"] == pytest.approx(0, abs=1e-6) and history[-1]["kl"] > 0
 
 
-def run_killing_engine_0_after_step_1(cfg, metrics_file) -> list[str]:
-    """Run `cfg` while a thread kills rollout engine 0 once step 1 is logged (as a crash would: Ray restarts it);
-    returns the killed actor's name, if it came to that."""
+def run_killing_engine_0(cfg, metrics_file, after_steps=(1,)) -> list[str]:
+    """Run `cfg` while a thread kills rollout engine 0 each time one of `after_steps` is logged (as a crash would:
+    Ray restarts it); returns the killed actor's name once per kill that came to pass."""
+    import os
     import threading
     import time
 
     killed = []
 
-    def kill_the_engine_after_step_1():
-        deadline = time.time() + 300
-        while time.time() < deadline and not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 2):
-            time.sleep(0.1)
-        name = next(n for n in ray.util.list_named_actors() if n.startswith("rollout-0-"))
-        ray.kill(ray.get_actor(name), no_restart=False)
-        killed.append(name)
+    def back_in_a_new_process(engine, pid: int, deadline: float) -> bool:
+        # before the next kill: a call can still reach the old process, and one killed while restarting is one crash
+        dead_answers = 0
+        while time.time() < deadline and dead_answers < 3:
+            try:
+                if ray.get(engine.__ray_call__.remote(lambda self: os.getpid()), timeout=10) != pid:
+                    return True
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                dead_answers = 0
+            except ray.exceptions.ActorDiedError:  # a call that reached the old process, or gone for good
+                dead_answers += 1
+            time.sleep(0.5)
+        return False
 
-    killer = threading.Thread(target=kill_the_engine_after_step_1)
+    def logged(step: int) -> bool:
+        return metrics_file.exists() and len(metrics_file.read_text().splitlines()) > step
+
+    def kill_the_engine():
+        deadline = time.time() + 300
+        for step in after_steps:
+            while time.time() < deadline and not logged(step):
+                time.sleep(0.1)
+            name = next((n for n in ray.util.list_named_actors() if n.startswith("rollout-0-")), None)
+            if name is None:  # the run has ended
+                return
+            engine = ray.get_actor(name)
+            try:
+                pid = ray.get(engine.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                return  # the run has ended
+            ray.kill(engine, no_restart=False)
+            killed.append(name)
+            if not back_in_a_new_process(engine, pid, deadline):
+                return  # gone for good: the run has ended
+
+    killer = threading.Thread(target=kill_the_engine)
     killer.start()
     run(cfg)
     killer.join()
@@ -197,7 +225,7 @@ def test_a_rollout_actor_that_dies_is_restarted_and_the_run_completes(ray_cluste
     cfg = config(tiny_model, tmp_path, "steps=5", "algo.kl_beta=0", "logging.wandb_mode=disabled",
                  "checkpoint.every=0", "save_final=false", "rollout.engine=hf")
     metrics_file = tmp_path / "run" / "metrics.jsonl"
-    killed = run_killing_engine_0_after_step_1(cfg, metrics_file)
+    killed = run_killing_engine_0(cfg, metrics_file)
 
     history = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     assert killed and [h["step"] for h in history] == list(range(5))
@@ -256,6 +284,25 @@ def test_one_step_off_policy_generates_on_the_previous_weights(ray_cluster, tiny
     assert history[0]["logprob_gap"] < 1e-4
     assert all(h["logprob_gap"] > 1e-3 for h in history[1:])
     assert all("time/wait_for_rollout" in h for h in history[1:])
+
+
+def test_an_overlapped_run_survives_its_engine_killed_three_times_with_every_push_whole(ray_cluster, tiny_model,
+                                                                                       tmp_path):
+    # the background rollout's retry pushes while the loop pushes too: one push at a time (the route's lock)
+    cfg = config(tiny_model, tmp_path, "steps=10", "algo.kl_beta=0", "rollout.async_one_step=true", "algo.tis_cap=2",
+                 "rollout.engine=hf", "rollout.engines=2", "rollout.num_cpus=0.5", "logging.wandb_mode=disabled",
+                 "checkpoint.every=0", "save_final=false", "fault_tolerance.max_restarts=3")
+    metrics_file = tmp_path / "run" / "metrics.jsonl"
+    killed = run_killing_engine_0(cfg, metrics_file, after_steps=(1, 2, 3))
+    history = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    assert len(killed) == 3 and [h["step"] for h in history] == list(range(10))
+    # a kill mid-generation redoes the step; one between calls may leave the restarted engine a queued reload
+    assert sum(h["step_retries"] for h in history) >= 1
+    # samples of the learner's current weights (step 0, and steps redone after a push) score the same under it;
+    # the others are one push behind, as one-step-off-policy means, and never more
+    assert all(h["weights_behind"] in (0, 1) for h in history)
+    current = [h for h in history if h["weights_behind"] == 0]
+    assert len(current) >= 2 and all(h["logprob_gap"] < 1e-4 for h in current), history
 
 
 def test_a_raising_reward_function_is_named_and_earlier_output_survives(ray_cluster, tiny_model, tmp_path):
@@ -397,3 +444,11 @@ def test_an_actor_whose_restart_cannot_be_built_stops_the_wait_for_it(ray_cluste
     finally:
         FLAG.unlink()
         ray.kill(reward, no_restart=True)
+    # one that has used its restarts is not waited for either
+    spent = RewardActor.options(max_restarts=0).remote([{"name": "tests_flaky_import:zero"}], 10.0)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(spent.__ray_call__.remote(lambda self: os._exit(1)))
+    started = time.monotonic()
+    with pytest.raises(ray.exceptions.ActorDiedError):
+        wait_for_restarts(Actors([], spent, {}, None, None, None))
+    assert time.monotonic() - started < 10
