@@ -2,12 +2,16 @@
 
     python scripts/reward_server.py --port 8000                      # the default reward (BLEU)
     python scripts/reward_server.py --port 8000 -- reward=bleu 'reward.functions.0.kwargs={}'
+    RLHF_REWARD_TOKEN=... python scripts/reward_server.py --host 0.0.0.0   # beyond localhost: a token is required
 
-Overrides after `--` are Hydra overrides of the project config; only its `reward` section is used.
+Overrides after `--` are Hydra overrides of the project config; only its `reward` section is used. Runs send the
+token from RLHF_REWARD_TOKEN in their reward actor's environment (e.g. `ray job submit --runtime-env-json
+'{"env_vars": {"RLHF_REWARD_TOKEN": "..."}}'`).
 """
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -22,13 +26,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--token", default=os.environ.get("RLHF_REWARD_TOKEN"),
+                        help="shared token clients must send (default: $RLHF_REWARD_TOKEN); required beyond localhost")
+    parser.add_argument("--max-request-mb", type=float, default=16.0, help="larger requests get 413, unread")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
 
     cfg = load_config(compose_config("output_dir=/tmp/reward-server", *args.overrides))
     scorer = RewardScorer([vars(f) for f in cfg.reward.functions], cfg.reward.timeout_s)
-    server = make_server(scorer, args.host, args.port)
+    try:
+        server = make_server(scorer, args.host, args.port, args.token, args.max_request_mb)
+    except ValueError as err:
+        parser.error(str(err))
     logging.info("serving %s on http://%s:%d/score", scorer.labels, args.host, server.server_port)
     try:
         server.serve_forever()

@@ -5,6 +5,7 @@ Request: POST {url} with JSON {"prompts", "completions", "columns"}; response {"
 
 import json
 import logging
+import os
 import time
 import urllib.error
 import urllib.request
@@ -18,13 +19,16 @@ class RewardServerError(RuntimeError):
     pass
 
 
-def post_json(url: str, payload: dict, timeout_s: float, retries: int, backoff_s: float) -> dict:
+def post_json(url: str, payload: dict, timeout_s: float, retries: int, backoff_s: float,
+              token: str | None = None) -> dict:
     """POST with a timeout per attempt and `retries` more attempts (exponential backoff) on connection errors,
-    timeouts and 5xx answers; a 4xx answer is the request's fault and is not retried."""
+    timeouts and 5xx answers; a 4xx answer is the request's fault and is not retried. `token`: the server's
+    shared token, sent as "Authorization: Bearer <token>"."""
     body = json.dumps(payload, default=str).encode()
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
     last_error = None
     for attempt in range(retries + 1):
-        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(url, data=body, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 return json.loads(response.read())
@@ -45,9 +49,11 @@ def post_json(url: str, payload: dict, timeout_s: float, retries: int, backoff_s
 @REWARD_FUNCTIONS.register("remote")
 def remote(prompts, completions, url: str = "http://127.0.0.1:8000/score", objective: str | None = None,
            timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 0.5, **columns) -> list[float | None]:
-    """One objective served by a reward server. `objective` names it when the server serves several."""
+    """One objective served by a reward server. `objective` names it when the server serves several. The
+    server's token, if it has one, comes from RLHF_REWARD_TOKEN in the reward actor's environment (never from
+    the config, which is logged)."""
     answer = post_json(url, {"prompts": prompts, "completions": completions, "columns": columns},
-                       timeout_s, retries, backoff_s)
+                       timeout_s, retries, backoff_s, os.environ.get("RLHF_REWARD_TOKEN"))
     rewards = answer.get("rewards")
     if not isinstance(rewards, dict) or not rewards:
         raise RewardServerError(f"reward server {url} answered without a 'rewards' table: {str(answer)[:300]}")
