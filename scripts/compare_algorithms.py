@@ -41,7 +41,7 @@ def synthetic_overrides(out: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algos", nargs="+", default=["grpo", "ppo", "rloo", "reinforce_pp"])
+    parser.add_argument("--algos", nargs="+", default=["grpo", "ppo", "rloo", "reinforce_pp", "gspo", "cispo"])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--task", choices=["synthetic", "default"], default="synthetic",
                         help="synthetic: tiny model and BLEU task; default: the default experiment's model and data")

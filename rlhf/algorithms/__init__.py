@@ -1,14 +1,39 @@
-"""Pure RL math: advantages, policy losses, KL estimators, and the registries that name them."""
+"""Pure RL math: advantages, policy losses, KL estimators, and the registries that name them.
 
-from rlhf.algorithms.advantages import group_advantages
-from rlhf.algorithms.losses import aggregate_loss, clipped_policy_loss, kl_estimate
+Every module of this package is imported here, so a new algorithm's module registers itself by being added."""
+
+import importlib
+import pkgutil
+
+from rlhf.algorithms.advantages import gae, group_advantages, rloo_advantages
+from rlhf.algorithms.losses import (
+    LossInputs,
+    LossOutput,
+    aggregate_loss,
+    clipped_policy_loss,
+    kl_estimate,
+    policy_objective,
+)
 from rlhf.algorithms.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+from rlhf.algorithms.cispo import cispo_loss  # noqa: E402
+from rlhf.algorithms.gspo import gspo_loss  # noqa: E402
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "POLICY_LOSSES",
+    "LossInputs",
+    "LossOutput",
     "aggregate_loss",
+    "cispo_loss",
     "clipped_policy_loss",
+    "gae",
     "group_advantages",
+    "gspo_loss",
     "kl_estimate",
+    "policy_objective",
+    "rloo_advantages",
 ]

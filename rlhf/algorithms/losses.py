@@ -1,4 +1,12 @@
-"""Per-token policy losses, KL estimators and loss aggregation (spec §0, §3, §4.5). Pure tensor math."""
+"""Per-token policy losses, KL estimators and loss aggregation (spec §0, §3, §4.5). Pure tensor math.
+
+The loss contract: a registered policy loss takes one `LossInputs` and returns a `LossOutput`, its per-token
+losses and its metrics (per-token values the learner averages over the valid tokens). `policy_objective` adds
+the corrections the config asks for (truncated importance sampling, the KL term), each a function of the same
+shape; the learner calls only `policy_objective`.
+"""
+
+from dataclasses import dataclass, field
 
 import torch
 
@@ -74,9 +82,69 @@ def aggregate_loss(
     raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {AGGREGATION_MODES}")
 
 
+@dataclass
+class LossInputs:
+    """What a policy loss may use; every tensor [B, T] over completion tokens."""
+
+    logp: torch.Tensor  # the policy being trained (carries the gradient)
+    old_logp: torch.Tensor  # pi_old, the learner's policy when the batch was sampled (logp.detach() on-policy)
+    rollout_logp: torch.Tensor  # the engine's, which may lag pi_old (one-step-off-policy) or differ numerically
+    ref_logp: torch.Tensor | None  # the reference model's (None when no reference runs)
+    advantages: torch.Tensor
+    mask: torch.Tensor  # 1 on real completion tokens
+    cfg: object  # the algorithm's config section
+
+    def ratio_denominator(self) -> torch.Tensor:
+        """What the importance ratio is taken against: pi_old, or the reference under `ratio_against=reference`
+        (PAMA as re-implemented by ctwa, UNVERIFIED)."""
+        if self.cfg.ratio_against == "reference":
+            return self.ref_logp
+        return self.old_logp
+
+
+@dataclass
+class LossOutput:
+    token_losses: torch.Tensor  # [B, T]
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> per-token values [B, T]
+
+
+def log_ratio(logp: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    return (logp - base).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+
+
 @POLICY_LOSSES.register("clipped")
-def clipped(logp, old_logp, advantages, mask, cfg) -> torch.Tensor:
-    return clipped_policy_loss(logp, old_logp, advantages, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip)
+def clipped(inputs: LossInputs) -> LossOutput:
+    """PPO's clipped surrogate per token (GRPO, DAPO, PPO, RLOO, REINFORCE++)."""
+    cfg, base = inputs.cfg, inputs.ratio_denominator()
+    losses = clipped_policy_loss(inputs.logp, base, inputs.advantages, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip)
+    ratio = torch.exp(log_ratio(inputs.logp.detach(), base))
+    clipped_tokens = (ratio < 1 - cfg.clip_eps_low) | (ratio > 1 + cfg.clip_eps_high)
+    return LossOutput(losses, {"clip_fraction": clipped_tokens.float(), "ratio": ratio})
+
+
+def truncated_importance_weight(inputs: LossInputs, output: LossOutput, cap: float) -> LossOutput:
+    """Scale each token's loss by min(pi_old / pi_rollout, cap): the batch came from the engine, which may lag
+    pi_old by a step (rollout.async_one_step) or differ numerically (bf16 engines). Against pi_old, not the
+    policy being trained: the loss's own ratio already covers pi_theta / pi_old."""
+    weight = torch.exp(log_ratio(inputs.old_logp, inputs.rollout_logp)).clamp(max=cap)
+    return LossOutput(output.token_losses * weight, {**output.metrics, "tis_weight": weight})
+
+
+def kl_penalty(inputs: LossInputs, output: LossOutput, beta: float, estimator: str) -> LossOutput:
+    """Add beta * KL(pi || pi_ref) per token (GRPO's loss term)."""
+    kl = kl_estimate(inputs.logp, inputs.ref_logp, estimator)
+    return LossOutput(output.token_losses + beta * kl, {**output.metrics, "kl": kl.detach()})
+
+
+def policy_objective(inputs: LossInputs) -> LossOutput:
+    """The configured policy loss with its corrections: what the learner aggregates and steps on."""
+    cfg = inputs.cfg
+    output = POLICY_LOSSES.get(cfg.policy_loss)(inputs)
+    if cfg.tis_cap is not None:
+        output = truncated_importance_weight(inputs, output, cfg.tis_cap)
+    if cfg.kl_beta > 0:
+        output = kl_penalty(inputs, output, cfg.kl_beta, cfg.kl_estimator)
+    return output
 
 
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,

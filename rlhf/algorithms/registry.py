@@ -28,5 +28,5 @@ class Registry:
 
 # fn(experience, algo_cfg) -> token advantages [B, T]
 ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
-# fn(logp, old_logp, advantages, mask, algo_cfg) -> per-token losses [B, T]
+# fn(LossInputs) -> LossOutput (per-token losses [B, T] and per-token metrics), see rlhf/algorithms/losses.py
 POLICY_LOSSES = Registry("policy loss")

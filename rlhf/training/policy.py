@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from rlhf.algorithms import POLICY_LOSSES, aggregate_loss, kl_estimate
+from rlhf.algorithms import aggregate_loss
+from rlhf.algorithms.losses import LossInputs, policy_objective
 from rlhf.devices import resolve_device
 from rlhf.experience import Experience
 from rlhf.models.folders import write_atomically
@@ -44,7 +45,6 @@ class PolicyLearner:
         torch.manual_seed(seed)
         self.device = resolve_device(f"policy rank {rank}")
         self.algo, self.max_new_tokens, self.temperature = algo_cfg, max_new_tokens, temperature
-        self.policy_loss = POLICY_LOSSES.get(algo_cfg.policy_loss)
         self.mini_batch_size = algo_cfg.mini_batch_size or batch_size
         self.micro_batch_size = train_cfg.micro_batch_size
         self.rank, self.world = rank, world
@@ -79,38 +79,25 @@ class PolicyLearner:
                     part = part.to(self.device)
                     logp = completion_logprobs(self.engine, part.input_ids, part.attention_mask,
                                                part.completion_ids.shape[1], self.temperature)
-                    if self.algo.ratio_against == "reference":  # PAMA as re-implemented by ctwa (UNVERIFIED)
-                        old_logp = part.ref_logp
-                    else:
-                        old_logp = logp.detach() if on_policy else part.old_logp
-                    token_losses = self.policy_loss(logp, old_logp, part.advantages, part.mask, self.algo)
-                    if self.algo.tis_cap is not None:
-                        # truncated importance sampling: the batch came from the rollout policy, which may lag
-                        # the learner by a step (rollout.async_one_step) or differ numerically (bf16 engines)
-                        behaviour = torch.exp((logp.detach() - part.rollout_logp).clamp(-20, 20))
-                        token_losses = token_losses * behaviour.clamp(max=self.algo.tis_cap)
-                    kl = None
-                    if self.algo.kl_beta > 0:
-                        kl = kl_estimate(logp, part.ref_logp, self.algo.kl_estimator)
-                        token_losses = token_losses + self.algo.kl_beta * kl
-                    loss = aggregate_loss(token_losses, part.mask, self.algo.loss_aggregation,
+                    output = policy_objective(LossInputs(
+                        logp=logp, old_logp=logp.detach() if on_policy else part.old_logp,
+                        rollout_logp=part.rollout_logp, ref_logp=part.ref_logp, advantages=part.advantages,
+                        mask=part.mask, cfg=self.algo))
+                    loss = aggregate_loss(output.token_losses, part.mask, self.algo.loss_aggregation,
                                           num_sequences=mini.size, num_tokens=num_tokens, max_len=self.max_new_tokens)
                     if not math.isfinite(loss.item()):
-                        raise NonFiniteLossError(f"policy loss is {loss.item()} at step {self.steps}; "
-                                                 f"non-finite quantity: {_first_non_finite(logp, part, kl)}")
+                        raise NonFiniteLossError(f"policy loss is {loss.item()} at step {self.steps}; non-finite "
+                                                 f"quantity: {_first_non_finite(logp, part, output.metrics.get('kl'))}")
                     # DeepSpeed averages gradients over the ranks; each rank's loss is its share of the sum
                     backward_and_step(self.engine, loss * self.world, totals)
 
                     share = part.mask.sum().item() / max(experience.mask.sum().item(), 1.0) / self.algo.epochs
                     totals["loss"] += loss.item()
-                    ratio = torch.exp(logp.detach() - old_logp)
-                    clipped = (ratio < 1 - self.algo.clip_eps_low) | (ratio > 1 + self.algo.clip_eps_high)
-                    totals["clip_fraction"] += _masked_mean(clipped.float(), part.mask) * share
+                    for name, values in output.metrics.items():  # the loss's own metrics, token means
+                        totals[name] = totals.get(name, 0.0) + _masked_mean(values, part.mask) * share
                     if on_policy:
                         totals["logprob_gap"] += _masked_mean((logp.detach() - part.rollout_logp).abs(),
                                                               part.mask) * share
-                    if kl is not None:
-                        totals["kl"] += _masked_mean(kl.detach(), part.mask) * share
                 updates += 1
         totals["loss"] /= updates
         totals["lr"] = self.engine.get_lr()[0]

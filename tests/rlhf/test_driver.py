@@ -42,6 +42,9 @@ ALGORITHMS = {
     # the HF engine (starts ~10 s sooner on this tiny model; GRPO keeps vLLM, the default)
     "rloo": ["algo=rloo", "algo.kl_reward_beta=0.01", "algo.whiten_advantages=true", "rollout.engine=hf"],
     "reinforce_pp": ["algo=reinforce_pp", "rollout.engine=hf"],
+    # added as a registered loss + a conf/algo file each; KL in the loss so the reference takes part
+    "gspo": ["algo=gspo", "algo.kl_beta=0.01", "rollout.engine=hf"],
+    "cispo": ["algo=cispo", "algo.kl_beta=0.01", "rollout.engine=hf"],
 }
 
 
