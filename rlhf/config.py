@@ -49,6 +49,7 @@ class AlgoConfig:
     loss_aggregation: str = MISSING
     kl_beta: float = MISSING
     kl_estimator: str = MISSING
+    kl_reward_estimator: str = MISSING
     kl_reward_beta: float = MISSING
     kl_target: Optional[float] = MISSING
     kl_horizon: int = MISSING
@@ -292,6 +293,7 @@ def validate(c: Config) -> None:
     _choice("algo.advantage_scale", c.algo.advantage_scale, SCALES)
     _choice("algo.loss_aggregation", c.algo.loss_aggregation, AGGREGATION_MODES)
     _choice("algo.kl_estimator", c.algo.kl_estimator, KL_ESTIMATORS)
+    _choice("algo.kl_reward_estimator", c.algo.kl_reward_estimator, KL_ESTIMATORS)
     _choice("train.zero_stage", c.train.zero_stage, {0, 1, 2, 3})
     _choice("logging.wandb_mode", c.logging.wandb_mode, {"offline", "online", "disabled"})
     _choice("data.bad_rows", c.data.bad_rows, {"error", "skip"})
@@ -392,6 +394,40 @@ def validate(c: Config) -> None:
     _positive("reward.lsc.ref_samples", c.reward.lsc.ref_samples)
     _positive("reward.timeout_s", c.reward.timeout_s)
     _positive("reward.max_unscorable_steps", c.reward.max_unscorable_steps)
+    check_combinations(c)
+
+
+def check_combinations(c: Config) -> None:
+    """Settings that would silently do nothing, or do the wrong thing, together: refused with the reason."""
+    algo = c.algo
+    per_objective = REWARD_AGGREGATIONS.get(c.reward.aggregation).per_objective_advantages
+    problems = []
+    if c.rollout.top_p < 1:
+        problems.append(f"rollout.top_p={c.rollout.top_p}: the engine samples from the nucleus, the learner scores "
+                        "the whole distribution, so the importance ratios, the TIS weight, the KL in the reward and "
+                        "PAMA's ratio would all be off; train with rollout.top_p=1")
+    if algo.dual_clip is not None and algo.dual_clip <= 1:
+        problems.append(f"algo.dual_clip={algo.dual_clip} must be > 1 (the bound -c A lies below PPO's own only then)")
+    if algo.kl_beta > 0 and algo.kl_estimator == "k1":
+        problems.append("algo.kl_estimator=k1 with algo.kl_beta > 0: k1's gradient in the loss has expectation zero "
+                        "(no pull toward the reference); use k2 or k3 (k1 suits the reward: algo.kl_reward_estimator)")
+    estimator = ADVANTAGE_ESTIMATORS.get(algo.advantage_estimator)
+    if (algo.kl_reward_beta > 0 or algo.kl_target is not None) and not getattr(estimator, "kl_in_reward", False):
+        problems.append(f"algo.kl_reward_beta={algo.kl_reward_beta} (or algo.kl_target) with the "
+                        f"{algo.advantage_estimator!r} estimator, which puts no KL in the reward: the reference would "
+                        "run for nothing; set algo.kl_beta for a KL term in the loss")
+    if algo.reward_clip is not None and not algo.reward_norm:
+        problems.append("algo.reward_clip clips normalised rewards: it needs algo.reward_norm=true")
+    if per_objective:
+        for key, on in (("algo.reward_norm", algo.reward_norm), ("algo.overlong_buffer", algo.overlong_buffer),
+                        ("algo.dynamic_sampling", algo.dynamic_sampling)):
+            if on:
+                problems.append(f"{key} with reward.aggregation={c.reward.aggregation}: it works on the total reward, "
+                                "which this aggregation does not train on (it reads each objective's own)")
+    if c.reward.aggregation == "normalized_sum" and algo.group_size == 1:
+        problems.append("reward.aggregation=normalized_sum with algo.group_size=1: a group of one z-scores to 0")
+    if problems:
+        raise ValueError("these settings do not work together:\n- " + "\n- ".join(problems))
 
 
 def _get(c: Config, dotted: str):

@@ -126,7 +126,7 @@ class Trainer:
                 sampling_metrics["weights_behind"] = self.weight_sync.version - sampling_metrics.pop("weights_version")
                 cursor = self.prompts.state_dict()  # where a resume continues: before the next step's draws
                 pending = self.start_next_rollout(step)
-                metrics = {**self.learn(step, experience, timer), **rollout_metrics(experience, groups),
+                metrics = {**self.learn(step, experience, groups.topped_up, timer), **rollout_metrics(experience, groups),
                            **sampling_metrics, **timer.seconds()}
                 report(step, metrics, groups, self.metrics_log, bar)
                 # a step whose every sample is unscorable trains on nothing: a few in a row mean the rewards are broken
@@ -181,8 +181,9 @@ class Trainer:
                                         self.weight_sync.version)
         return future, timer
 
-    def learn(self, step: int, experience: Experience, timer: "PhaseTimer") -> dict[str, float]:
-        """Advantages, the learners' update, the weight push, the KL controller."""
+    def learn(self, step: int, experience: Experience, topped_up: int, timer: "PhaseTimer") -> dict[str, float]:
+        """Advantages, the learners' update, the weight push, the KL controller. `topped_up`: trailing groups that
+        fill the batch but take no part in the loss."""
         cfg = self.cfg
         if cfg.algo.reward_norm:
             experience.rewards = normalize_rewards(experience.rewards, self.reward_moments, cfg.algo.reward_clip)
@@ -192,8 +193,8 @@ class Trainer:
         with timer("train"):
             if train_policy:  # a push follows: sleeping engines may give up their weights meanwhile
                 self.weight_sync.before_train()
-            metrics.update(train(self.actors, experience.without_truncated() if cfg.algo.mask_truncated else experience,
-                                 train_policy))
+            metrics.update(train(self.actors, training_batch(experience, topped_up * cfg.algo.group_size,
+                                                             cfg.algo.mask_truncated), train_policy))
         if train_policy:
             with timer("weight_sync"):
                 self.weight_sync.push()
@@ -349,6 +350,9 @@ def add_advantages(experience: Experience, estimate, algo, aggregation: Aggregat
         ], -1)
         if values is not None:
             experience.returns = (per_objective.reshape(values.shape) + values) * _mask_like(experience.mask, values)
+        if algo.whiten_advantages:  # each objective's, before PAMA's Noon clipping (after it, negatives return)
+            per_objective = torch.stack([masked_whiten(per_objective[..., k], experience.mask)
+                                         for k in range(per_objective.shape[-1])], -1)
         ratio = (torch.exp(experience.rollout_logp - experience.ref_logp) if algo.ratio_against == "reference"
                  else torch.ones_like(experience.mask))
         advantages, metrics = aggregation.combine_advantages(per_objective, experience.mask, ratio, algo.clip_eps_high)
@@ -356,10 +360,19 @@ def add_advantages(experience: Experience, estimate, algo, aggregation: Aggregat
         advantages = estimate(experience, algo)
         if experience.values is not None:
             experience.returns = (advantages + experience.values) * experience.mask
-    if algo.whiten_advantages:
-        advantages = masked_whiten(advantages, experience.mask)
+        if algo.whiten_advantages:
+            advantages = masked_whiten(advantages, experience.mask)
     experience.advantages = advantages
     return metrics
+
+
+def training_batch(experience: Experience, topped_up_rows: int, mask_truncated: bool) -> Experience:
+    """What the learners train on: the batch without its trailing `topped_up_rows` (DAPO's fill) and, with
+    `mask_truncated`, without truncated completions, each masked out of the loss."""
+    keep = torch.arange(experience.size) < experience.size - topped_up_rows
+    if mask_truncated:
+        keep &= ~experience.truncated
+    return experience.keeping(keep) if not keep.all() else experience
 
 
 def _mask_like(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

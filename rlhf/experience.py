@@ -62,7 +62,11 @@ class Experience:
 
     def without_truncated(self) -> "Experience":
         """The same batch with truncated completions masked out of every loss (DAPO's overlong filtering)."""
-        return replace(self, mask=self.mask * ~self.truncated[:, None])
+        return self.keeping(~self.truncated)
+
+    def keeping(self, rows: torch.Tensor) -> "Experience":
+        """The same batch with the rows where `rows` [B] is False masked out of every loss."""
+        return replace(self, mask=self.mask * rows[:, None])
 
     @classmethod
     def from_samples(cls, prompts: list[list[int]], samples: list[list[Sample]], pad_id: int) -> "Experience":

@@ -22,6 +22,11 @@ class RewardResult:
     total: list[float]  # what the advantage estimator sees: the aggregated objectives plus any shaping
     shaping: dict[str, list[float]]  # terms added to the total that are not objectives (DAPO's overlong)
 
+    def task(self) -> list[float]:
+        """The total without its shaping terms: what DAPO's dynamic-sampling filter tests (as verl does; a group
+        whose task rewards are all equal teaches nothing, however its lengths' penalties differ)."""
+        return [t - sum(terms) for t, *terms in zip(self.total, *self.shaping.values())]
+
     def objectives(self) -> torch.Tensor:
         """[B, K], objectives in config order."""
         return objective_matrix(self.per_objective, list(self.per_objective))
@@ -42,6 +47,7 @@ class Groups:
     batch: PromptBatch
     samples: list[list[Sample]]  # samples[i] are the completions of prompt i
     rewards: RewardResult
+    topped_up: int = 0  # trailing groups DAPO's sampler added uninformative: they take no part in the loss
 
     def __len__(self) -> int:
         return len(self.samples)

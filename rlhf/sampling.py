@@ -36,7 +36,8 @@ class Sampler:
 
         With DAPO's dynamic sampling, groups whose rewards are all equal (nothing to learn from) are dropped
         and more prompts drawn until the batch is full. After `algo.max_sampling_rounds` rounds the batch is
-        topped up with dropped groups (advantage 0, logged), so every step trains on the same number of rows.
+        topped up with dropped groups (logged, `Groups.topped_up`), masked out of the loss (they would count in a
+        token-mean's denominator), so every step has the same number of rows.
         """
         cfg, wanted, size = self.cfg, self.cfg.prompts_per_step, self.cfg.algo.group_size
         kept, dropped = [], []
@@ -52,7 +53,7 @@ class Sampler:
                     add_overlong_punishment(groups, cfg)
             if not cfg.algo.dynamic_sampling:
                 return groups, {}
-            informative = informative_groups(torch.tensor(groups.rewards.total), size).tolist()
+            informative = informative_groups(torch.tensor(groups.rewards.task()), size).tolist()
             kept.append(groups.take(i for i, keep in enumerate(informative) if keep))
             dropped.append(groups.take(i for i, keep in enumerate(informative) if not keep))
             if sum(map(len, kept)) >= wanted:
@@ -60,8 +61,10 @@ class Sampler:
         filled = max(0, wanted - sum(map(len, kept)))
         if filled:
             log.warning("dynamic sampling: %d of %d groups still uninformative after %d rounds "
-                        "(algo.max_sampling_rounds); training on them with advantage 0", filled, wanted, rounds)
+                        "(algo.max_sampling_rounds); they fill the batch but take no part in the loss", filled,
+                        wanted, rounds)
         groups = Groups.concat(kept + dropped).take(range(wanted))
+        groups.topped_up = filled
         return groups, {"sampling/rounds": rounds, "sampling/uninformative_in_batch": filled}
 
     def rewards(self, batch: PromptBatch, completions: list[str]) -> RewardResult:

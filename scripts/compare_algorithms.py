@@ -34,9 +34,17 @@ def synthetic_overrides(out: Path) -> list[str]:
     return ["model=path", f"model.path={model}", "data=file", f"data.path={task}", "prompts_per_step=4",
             "algo.group_size=8", "rollout.max_new_tokens=12", "rollout.temperature=1.0", "train.lr=1e-2",
             "critic.lr=1e-2", "train.micro_batch_size=16", "critic.micro_batch_size=16",
-            # BLEU starts near 0.06 here: x10, and a KL-in-reward weight of 0.01 rather than the presets' 0.05,
-            # keep the KL penalty from drowning the signal
-            "reward.functions.0.weight=10", "algo.kl_reward_beta=0.01"]
+            # BLEU starts near 0.06 here: x10, and (see kl_override) a KL weight of 0.01 rather than the presets'
+            # 0.05, keep the KL penalty from drowning the signal
+            "reward.functions.0.weight=10"]
+
+
+def kl_override(algo: str) -> list[str]:
+    """A KL weight of 0.01 where the algorithm puts KL in the reward; the others keep their preset's loss term."""
+    from rlhf.algorithms import ADVANTAGE_ESTIMATORS
+
+    estimator = load_config(compose_config(f"algo={algo}", "output_dir=/tmp/x")).algo.advantage_estimator
+    return ["algo.kl_reward_beta=0.01"] if getattr(ADVANTAGE_ESTIMATORS.get(estimator), "kl_in_reward", False) else []
 
 
 def main() -> None:
@@ -53,7 +61,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     base = (synthetic_overrides(args.out) if args.task == "synthetic" else []) + overrides
 
-    runs = {algo: [f"algo={algo}"] for algo in args.algos}
+    synthetic = args.task == "synthetic"
+    runs = {algo: [f"algo={algo}", *(kl_override(algo) if synthetic else [])] for algo in args.algos}
     if args.async_vs_sync:
         runs = {"grpo sync": ["algo=grpo"],
                 "grpo one-step-off-policy": ["algo=grpo", "rollout.async_one_step=true", "algo.tis_cap=2"]}

@@ -107,14 +107,14 @@ def group(experience, cfg) -> torch.Tensor:
     return adv[:, None] * experience.mask
 
 
-@ADVANTAGE_ESTIMATORS.register("rloo")
+@ADVANTAGE_ESTIMATORS.register("rloo", kl_in_reward=True)
 def rloo(experience, cfg) -> torch.Tensor:
     """Leave-one-out baseline on the sequence reward (KL, when in the reward, already subtracted)."""
     adv = rloo_advantages(sequence_rewards(experience, cfg), cfg.group_size)
     return adv[:, None] * experience.mask
 
 
-@ADVANTAGE_ESTIMATORS.register("reinforce_pp")
+@ADVANTAGE_ESTIMATORS.register("reinforce_pp", kl_in_reward=True)
 def reinforce_pp(experience, cfg) -> torch.Tensor:
     """REINFORCE++: returns of token rewards (score on the last token, -beta KL on each), whitened over the batch."""
     kl = kl_in_reward(experience, cfg)
@@ -122,7 +122,7 @@ def reinforce_pp(experience, cfg) -> torch.Tensor:
     return masked_whiten(discounted_returns(rewards, experience.mask, cfg.gamma), experience.mask)
 
 
-@ADVANTAGE_ESTIMATORS.register("reinforce_pp_baseline")
+@ADVANTAGE_ESTIMATORS.register("reinforce_pp_baseline", kl_in_reward=True)
 def reinforce_pp_baseline(experience, cfg) -> torch.Tensor:
     """REINFORCE++-baseline: the group mean reward is subtracted first, then as REINFORCE++."""
     centred = group_advantages(experience.rewards, cfg.group_size, scale="none")
@@ -135,7 +135,7 @@ def kl_in_reward(experience, cfg) -> torch.Tensor | None:
     """Per-token KL between the rollout policy and the reference, for algorithms that put KL in the reward."""
     if cfg.kl_reward_beta == 0:
         return None
-    return kl_estimate(experience.rollout_logp, experience.ref_logp, cfg.kl_estimator) * experience.mask
+    return kl_estimate(experience.rollout_logp, experience.ref_logp, cfg.kl_reward_estimator) * experience.mask
 
 
 def sequence_rewards(experience, cfg) -> torch.Tensor:
@@ -144,7 +144,7 @@ def sequence_rewards(experience, cfg) -> torch.Tensor:
     return experience.rewards if kl is None else experience.rewards - cfg.kl_reward_beta * kl.sum(-1)
 
 
-@ADVANTAGE_ESTIMATORS.register("gae")
+@ADVANTAGE_ESTIMATORS.register("gae", kl_in_reward=True)
 def gae_estimator(experience, cfg) -> torch.Tensor:
     """PPO: token rewards (score on the last token, -beta KL on each) through GAE on the critic's values."""
     if experience.values is None:

@@ -8,10 +8,13 @@ class Registry:
         self.kind = kind
         self._items: dict[str, Callable] = {}
 
-    def register(self, name: str) -> Callable[[Callable], Callable]:
+    def register(self, name: str, **traits) -> Callable[[Callable], Callable]:
+        """`traits`: what the function declares of itself (e.g. `kl_in_reward=True`), read by the start-up checks."""
         def add(fn: Callable) -> Callable:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            for trait, value in traits.items():
+                setattr(fn, trait, value)
             self._items[name] = fn
             return fn
 
@@ -26,7 +29,7 @@ class Registry:
         return sorted(self._items)
 
 
-# fn(experience, algo_cfg) -> token advantages [B, T]
+# fn(experience, algo_cfg) -> token advantages [B, T]; trait kl_in_reward: it subtracts kl_reward_beta x KL
 ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
 # fn(LossInputs) -> LossOutput (per-token losses [B, T] and per-token metrics), see rlhf/algorithms/losses.py
 POLICY_LOSSES = Registry("policy loss")

@@ -109,3 +109,28 @@ def test_tensor_parallel_engines_refuse_what_cannot_feed_them(overrides, message
 def test_a_reward_functions_weight_defaults_to_one():
     cfg = load_config(compose_config("reward.functions=[{name: bleu}, {name: length, weight: 0.5}]", "output_dir=/tmp/x"))
     assert cfg.reward.objective_weights() == [1.0, 0.5]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # rollout.top_p: the engine's nucleus logprobs (logits [2, 1, 0, -1], T 0.9, top_p 0.9: -0.285 per token)
+    # against the learner's full-vocabulary ones (-0.387)
+    (["rollout.top_p=0.9"], "rollout.top_p=0.9: the engine samples from the nucleus"),
+    (["algo.dual_clip=1.0"], "algo.dual_clip=1.0 must be > 1"),
+    (["algo.kl_estimator=k1"], "k1's gradient in the loss has expectation zero"),
+    (["algo.kl_reward_beta=0.05"], "with the 'group' estimator, which puts no KL in the reward"),
+    (["algo.reward_clip=5"], "algo.reward_clip clips normalised rewards: it needs algo.reward_norm=true"),
+    (["experiment=pama", "algo.reward_norm=true"], "algo.reward_norm with reward.aggregation=pama"),
+    (["experiment=pama", "algo=dapo"], "algo.overlong_buffer with reward.aggregation=pama"),
+    (["experiment=pama", "algo=dapo"], "algo.dynamic_sampling with reward.aggregation=pama"),
+    (["reward.aggregation=normalized_sum", "algo.group_size=1", "algo.advantage_scale=none",
+      "train.micro_batch_size=2", "reference.micro_batch_size=2", "critic.micro_batch_size=2"],
+     "normalized_sum with algo.group_size=1: a group of one z-scores to 0"),
+])
+def test_settings_that_do_not_work_together_are_refused_with_the_reason(overrides, message):
+    with pytest.raises(ValueError, match="do not work together:(.|\n)*" + message.replace("(", r"\(")):
+        load_config(compose_config(*overrides, "output_dir=/tmp/x"))
+
+
+def test_the_reward_kl_has_its_own_estimator():
+    ppo = load_config(compose_config("algo=ppo", "output_dir=/tmp/x")).algo
+    assert (ppo.kl_reward_estimator, ppo.kl_estimator) == ("k1", "k3")  # k1 in the reward, never in the loss

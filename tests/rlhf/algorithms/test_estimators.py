@@ -58,7 +58,7 @@ def experience(rewards, lengths, width=3):
                            ref_logp=torch.full(mask.shape, -1.5))
 
 
-ALGO = SimpleNamespace(group_size=2, advantage_scale="std", advantage_eps=1e-4, kl_estimator="k1",
+ALGO = SimpleNamespace(group_size=2, advantage_scale="std", advantage_eps=1e-4, kl_reward_estimator="k1",
                        kl_reward_beta=0.0, gamma=1.0)
 
 
