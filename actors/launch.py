@@ -165,7 +165,7 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
             [asdict(f) for f in cfg.reward.functions], cfg.reward.timeout_s)
     reward_models = {
         m.label: RewardModelActor.options(**place("reward_model", i, reward_env), **restarts).remote(
-            m.path, m.batch_size, m.max_length)
+            m.path, m.batch_size, m.max_length, dict(cfg.data.chat_template_kwargs))
         for i, m in enumerate(cfg.reward.models)
     }
     named = {**{f"rollout-{i}": r for i, r in enumerate(rollouts)}, **({"reward": reward} if reward else {}),

@@ -33,6 +33,8 @@ class DataConfig:
     system_prompt: Optional[str] = MISSING
     max_prompt_tokens: int = MISSING
     bad_rows: str = MISSING  # error | skip
+    chat_template: Optional[str] = MISSING  # a Jinja file replacing the policy tokenizer's chat template
+    chat_template_kwargs: dict[str, Any] = MISSING  # passed to every chat template (prompts, reward models)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from rlhf.checkpoint import (
     save_checkpoint,
 )
 from rlhf.config import Config
-from rlhf.data import PromptStream, load_rows
+from rlhf.data import PromptStream, load_rows, read_chat_template
 from rlhf.engines.base import SamplingSettings
 from rlhf.experience import Experience
 from rlhf.groups import Groups
@@ -72,7 +72,8 @@ class Trainer:
         if cfg.algo.use_critic and cfg.critic.model_path:
             check_same_tokenizer(tokenizer, cfg.critic.model_path)
         self.prompts = PromptStream(load_rows(cfg.data), tokenizer, cfg.data.system_prompt,
-                                    cfg.data.max_prompt_tokens, cfg.seed, cfg.data.bad_rows)
+                                    cfg.data.max_prompt_tokens, cfg.seed, cfg.data.bad_rows,
+                                    read_chat_template(cfg.data.chat_template), dict(cfg.data.chat_template_kwargs))
 
         self.checkpoints = Path(cfg.checkpoint.dir or self.output_dir / "checkpoints").absolute()
         self.resume_from = find_checkpoint(cfg.resume, self.checkpoints)

@@ -62,7 +62,7 @@ def scored_pool(cfg, args):
     from transformers import AutoTokenizer
 
     from actors.launch import launch_actors
-    from rlhf.data import PromptBatch, PromptStream, load_rows
+    from rlhf.data import PromptBatch, PromptStream, load_rows, read_chat_template
     from rlhf.driver import connect_ray
     from rlhf.engines.base import SamplingSettings
     from rlhf.groups import objective_matrix
@@ -73,7 +73,8 @@ def scored_pool(cfg, args):
 
     model_path = resolve_model_path(cfg.model.source, cfg.model.path)
     stream = PromptStream(load_rows(cfg.data), AutoTokenizer.from_pretrained(model_path), cfg.data.system_prompt,
-                          cfg.data.max_prompt_tokens, cfg.seed, cfg.data.bad_rows)
+                          cfg.data.max_prompt_tokens, cfg.seed, cfg.data.bad_rows,
+                          read_chat_template(cfg.data.chat_template), dict(cfg.data.chat_template_kwargs))
     started = connect_ray(cfg)
     actors = launch_actors(cfg, model_path, learners=False)
     settings = SamplingSettings(cfg.rollout.max_new_tokens, args.temperature, args.top_p, seed=args.seed)

@@ -2,6 +2,7 @@
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from rlhf.data.bad_rows import BadRows
 from rlhf.data.sources import file_rows, reasoning_gym_rows
@@ -65,6 +66,15 @@ def _row_problem(row: dict) -> str | None:
     return None
 
 
+def read_chat_template(path: str | None) -> str | None:
+    """The text of `data.chat_template` (a Jinja file), or None for the tokenizer's own."""
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"data.chat_template={path!r} does not exist (a Jinja chat template file)")
+    return Path(path).read_text()
+
+
 @dataclass
 class PromptBatch:
     rows: list[dict]  # the canonical rows, for reward functions
@@ -77,7 +87,9 @@ class PromptStream:
     A prompt longer than `max_prompt_tokens` stops the run or is dropped (`bad_rows`, as `data.bad_rows`)."""
 
     def __init__(self, rows: list[dict], tokenizer, system_prompt: str | None, max_prompt_tokens: int, seed: int,
-                 bad_rows: str = "error"):
+                 bad_rows: str = "error", chat_template: str | None = None, chat_template_kwargs: dict | None = None):
+        """`chat_template`: Jinja text replacing the tokenizer's; `chat_template_kwargs` reach the template (e.g.
+        `enable_thinking: false` for Qwen3-style templates). A prompt given as a message list keeps its roles."""
         self.rows, self.seed = [], seed
         self.epoch, self.position = 0, 0
         self.texts, self.token_ids = [], []
@@ -86,7 +98,8 @@ class PromptStream:
             messages = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
             if system_prompt:
                 messages = [{"role": "system", "content": system_prompt}, *messages]
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                 chat_template=chat_template, **(chat_template_kwargs or {}))
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(ids) > max_prompt_tokens:
                 dropped.drop(f"data row {index}", f"prompt has {len(ids)} tokens, more than data.max_prompt_tokens="

@@ -4,7 +4,7 @@ import torch
 
 
 class RewardModel:
-    def __init__(self, path: str, batch_size: int, max_length: int):
+    def __init__(self, path: str, batch_size: int, max_length: int, chat_template_kwargs: dict | None = None):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
@@ -22,13 +22,14 @@ class RewardModel:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size, self.max_length = batch_size, max_length
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})  # data.chat_template_kwargs
 
     def text(self, prompt, completion: str) -> str:
         """The conversation as the reward model reads it: its chat template when it has one."""
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         messages = [*messages, {"role": "assistant", "content": completion}]
         if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, **self.chat_template_kwargs)
         return "\n".join(m["content"] for m in messages)
 
     @torch.no_grad()

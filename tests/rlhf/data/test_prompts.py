@@ -150,3 +150,26 @@ def test_bad_rows_skip_stops_when_nothing_is_left(tmp_path):
     path.write_bytes(b'{"prompt": ""}\n[1]\n')
     with pytest.raises(ValueError, match=r"dropped every row .*line 2: a JSON list"):
         load_rows(file_cfg(path, bad_rows="skip", references=None))
+
+
+def test_a_chat_template_file_and_its_kwargs_reach_the_prompts_and_message_lists_keep_their_roles(tiny_model,
+                                                                                                  tmp_path):
+    from transformers import AutoTokenizer
+
+    from rlhf.data import read_chat_template
+
+    template = tmp_path / "template.jinja"
+    template.write_text("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                        "{% if enable_thinking is false %}<no-think>{% endif %}"
+                        "{% if add_generation_prompt %}<assistant>{% endif %}")
+    rows = [{"prompt": "hi"}, {"prompt": [{"role": "system", "content": "be kind"},
+                                          {"role": "user", "content": "hello"},
+                                          {"role": "assistant", "content": "hey"},
+                                          {"role": "user", "content": "again"}]}]
+    stream = PromptStream(rows, AutoTokenizer.from_pretrained(tiny_model), None, 200, 0,
+                          chat_template=read_chat_template(str(template)),
+                          chat_template_kwargs={"enable_thinking": False})
+    assert stream.texts == ["<user>hi<no-think><assistant>",
+                            "<system>be kind<user>hello<assistant>hey<user>again<no-think><assistant>"]
+    with pytest.raises(FileNotFoundError, match="data.chat_template='/no/such.jinja' does not exist"):
+        read_chat_template("/no/such.jinja")

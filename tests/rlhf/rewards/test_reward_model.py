@@ -27,3 +27,10 @@ def test_a_reward_model_folder_without_a_tokenizer_is_named(tiny_reward_model, t
         shutil.copy(f"{tiny_reward_model}/{name}", bare / name)
     with pytest.raises(ValueError, match=r"reward model .*bare.* tokenizer"):
         RewardModel(str(bare), batch_size=4, max_length=128)
+
+
+def test_chat_template_kwargs_reach_the_reward_models_template(tiny_reward_model):
+    model = RewardModel(tiny_reward_model, batch_size=4, max_length=128, chat_template_kwargs={"flavour": "salty"})
+    model.tokenizer.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                                     "{% if flavour %}[{{ flavour }}]{% endif %}")
+    assert model.text("q", "a") == "<user>q<assistant>a[salty]"
