@@ -15,6 +15,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -61,16 +62,18 @@ def load(url: str, clients: int, requests: int, size: int, timeout_s: float) -> 
     return {"latencies": latencies, "failures": failures, "seconds": time.perf_counter() - started}
 
 
-def start_server() -> tuple[subprocess.Popen, str]:
+def start_server(log_file) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # its log goes to a file: a pipe nobody reads fills up and blocks the server
     server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("reward_server.py")), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=log_file)
     url, deadline = f"http://127.0.0.1:{port}/score", time.monotonic() + 120
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"the reward server exited: {server.stderr.read()[-2000:]}")
+            log_file.seek(0)
+            raise RuntimeError(f"the reward server exited: {log_file.read().decode(errors='replace')[-2000:]}")
         try:
             post_json(url, batch(1, 0), 5, retries=0, backoff_s=0)
             return server, url
@@ -78,6 +81,17 @@ def start_server() -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
     server.kill()
     raise RuntimeError("the reward server did not answer within 120 s")
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Our own server: asked to stop (Ctrl-C), then killed if it has not within 10 s."""
+    os.kill(server.pid, signal.SIGINT)
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        print("the reward server did not stop on SIGINT within 10 s; killed")
+        server.kill()
+        server.wait()
 
 
 def main() -> None:
@@ -89,13 +103,13 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=60.0)
     args = parser.parse_args()
 
-    server, url = (None, args.url) if args.url else start_server()
-    try:
-        result = load(url, args.clients, args.requests, args.batch, args.timeout_s)
-    finally:
-        if server is not None:
-            os.kill(server.pid, signal.SIGINT)
-            server.wait(timeout=30)
+    with tempfile.TemporaryFile() as server_log:
+        server, url = (None, args.url) if args.url else start_server(server_log)
+        try:
+            result = load(url, args.clients, args.requests, args.batch, args.timeout_s)
+        finally:
+            if server is not None:
+                stop(server)
     latencies = sorted(result["latencies"])
     total = args.clients * args.requests
     print(f"{args.clients} clients x {args.requests} requests x {args.batch} completions against {url}")

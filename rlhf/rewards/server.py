@@ -90,7 +90,7 @@ def make_server(scorer: RewardScorer, host: str, port: int, token: str | None = 
 
     class Server(ThreadingHTTPServer):
         # http.server's backlog of 5 makes connections past it wait for a SYN retry: with 16 clients at once the
-        # p99 latency was 1.2 s against 0.18 s (scripts/bench_reward_server.py)
+        # p99 latency was 1.2 s against 0.18 s (scripts/bench_reward_server.py, its server logging to a pipe)
         request_queue_size = 128
         daemon_threads = True
 
