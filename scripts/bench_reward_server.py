@@ -8,9 +8,7 @@ Prints requests, failures, p50/p99 latency and requests per second. No request i
 """
 
 import argparse
-import os
 import random
-import signal
 import socket
 import statistics
 import subprocess
@@ -84,12 +82,13 @@ def start_server(log_file) -> tuple[subprocess.Popen, str]:
 
 
 def stop(server: subprocess.Popen) -> None:
-    """Our own server: asked to stop (Ctrl-C), then killed if it has not within 10 s."""
-    os.kill(server.pid, signal.SIGINT)
+    """Our own server: asked to stop (SIGTERM: a process started in the background ignores SIGINT), then killed
+    if it has not within 10 s."""
+    server.terminate()
     try:
         server.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        print("the reward server did not stop on SIGINT within 10 s; killed")
+        print("the reward server did not stop on SIGTERM within 10 s; killed")
         server.kill()
         server.wait()
 

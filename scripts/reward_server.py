@@ -12,6 +12,7 @@ token from RLHF_REWARD_TOKEN in their reward actor's environment (e.g. `ray job 
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def main() -> None:
     except ValueError as err:
         parser.error(str(err))
     logging.info("serving %s on http://%s:%d/score", scorer.labels, args.host, server.server_port)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # close the socket on SIGTERM too, as on Ctrl-C
     try:
         server.serve_forever()
     except KeyboardInterrupt:
