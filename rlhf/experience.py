@@ -60,10 +60,6 @@ class Experience:
             parts.append(replace(self, **sliced))
         return parts
 
-    def without_truncated(self) -> "Experience":
-        """The same batch with truncated completions masked out of every loss (DAPO's overlong filtering)."""
-        return self.keeping(~self.truncated)
-
     def keeping(self, rows: torch.Tensor) -> "Experience":
         """The same batch with the rows where `rows` [B] is False masked out of every loss."""
         return replace(self, mask=self.mask * rows[:, None])

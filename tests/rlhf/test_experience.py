@@ -21,5 +21,5 @@ def test_overlong_filtering_masks_only_truncated_completions():
     samples = [[Sample([5, 6], [-0.5, -0.6], "ab", False), Sample([7, 8], [-0.7, -0.8], "cd", True)]]
     exp = Experience.from_samples([[1]], samples, pad_id=0)
     assert exp.truncated.tolist() == [False, True]
-    assert exp.without_truncated().mask.tolist() == [[1, 1], [0, 0]]
+    assert exp.keeping(~exp.truncated).mask.tolist() == [[1, 1], [0, 0]]  # DAPO's overlong filtering
     assert exp.mask.tolist() == [[1, 1], [1, 1]]  # the original is left alone
