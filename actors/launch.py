@@ -64,7 +64,7 @@ class Actors:
     reward_models: dict  # objective label -> RewardModelActor
     reference: Reference | None  # None when neither a KL term nor the ratio needs the reference model
     policy: LearnerGroup | None  # None only in scripts that start no learner
-    critic: LearnerGroup | None  # None unless algo.use_critic
+    critic: LearnerGroup | None  # None unless algo.critic.enabled
     placement: Placement | None = None
 
     def stateless(self) -> list:
@@ -104,7 +104,7 @@ def wait_policy(cfg: Config) -> str:
 
 
 def needs_reference(cfg: Config) -> bool:
-    return cfg.algo.kl_beta > 0 or cfg.algo.kl_reward_beta > 0 or cfg.algo.ratio_against == "reference"
+    return cfg.algo.kl.beta > 0 or cfg.algo.kl.reward_beta > 0 or cfg.algo.loss.ratio_against == "reference"
 
 
 def role_demands(cfg: Config, learners: bool) -> dict[str, RoleDemand]:
@@ -116,7 +116,7 @@ def role_demands(cfg: Config, learners: bool) -> dict[str, RoleDemand]:
         demands["policy"] = RoleDemand(cfg.train.ranks, cfg.train.num_cpus, cfg.train.num_gpus)
         if needs_reference(cfg):
             demands["reference"] = RoleDemand(cfg.reference.ranks, cfg.reference.num_cpus, cfg.reference.num_gpus)
-        if cfg.algo.use_critic:
+        if cfg.algo.critic.enabled:
             demands["critic"] = RoleDemand(cfg.critic.ranks, cfg.critic.num_cpus, cfg.critic.num_gpus)
     return {role: d for role, d in demands.items() if d.count}
 
@@ -196,7 +196,7 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
     critic_ranks = [
         CriticActor.options(**place("critic", i, {**_threads(cfg.critic.threads, cfg), **extensions}))
         .remote(cfg.critic.model_path or model_path, cfg.critic, cfg.algo, batch_size, cfg.seed, value_heads(cfg))
-        for i in range(cfg.critic.ranks if cfg.algo.use_critic else 0)
+        for i in range(cfg.critic.ranks if cfg.algo.critic.enabled else 0)
     ]
     # every actor is built side by side; the learner groups then join their ranks
     for role, ranks in {"reference": reference_ranks, "policy": policy_ranks, "critic": critic_ranks}.items():

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from rlhf.algorithms import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+from rlhf.algorithms import ADVANTAGE_ESTIMATORS, BATCH_TRANSFORMS, POLICY_LOSSES
 from rlhf.algorithms.advantages import SCALES
 from rlhf.algorithms.losses import AGGREGATION_MODES, KL_ESTIMATORS
 from rlhf.rewards.aggregation import REWARD_AGGREGATIONS
@@ -38,41 +38,71 @@ class DataConfig:
 
 
 @dataclass
-class AlgoConfig:
+class EstimatorConfig:
     name: str = MISSING
-    group_size: int = MISSING
-    advantage_estimator: str = MISSING
-    advantage_scale: str = MISSING
-    advantage_eps: float = MISSING
-    policy_loss: str = MISSING
+    scale: str = MISSING
+    eps: float = MISSING
+    gamma: float = MISSING
+    lam: float = MISSING
+
+
+@dataclass
+class LossConfig:
+    name: str = MISSING
     clip_eps_low: float = MISSING
     clip_eps_high: float = MISSING
     dual_clip: Optional[float] = MISSING
-    loss_aggregation: str = MISSING
-    kl_beta: float = MISSING
-    kl_estimator: str = MISSING
-    kl_reward_estimator: str = MISSING
-    kl_reward_beta: float = MISSING
-    kl_target: Optional[float] = MISSING
-    kl_horizon: int = MISSING
-    gamma: float = MISSING
-    lam: float = MISSING
-    whiten_advantages: bool = MISSING
-    reward_norm: bool = MISSING
-    reward_clip: Optional[float] = MISSING
+    aggregation: str = MISSING
+    ratio_against: str = MISSING
+    tis_cap: Optional[float] = MISSING
+
+
+@dataclass
+class KLConfig:
+    beta: float = MISSING  # in the loss
+    estimator: str = MISSING
+    reward_beta: float = MISSING  # in the reward: the KL controller's starting value
+    reward_estimator: str = MISSING
+    target: Optional[float] = MISSING
+    horizon: int = MISSING
+
+
+@dataclass
+class UpdateConfig:
     epochs: int = MISSING
     mini_batch_size: Optional[int] = MISSING
     old_logprobs: str = MISSING
-    use_critic: bool = MISSING
+
+
+@dataclass
+class CriticAlgoConfig:
+    enabled: bool = MISSING
     value_clip: Optional[float] = MISSING
-    critic_warmup_steps: int = MISSING
-    dynamic_sampling: bool = MISSING
-    max_sampling_rounds: int = MISSING
+    warmup_steps: int = MISSING
+
+
+@dataclass
+class SamplingAlgoConfig:
+    dynamic: bool = MISSING
+    max_rounds: int = MISSING
     overlong_buffer: Optional[int] = MISSING
     overlong_penalty: float = MISSING
-    mask_truncated: bool = MISSING
-    ratio_against: str = MISSING
-    tis_cap: Optional[float] = MISSING
+
+
+@dataclass
+class AlgoConfig:
+    """One algorithm, by concern: each part goes to the code that needs it (the estimator its section, the loss
+    its own), not the whole list to everyone."""
+    name: str = MISSING
+    group_size: int = MISSING
+    estimator: EstimatorConfig = MISSING
+    loss: LossConfig = MISSING
+    kl: KLConfig = MISSING
+    update: UpdateConfig = MISSING
+    critic: CriticAlgoConfig = MISSING
+    sampling: SamplingAlgoConfig = MISSING
+    transforms: list[str] = MISSING
+    reward_clip: Optional[float] = MISSING
 
 
 @dataclass
@@ -290,45 +320,49 @@ def _positive(key: str, value, allow_zero: bool = False) -> None:
 def validate(c: Config) -> None:
     _choice("rollout.engine", c.rollout.engine, {"vllm", "hf"})
     _choice("rollout.dtype", c.rollout.dtype, {"auto", "float32", "bfloat16"})
-    _choice("algo.advantage_estimator", c.algo.advantage_estimator, ADVANTAGE_ESTIMATORS.names())
-    _choice("algo.policy_loss", c.algo.policy_loss, POLICY_LOSSES.names())
-    _choice("algo.advantage_scale", c.algo.advantage_scale, SCALES)
-    _choice("algo.loss_aggregation", c.algo.loss_aggregation, AGGREGATION_MODES)
-    _choice("algo.kl_estimator", c.algo.kl_estimator, KL_ESTIMATORS)
-    _choice("algo.kl_reward_estimator", c.algo.kl_reward_estimator, KL_ESTIMATORS)
+    _choice("algo.estimator.name", c.algo.estimator.name, ADVANTAGE_ESTIMATORS.names())
+    _choice("algo.loss.name", c.algo.loss.name, POLICY_LOSSES.names())
+    _choice("algo.estimator.scale", c.algo.estimator.scale, SCALES)
+    _choice("algo.loss.aggregation", c.algo.loss.aggregation, AGGREGATION_MODES)
+    _choice("algo.kl.estimator", c.algo.kl.estimator, KL_ESTIMATORS)
+    _choice("algo.kl.reward_estimator", c.algo.kl.reward_estimator, KL_ESTIMATORS)
+    for name in c.algo.transforms:
+        _choice("algo.transforms", name, BATCH_TRANSFORMS.names())
+    if len(set(c.algo.transforms)) != len(c.algo.transforms):
+        raise ValueError(f"algo.transforms={c.algo.transforms} names a transform twice")
     _choice("train.zero_stage", c.train.zero_stage, {0, 1, 2, 3})
     _choice("logging.wandb_mode", c.logging.wandb_mode, {"offline", "online", "disabled"})
     _choice("data.bad_rows", c.data.bad_rows, {"error", "skip"})
     for key in ("steps", "prompts_per_step", "algo.group_size", "rollout.max_new_tokens", "train.lr",
                 "train.micro_batch_size", "reference.micro_batch_size", "rollout.threads", "train.threads"):
         _positive(key, _get(c, key))
-    _positive("algo.kl_beta", c.algo.kl_beta, allow_zero=True)
-    _positive("algo.kl_reward_beta", c.algo.kl_reward_beta, allow_zero=True)
+    _positive("algo.kl.beta", c.algo.kl.beta, allow_zero=True)
+    _positive("algo.kl.reward_beta", c.algo.kl.reward_beta, allow_zero=True)
     _positive("rollout.temperature", c.rollout.temperature)
     if not 0 < c.rollout.top_p <= 1:
         raise ValueError(f"rollout.top_p={c.rollout.top_p} must be in (0, 1]")
-    if c.algo.group_size == 1 and c.algo.advantage_scale == "std":
-        raise ValueError("algo.group_size=1 with algo.advantage_scale=std: one sample has no std; "
-                         "use a group size > 1 or algo.advantage_scale=none")
-    _choice("algo.old_logprobs", c.algo.old_logprobs, {"recompute", "rollout"})
-    _positive("algo.epochs", c.algo.epochs)
-    _positive("algo.max_sampling_rounds", c.algo.max_sampling_rounds)
+    if c.algo.group_size == 1 and c.algo.estimator.scale == "std":
+        raise ValueError("algo.group_size=1 with algo.estimator.scale=std: one sample has no std; "
+                         "use a group size > 1 or algo.estimator.scale=none")
+    _choice("algo.update.old_logprobs", c.algo.update.old_logprobs, {"recompute", "rollout"})
+    _positive("algo.update.epochs", c.algo.update.epochs)
+    _positive("algo.sampling.max_rounds", c.algo.sampling.max_rounds)
     _positive("checkpoint.every", c.checkpoint.every, allow_zero=True)
     _positive("checkpoint.keep_last", c.checkpoint.keep_last)
-    if c.algo.overlong_buffer is not None and not 0 < c.algo.overlong_buffer <= c.rollout.max_new_tokens:
-        raise ValueError(f"algo.overlong_buffer={c.algo.overlong_buffer} must be in (0, rollout.max_new_tokens="
+    if c.algo.sampling.overlong_buffer is not None and not 0 < c.algo.sampling.overlong_buffer <= c.rollout.max_new_tokens:
+        raise ValueError(f"algo.sampling.overlong_buffer={c.algo.sampling.overlong_buffer} must be in (0, rollout.max_new_tokens="
                          f"{c.rollout.max_new_tokens}]: the punishment ramps over the budget's last tokens")
     batch = c.prompts_per_step * c.algo.group_size
-    mini = c.algo.mini_batch_size or batch
+    mini = c.algo.update.mini_batch_size or batch
     if batch % mini:
-        raise ValueError(f"algo.mini_batch_size={mini} does not divide the batch of {batch} sequences "
+        raise ValueError(f"algo.update.mini_batch_size={mini} does not divide the batch of {batch} sequences "
                          f"(prompts_per_step x algo.group_size)")
-    for role in ("train", "critic") if c.algo.use_critic else ("train",):
+    for role in ("train", "critic") if c.algo.critic.enabled else ("train",):
         micro, ranks = _get(c, f"{role}.micro_batch_size"), _get(c, f"{role}.ranks")
         _positive(f"{role}.ranks", ranks)
         if mini % ranks or (mini // ranks) % micro:
             raise ValueError(f"{role}.micro_batch_size={micro} x {role}.ranks={ranks} does not divide the batch of "
-                             f"{mini} sequences per optimizer step (algo.mini_batch_size, or prompts_per_step x "
+                             f"{mini} sequences per optimizer step (algo.update.mini_batch_size, or prompts_per_step x "
                              "algo.group_size): each rank takes an equal share, cut into micro-batches")
     _positive("reference.ranks", c.reference.ranks)
     if batch % c.reference.ranks:
@@ -369,8 +403,8 @@ def validate(c: Config) -> None:
         if _get(c, f"{role}.offload_optimizer") and _get(c, f"{role}.zero_stage") == 0:
             raise ValueError(f"{role}.offload_optimizer needs {role}.zero_stage >= 1 (DeepSpeed offloads ZeRO's "
                              "optimizer partitions)")
-    if c.rollout.async_one_step and c.algo.tis_cap is None:
-        raise ValueError("rollout.async_one_step trains on samples of the previous weights: set algo.tis_cap "
+    if c.rollout.async_one_step and c.algo.loss.tis_cap is None:
+        raise ValueError("rollout.async_one_step trains on samples of the previous weights: set algo.loss.tis_cap "
                          "(e.g. 2.0) for the truncated importance-sampling correction")
     _choice("omp_wait_policy", c.omp_wait_policy, {"auto", "default", "passive", "active"})
     _choice("placement.layout", c.placement.layout, {"colocated", "split"})
@@ -390,7 +424,7 @@ def validate(c: Config) -> None:
     _choice("reward.lsc.estimator", c.reward.lsc.estimator, {"empirical", "normal"})
     _choice("reward.pama.granularity", c.reward.pama.granularity, {"batch", "token"})
     _choice("reward.pama.apply", c.reward.pama.apply, {"weights", "scalar"})
-    _choice("algo.ratio_against", c.algo.ratio_against, {"rollout", "reference"})
+    _choice("algo.loss.ratio_against", c.algo.loss.ratio_against, {"rollout", "reference"})
     if not 0 < c.reward.lsc.quantile < 1:
         raise ValueError(f"reward.lsc.quantile={c.reward.lsc.quantile} must be in (0, 1)")
     _positive("reward.lsc.ref_samples", c.reward.lsc.ref_samples)
@@ -408,24 +442,26 @@ def check_combinations(c: Config) -> None:
         problems.append(f"rollout.top_p={c.rollout.top_p}: the engine samples from the nucleus, the learner scores "
                         "the whole distribution, so the importance ratios, the TIS weight, the KL in the reward and "
                         "PAMA's ratio would all be off; train with rollout.top_p=1")
-    if algo.dual_clip is not None and algo.dual_clip <= 1:
-        problems.append(f"algo.dual_clip={algo.dual_clip} must be > 1 (the bound -c A lies below PPO's own only then)")
-    if algo.kl_beta > 0 and algo.kl_estimator == "k1":
-        problems.append("algo.kl_estimator=k1 with algo.kl_beta > 0: k1's gradient in the loss has expectation zero "
-                        "(no pull toward the reference); use k2 or k3 (k1 suits the reward: algo.kl_reward_estimator)")
-    estimator = ADVANTAGE_ESTIMATORS.get(algo.advantage_estimator)
-    if (algo.kl_reward_beta > 0 or algo.kl_target is not None) and not getattr(estimator, "kl_in_reward", False):
-        problems.append(f"algo.kl_reward_beta={algo.kl_reward_beta} (or algo.kl_target) with the "
-                        f"{algo.advantage_estimator!r} estimator, which puts no KL in the reward: the reference would "
-                        "run for nothing; set algo.kl_beta for a KL term in the loss")
-    if algo.reward_clip is not None and not algo.reward_norm:
-        problems.append("algo.reward_clip clips normalised rewards: it needs algo.reward_norm=true")
+    if algo.loss.dual_clip is not None and algo.loss.dual_clip <= 1:
+        problems.append(f"algo.loss.dual_clip={algo.loss.dual_clip} must be > 1 (the bound -c A lies below PPO's own only then)")
+    if algo.kl.beta > 0 and algo.kl.estimator == "k1":
+        problems.append("algo.kl.estimator=k1 with algo.kl.beta > 0: k1's gradient in the loss has expectation zero "
+                        "(no pull toward the reference); use k2 or k3 (k1 suits the reward: algo.kl.reward_estimator)")
+    estimator = ADVANTAGE_ESTIMATORS.get(algo.estimator.name)
+    if (algo.kl.reward_beta > 0 or algo.kl.target is not None) and not getattr(estimator, "kl_in_reward", False):
+        problems.append(f"algo.kl.reward_beta={algo.kl.reward_beta} (or algo.kl.target) with the "
+                        f"{algo.estimator.name!r} estimator, which puts no KL in the reward: the reference would "
+                        "run for nothing; set algo.kl.beta for a KL term in the loss")
+    if algo.reward_clip is not None and "normalize_rewards" not in algo.transforms:
+        problems.append("algo.reward_clip clips normalised rewards: it needs normalize_rewards in algo.transforms")
     if per_objective:
-        for key, on in (("algo.reward_norm", algo.reward_norm), ("algo.overlong_buffer", algo.overlong_buffer),
-                        ("algo.dynamic_sampling", algo.dynamic_sampling)):
-            if on:
-                problems.append(f"{key} with reward.aggregation={c.reward.aggregation}: it works on the total reward, "
-                                "which this aggregation does not train on (it reads each objective's own)")
+        total_reward_settings = [f"{name} in algo.transforms" for name in algo.transforms
+                                 if getattr(BATCH_TRANSFORMS.get(name), "total_reward_only", False)]
+        total_reward_settings += [key for key, on in (("algo.sampling.overlong_buffer", algo.sampling.overlong_buffer),
+                                                      ("algo.sampling.dynamic", algo.sampling.dynamic)) if on]
+        for setting in total_reward_settings:
+            problems.append(f"{setting} with reward.aggregation={c.reward.aggregation}: it works on the total reward, "
+                            "which this aggregation does not train on (it reads each objective's own)")
     if c.reward.aggregation == "normalized_sum" and algo.group_size == 1:
         problems.append("reward.aggregation=normalized_sum with algo.group_size=1: a group of one z-scores to 0")
     if problems:

@@ -18,9 +18,9 @@ from actors.launch import ActorBuildError, Actors, build_failure, engine_sleeps,
 from actors.learner_group import LearnerGroup, RankDied
 from actors.rollout import StaleWeightsError
 from actors.weight_sync import make_route
-from rlhf.algorithms import ADVANTAGE_ESTIMATORS
-from rlhf.algorithms.advantages import masked_whiten
-from rlhf.algorithms.reward_shaping import KLController, RunningMoments, normalize_rewards
+from rlhf.algorithms import ADVANTAGE_ESTIMATORS, AdvantageInputs
+from rlhf.algorithms.reward_shaping import KLController, RunningMoments
+from rlhf.algorithms.transforms import TransformContext, transforms_by_stage
 from rlhf.checkpoint import (
     check_no_later_checkpoints,
     find_checkpoint,
@@ -69,7 +69,7 @@ class Trainer:
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.pad_id = tokenizer.pad_token_id
         check_context_length(self.model_path, cfg)
-        if cfg.algo.use_critic and cfg.critic.model_path:
+        if cfg.algo.critic.enabled and cfg.critic.model_path:
             check_same_tokenizer(tokenizer, cfg.critic.model_path)
         self.prompts = PromptStream(load_rows(cfg.data), tokenizer, cfg.data.system_prompt,
                                     cfg.data.max_prompt_tokens, cfg.seed, cfg.data.bad_rows,
@@ -78,8 +78,8 @@ class Trainer:
         self.checkpoints = Path(cfg.checkpoint.dir or self.output_dir / "checkpoints").absolute()
         self.resume_from = find_checkpoint(cfg.resume, self.checkpoints)
         self.state = read_driver_state(self.resume_from) if self.resume_from else None
-        if self.state and cfg.algo.use_critic and not (self.resume_from / "critic").is_dir():
-            raise ValueError(f"{self.resume_from} holds no critic but algo.use_critic is true: resume with the "
+        if self.state and cfg.algo.critic.enabled and not (self.resume_from / "critic").is_dir():
+            raise ValueError(f"{self.resume_from} holds no critic but algo.critic.enabled is true: resume with the "
                              "algorithm the checkpoint was written with")
         check_no_later_checkpoints(self.checkpoints, self.state["step"] if self.state else -1)
         remove_unfinished(self.checkpoints)
@@ -104,10 +104,11 @@ class Trainer:
             if self.started_ray:  # the actors go with the Ray instance this run started
                 ray.shutdown()
             raise
-        self.estimate_advantages = ADVANTAGE_ESTIMATORS.get(cfg.algo.advantage_estimator)
+        self.estimate_advantages = ADVANTAGE_ESTIMATORS.get(cfg.algo.estimator.name)
         self.aggregation = REWARD_AGGREGATIONS.get(cfg.reward.aggregation)(cfg.reward)
-        self.kl_control = KLController(cfg.algo.kl_reward_beta, cfg.algo.kl_target, cfg.algo.kl_horizon)
+        self.kl_control = KLController(cfg.algo.kl.reward_beta, cfg.algo.kl.target, cfg.algo.kl.horizon)
         self.reward_moments = RunningMoments()
+        self.transforms = transforms_by_stage(cfg.algo.transforms)
         self.sampler = Sampler(self.actors, cfg, self.aggregation)
         # one-step-off-policy (rollout.async_one_step): the next step's rollout runs on the previous weights
         # while this step trains; its phase times are merged into the step that uses it
@@ -186,16 +187,17 @@ class Trainer:
         """Advantages, the learners' update, the weight push, the KL controller. `topped_up`: trailing groups that
         fill the batch but take no part in the loss."""
         cfg = self.cfg
-        if cfg.algo.reward_norm:
-            experience.rewards = normalize_rewards(experience.rewards, self.reward_moments, cfg.algo.reward_clip)
-        metrics = add_advantages(experience, self.estimate_advantages,
-                                 replace(cfg.algo, kl_reward_beta=self.kl_control.value), self.aggregation)
-        train_policy = step >= cfg.algo.critic_warmup_steps
+        context = TransformContext(cfg.algo, self.reward_moments)
+        for transform in self.transforms["rewards"]:
+            experience.rewards = transform(experience.rewards, context)
+        metrics = add_advantages(experience, self.estimate_advantages, cfg.algo, self.kl_control.value,
+                                 self.aggregation, self.transforms["advantages"], context)
+        train_policy = step >= cfg.algo.critic.warmup_steps
         with timer("train"):
             if train_policy:  # a push follows: sleeping engines may give up their weights meanwhile
                 self.weight_sync.before_train()
-            metrics.update(train(self.actors, training_batch(experience, topped_up * cfg.algo.group_size,
-                                                             cfg.algo.mask_truncated), train_policy))
+            batch = training_batch(experience, topped_up * cfg.algo.group_size, self.transforms["training"], context)
+            metrics.update(train(self.actors, batch, train_policy))
         if train_policy:
             with timer("weight_sync"):
                 self.weight_sync.push()
@@ -335,49 +337,51 @@ def make_experience(actors: Actors, groups: Groups, pad_id: int, timer: "PhaseTi
     return experience
 
 
-def add_advantages(experience: Experience, estimate, algo, aggregation: Aggregation) -> dict[str, float]:
-    """Advantages from the registered estimator; the critic's targets are taken before any whitening.
+def add_advantages(experience: Experience, estimate, algo, kl_coef: float, aggregation: Aggregation,
+                   transforms=(), context: TransformContext | None = None) -> dict[str, float]:
+    """Advantages from the registered estimator, then the `advantages`-stage transforms (whitening); the
+    critic's targets are taken before them. `kl_coef`: the KL controller's current value.
 
     An aggregation that combines advantages (PAMA) gets the estimator's advantages for each objective on its
-    own, each against its own value head when there is a critic."""
+    own, each against its own value head when there is a critic, each transformed before they are combined
+    (whitening after PAMA's Noon clipping would bring negative advantages back)."""
+    def advantages_of(rewards, values):
+        inputs = AdvantageInputs(replace(experience, rewards=rewards, values=values), algo.group_size,
+                                 algo.estimator, kl_coef, algo.kl.reward_estimator)
+        advantages = estimate(inputs)
+        returns = (advantages + values) * experience.mask if values is not None else None
+        for transform in transforms:
+            advantages = transform(advantages, experience.mask, context)
+        return advantages, returns
+
     metrics = {}
     if aggregation.per_objective_advantages:
-        objectives = experience.objective_rewards
-        values = experience.values
-        per_objective = torch.stack([
-            estimate(replace(experience, rewards=objectives[:, k],
-                             values=values[..., k] if values is not None and values.dim() == 3 else values), algo)
-            for k in range(objectives.shape[1])
-        ], -1)
+        objectives, values = experience.objective_rewards, experience.values
+        per_head = values is not None and values.dim() == 3
+        parts = [advantages_of(objectives[:, k], values[..., k] if per_head else values)
+                 for k in range(objectives.shape[1])]
+        per_objective = torch.stack([advantages for advantages, _ in parts], -1)
         if values is not None:
-            experience.returns = (per_objective.reshape(values.shape) + values) * _mask_like(experience.mask, values)
-        if algo.whiten_advantages:  # each objective's, before PAMA's Noon clipping (after it, negatives return)
-            per_objective = torch.stack([masked_whiten(per_objective[..., k], experience.mask)
-                                         for k in range(per_objective.shape[-1])], -1)
-        ratio = (torch.exp(experience.rollout_logp - experience.ref_logp) if algo.ratio_against == "reference"
+            returns = [r for _, r in parts]
+            experience.returns = torch.stack(returns, -1) if per_head else returns[0]
+        ratio = (torch.exp(experience.rollout_logp - experience.ref_logp) if algo.loss.ratio_against == "reference"
                  else torch.ones_like(experience.mask))
-        advantages, metrics = aggregation.combine_advantages(per_objective, experience.mask, ratio, algo.clip_eps_high)
+        advantages, metrics = aggregation.combine_advantages(per_objective, experience.mask, ratio,
+                                                             algo.loss.clip_eps_high)
     else:
-        advantages = estimate(experience, algo)
-        if experience.values is not None:
-            experience.returns = (advantages + experience.values) * experience.mask
-        if algo.whiten_advantages:
-            advantages = masked_whiten(advantages, experience.mask)
+        advantages, experience.returns = advantages_of(experience.rewards, experience.values)
     experience.advantages = advantages
     return metrics
 
 
-def training_batch(experience: Experience, topped_up_rows: int, mask_truncated: bool) -> Experience:
-    """What the learners train on: the batch without its trailing `topped_up_rows` (DAPO's fill) and, with
-    `mask_truncated`, without truncated completions, each masked out of the loss."""
+def training_batch(experience: Experience, topped_up_rows: int, transforms=(),
+                   context: TransformContext | None = None) -> Experience:
+    """What the learners train on: the batch without its trailing `topped_up_rows` (DAPO's fill) and without
+    the rows the `training`-stage transforms drop (e.g. mask_truncated), each masked out of the loss."""
     keep = torch.arange(experience.size) < experience.size - topped_up_rows
-    if mask_truncated:
-        keep &= ~experience.truncated
+    for transform in transforms:
+        keep &= transform(experience, context)
     return experience.keeping(keep) if not keep.all() else experience
-
-
-def _mask_like(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    return mask[..., None] if values.dim() == 3 else mask
 
 
 def train(actors: Actors, experience: Experience, train_policy: bool) -> dict[str, float]:

@@ -35,13 +35,13 @@ class Sampler:
         `version`), and score them.
 
         With DAPO's dynamic sampling, groups whose rewards are all equal (nothing to learn from) are dropped
-        and more prompts drawn until the batch is full. After `algo.max_sampling_rounds` rounds the batch is
+        and more prompts drawn until the batch is full. After `algo.sampling.max_rounds` rounds the batch is
         topped up with dropped groups (logged, `Groups.topped_up`), masked out of the loss (they would count in a
         token-mean's denominator), so every step has the same number of rows.
         """
         cfg, wanted, size = self.cfg, self.cfg.prompts_per_step, self.cfg.algo.group_size
         kept, dropped = [], []
-        for rounds in range(1, cfg.algo.max_sampling_rounds + 1):
+        for rounds in range(1, cfg.algo.sampling.max_rounds + 1):
             batch = prompts.next_batch(wanted)
             with timer("generate"):
                 # seeds depend only on (seed, step, round): a resumed run samples what the first one would have
@@ -49,9 +49,9 @@ class Sampler:
                 samples = generate(self.actors, batch.token_ids, size, replace(self.settings, seed=seed), version)
             with timer("reward"):
                 groups = Groups(batch, samples, self.rewards(batch, [s.text for g in samples for s in g]))
-                if cfg.algo.overlong_buffer:
+                if cfg.algo.sampling.overlong_buffer:
                     add_overlong_punishment(groups, cfg)
-            if not cfg.algo.dynamic_sampling:
+            if not cfg.algo.sampling.dynamic:
                 return groups, {}
             informative = informative_groups(torch.tensor(groups.rewards.task()), size).tolist()
             kept.append(groups.take(i for i, keep in enumerate(informative) if keep))
@@ -61,7 +61,7 @@ class Sampler:
         filled = max(0, wanted - sum(map(len, kept)))
         if filled:
             log.warning("dynamic sampling: %d of %d groups still uninformative after %d rounds "
-                        "(algo.max_sampling_rounds); they fill the batch but take no part in the loss", filled,
+                        "(algo.sampling.max_rounds); they fill the batch but take no part in the loss", filled,
                         wanted, rounds)
         groups = Groups.concat(kept + dropped).take(range(wanted))
         groups.topped_up = filled
@@ -112,7 +112,7 @@ class Sampler:
     def _reachable_rows(self, prompts: PromptStream) -> list[int]:
         """Rows the run can draw from the stream's current cursor (all rows if it may go round the data)."""
         cfg = self.cfg
-        draws = cfg.steps * cfg.prompts_per_step * (cfg.algo.max_sampling_rounds if cfg.algo.dynamic_sampling else 1)
+        draws = cfg.steps * cfg.prompts_per_step * (cfg.algo.sampling.max_rounds if cfg.algo.sampling.dynamic else 1)
         if draws >= len(prompts.rows):
             return list(range(len(prompts.rows)))
         cursor = prompts.state_dict()
@@ -152,7 +152,7 @@ def add_overlong_punishment(groups: Groups, cfg: Config) -> None:
     """DAPO's soft overlong punishment, added to the total and logged on its own (a shaping term, not an
     objective)."""
     lengths = torch.tensor([len(s.completion_ids) for s in groups.completions])
-    penalty = soft_overlong_punishment(lengths, cfg.rollout.max_new_tokens, cfg.algo.overlong_buffer,
-                                       cfg.algo.overlong_penalty).tolist()
+    penalty = soft_overlong_punishment(lengths, cfg.rollout.max_new_tokens, cfg.algo.sampling.overlong_buffer,
+                                       cfg.algo.sampling.overlong_penalty).tolist()
     groups.rewards.shaping["overlong"] = penalty
     groups.rewards.total = [t + p for t, p in zip(groups.rewards.total, penalty)]

@@ -25,7 +25,7 @@ from training_runs import REPO, train
 def run(engines: int, prompts: int, steps: int, warmup: int, out: Path) -> dict:
     overrides = ["experiment=smoke", "rollout.engine=hf", f"rollout.engines={engines}", "rollout.threads=1",
                  "rollout.num_cpus=0", "train.num_cpus=0", f"prompts_per_step={prompts}", "algo.group_size=2",
-                 f"train.micro_batch_size={2 * prompts}", "algo.kl_beta=0", f"data.size={prompts * (steps + warmup)}",
+                 f"train.micro_batch_size={2 * prompts}", "algo.kl.beta=0", f"data.size={prompts * (steps + warmup)}",
                  f"steps={steps + warmup}", "checkpoint.every=0", "save_final=false", "logging.wandb_mode=disabled",
                  "logging.plot=false", "logging.progress_bar=false", "preflight.enabled=false"]
     history = train(overrides, out, f"{engines} engines")[warmup:]

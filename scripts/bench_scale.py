@@ -45,7 +45,7 @@ def run(engines: int, ranks: int, model: str, steps: int, warmup: int, out: Path
         "experiment=smoke", f"model={model}", "placement=split", "rollout.engine=hf", f"rollout.engines={engines}",
         f"train.ranks={ranks}", "rollout.threads=1", "train.threads=1", "rollout.num_cpus=0", "train.num_cpus=0",
         f"prompts_per_step={prompts}", "algo.group_size=2", f"train.micro_batch_size={2 * prompts // ranks}",
-        "algo.kl_beta=0", "rollout.max_new_tokens=16", f"data.size={prompts * (steps + warmup)}",
+        "algo.kl.beta=0", "rollout.max_new_tokens=16", f"data.size={prompts * (steps + warmup)}",
         f"steps={steps + warmup}", "checkpoint.every=0", "save_final=false", "logging.wandb_mode=disabled",
         "logging.plot=false", "logging.progress_bar=false", "preflight.enabled=false", f"output_dir={out}"))
     routes.chosen.clear()

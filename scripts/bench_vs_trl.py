@@ -135,7 +135,7 @@ def run_ours(args, prompts, beta, work: Path) -> dict:
     batch = prompts * 4
     # micro-batches of one group: as fast as two groups at 8 prompts here (31.6 vs 32.6 s), 0.5 GiB less
     overrides = [f"prompts_per_step={prompts}", "algo.group_size=4", "rollout.max_new_tokens=32", "train.lr=1e-5",
-                 f"algo.kl_beta={beta}", f"steps={args.warmup + args.steps + 1}", f"rollout.dtype={args.dtype}",
+                 f"algo.kl.beta={beta}", f"steps={args.warmup + args.steps + 1}", f"rollout.dtype={args.dtype}",
                  f"train.bf16={str(args.dtype == 'bfloat16').lower()}", f"train.micro_batch_size={min(batch, 4)}",
                  "checkpoint.every=0", "save_final=false", "logging.wandb_mode=disabled", "logging.plot=false",
                  "logging.progress_bar=false", "preflight.enabled=false", f"output_dir={out}", f"hydra.run.dir={out}",
@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_vs_trl")
-    parser.add_argument("--ours", nargs="*", default=["rollout.async_one_step=true", "algo.tis_cap=2", "rollout.threads=1",
+    parser.add_argument("--ours", nargs="*", default=["rollout.async_one_step=true", "algo.loss.tis_cap=2", "rollout.threads=1",
                                                       "train.threads=1", "reference.threads=1"],
                         help="Hydra overrides for our runs; the default is our fastest layout on 2 cores (generation "
                              "of the next batch overlapping training, one step off-policy, one thread per role: each lane gets "

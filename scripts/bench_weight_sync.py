@@ -20,7 +20,7 @@ from training_runs import REPO, train
 
 def run(route: str, engines: int, steps: int, warmup: int, out: Path) -> dict:
     overrides = [f"rollout.weight_sync={route}", f"rollout.engines={engines}", "rollout.num_cpus=0", "train.num_cpus=0",
-                 "prompts_per_step=1", "rollout.max_new_tokens=16", "train.micro_batch_size=4", "algo.kl_beta=0",
+                 "prompts_per_step=1", "rollout.max_new_tokens=16", "train.micro_batch_size=4", "algo.kl.beta=0",
                  f"steps={steps + warmup}", "checkpoint.every=0", "save_final=false", "logging.wandb_mode=disabled",
                  "logging.plot=false", "logging.progress_bar=false", "preflight.enabled=false"]
     history = train(overrides, out, f"{route}, {engines} engines")[warmup:]

@@ -43,8 +43,8 @@ def kl_override(algo: str) -> list[str]:
     """A KL weight of 0.01 where the algorithm puts KL in the reward; the others keep their preset's loss term."""
     from rlhf.algorithms import ADVANTAGE_ESTIMATORS
 
-    estimator = load_config(compose_config(f"algo={algo}", "output_dir=/tmp/x")).algo.advantage_estimator
-    return ["algo.kl_reward_beta=0.01"] if getattr(ADVANTAGE_ESTIMATORS.get(estimator), "kl_in_reward", False) else []
+    estimator = load_config(compose_config(f"algo={algo}", "output_dir=/tmp/x")).algo.estimator.name
+    return ["algo.kl.reward_beta=0.01"] if getattr(ADVANTAGE_ESTIMATORS.get(estimator), "kl_in_reward", False) else []
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
                         help="synthetic: tiny model and BLEU task; default: the default experiment's model and data")
     parser.add_argument("--out", type=Path, default=Path("outputs/compare_algorithms").absolute())
     parser.add_argument("--async-vs-sync", action="store_true",
-                        help="instead of algorithms: GRPO synchronous against one-step-off-policy (algo.tis_cap=2)")
+                        help="instead of algorithms: GRPO synchronous against one-step-off-policy (algo.loss.tis_cap=2)")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,7 @@ def main() -> None:
     runs = {algo: [f"algo={algo}", *(kl_override(algo) if synthetic else [])] for algo in args.algos}
     if args.async_vs_sync:
         runs = {"grpo sync": ["algo=grpo"],
-                "grpo one-step-off-policy": ["algo=grpo", "rollout.async_one_step=true", "algo.tis_cap=2"]}
+                "grpo one-step-off-policy": ["algo=grpo", "rollout.async_one_step=true", "algo.loss.tis_cap=2"]}
     curves, seconds = {}, {}
     for name, extra in runs.items():
         run_dir = args.out / name.replace(" ", "_")

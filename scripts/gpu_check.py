@@ -113,7 +113,7 @@ def policy_update() -> list[str]:
                        "LOCAL_RANK": "0"})
     groups, group_size, prompt_len, completion_len = 2, 4, 128, 128
     batch = groups * group_size
-    cfg = load_config(compose_config("output_dir=/tmp/unused", "algo.kl_beta=0", f"train.micro_batch_size={batch}",
+    cfg = load_config(compose_config("output_dir=/tmp/unused", "algo.kl.beta=0", f"train.micro_batch_size={batch}",
                                      f"rollout.max_new_tokens={completion_len}"))
     model = resolve_model_path("tiny" if ON_CPU else "smollm2")
     learner = PolicyLearner(model, cfg.train, cfg.algo, batch, completion_len, 1.0, seed=0)

@@ -31,7 +31,7 @@ def synthetic_overrides(out: Path) -> list[str]:
     model = build_tiny_model(out / "tiny-model")
     return ["model=path", f"model.path={model}", "data=file", f"data.path={task}", "prompts_per_step=4",
             "algo.group_size=8", "rollout.max_new_tokens=12", "rollout.temperature=1.0", "train.lr=1e-2",
-            "critic.lr=1e-2", "train.micro_batch_size=16", "critic.micro_batch_size=16", "algo.kl_beta=0",
+            "critic.lr=1e-2", "train.micro_batch_size=16", "critic.micro_batch_size=16", "algo.kl.beta=0",
             "reward.functions=[{name: bleu, weight: 0.5}, {name: conciseness, weight: 0.5, kwargs: {max_words: 12}}]"]
 
 

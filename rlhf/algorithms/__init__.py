@@ -5,7 +5,7 @@ Every module of this package is imported here, so a new algorithm's module regis
 import importlib
 import pkgutil
 
-from rlhf.algorithms.advantages import gae, group_advantages, rloo_advantages
+from rlhf.algorithms.advantages import AdvantageInputs, gae, group_advantages, rloo_advantages
 from rlhf.algorithms.losses import (
     LossInputs,
     LossOutput,
@@ -14,7 +14,7 @@ from rlhf.algorithms.losses import (
     kl_estimate,
     policy_objective,
 )
-from rlhf.algorithms.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+from rlhf.algorithms.registry import ADVANTAGE_ESTIMATORS, BATCH_TRANSFORMS, POLICY_LOSSES
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -24,6 +24,8 @@ from rlhf.algorithms.gspo import gspo_loss  # noqa: E402
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
+    "AdvantageInputs",
+    "BATCH_TRANSFORMS",
     "POLICY_LOSSES",
     "LossInputs",
     "LossOutput",

@@ -4,6 +4,8 @@ Tensors are [B, T] with a 0/1 mask of real completion tokens; sequence-level rew
 `group_size` contiguous rows. NaN rewards (unscorable samples) are left out of group statistics, advantage 0.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from rlhf.algorithms.losses import kl_estimate
@@ -100,55 +102,65 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -
     return (values - mean) * torch.rsqrt(var + eps) * mask
 
 
+@dataclass
+class AdvantageInputs:
+    """What an advantage estimator may use."""
+
+    experience: object  # rewards [B] (NaN: unscorable), mask [B, T], rollout_logp, ref_logp, values
+    group_size: int
+    cfg: object  # the estimator's config section (algo.estimator)
+    kl_coef: float = 0.0  # the KL controller's current value, for estimators that put KL in the reward
+    kl_estimator: str = "k1"  # algo.kl.reward_estimator
+
+
 @ADVANTAGE_ESTIMATORS.register("group")
-def group(experience, cfg) -> torch.Tensor:
+def group(inputs: AdvantageInputs) -> torch.Tensor:
     """Every token of a completion carries its sequence's group advantage (GRPO, Dr. GRPO)."""
-    adv = group_advantages(experience.rewards, cfg.group_size, cfg.advantage_scale, cfg.advantage_eps)
+    experience = inputs.experience
+    adv = group_advantages(experience.rewards, inputs.group_size, inputs.cfg.scale, inputs.cfg.eps)
     return adv[:, None] * experience.mask
 
 
 @ADVANTAGE_ESTIMATORS.register("rloo", kl_in_reward=True)
-def rloo(experience, cfg) -> torch.Tensor:
-    """Leave-one-out baseline on the sequence reward (KL, when in the reward, already subtracted)."""
-    adv = rloo_advantages(sequence_rewards(experience, cfg), cfg.group_size)
-    return adv[:, None] * experience.mask
+def rloo(inputs: AdvantageInputs) -> torch.Tensor:
+    """Leave-one-out baseline on the sequence reward minus kl_coef times the sequence's summed KL (TRL's RLOO)."""
+    experience, kl = inputs.experience, kl_in_reward(inputs)
+    rewards = experience.rewards if kl is None else experience.rewards - inputs.kl_coef * kl.sum(-1)
+    return rloo_advantages(rewards, inputs.group_size)[:, None] * experience.mask
 
 
 @ADVANTAGE_ESTIMATORS.register("reinforce_pp", kl_in_reward=True)
-def reinforce_pp(experience, cfg) -> torch.Tensor:
-    """REINFORCE++: returns of token rewards (score on the last token, -beta KL on each), whitened over the batch."""
-    kl = kl_in_reward(experience, cfg)
-    rewards = token_rewards(experience.rewards, experience.mask, kl, cfg.kl_reward_beta)
-    return masked_whiten(discounted_returns(rewards, experience.mask, cfg.gamma), experience.mask)
+def reinforce_pp(inputs: AdvantageInputs) -> torch.Tensor:
+    """REINFORCE++: returns of token rewards (score on the last token, -kl_coef KL on each), whitened over the batch."""
+    return _reinforce_pp(inputs, inputs.experience.rewards)
 
 
 @ADVANTAGE_ESTIMATORS.register("reinforce_pp_baseline", kl_in_reward=True)
-def reinforce_pp_baseline(experience, cfg) -> torch.Tensor:
+def reinforce_pp_baseline(inputs: AdvantageInputs) -> torch.Tensor:
     """REINFORCE++-baseline: the group mean reward is subtracted first, then as REINFORCE++."""
-    centred = group_advantages(experience.rewards, cfg.group_size, scale="none")
-    kl = kl_in_reward(experience, cfg)
-    rewards = token_rewards(centred, experience.mask, kl, cfg.kl_reward_beta)
-    return masked_whiten(discounted_returns(rewards, experience.mask, cfg.gamma), experience.mask)
+    return _reinforce_pp(inputs, group_advantages(inputs.experience.rewards, inputs.group_size, scale="none"))
 
 
-def kl_in_reward(experience, cfg) -> torch.Tensor | None:
+def _reinforce_pp(inputs: AdvantageInputs, scores: torch.Tensor) -> torch.Tensor:
+    mask = inputs.experience.mask
+    rewards = token_rewards(scores, mask, kl_in_reward(inputs), inputs.kl_coef)
+    return masked_whiten(discounted_returns(rewards, mask, inputs.cfg.gamma), mask)
+
+
+def kl_in_reward(inputs: AdvantageInputs) -> torch.Tensor | None:
     """Per-token KL between the rollout policy and the reference, for algorithms that put KL in the reward."""
-    if cfg.kl_reward_beta == 0:
+    if inputs.kl_coef == 0:
         return None
-    return kl_estimate(experience.rollout_logp, experience.ref_logp, cfg.kl_reward_estimator) * experience.mask
-
-
-def sequence_rewards(experience, cfg) -> torch.Tensor:
-    """The score minus kl_reward_beta times the sequence's summed KL (TRL's RLOO)."""
-    kl = kl_in_reward(experience, cfg)
-    return experience.rewards if kl is None else experience.rewards - cfg.kl_reward_beta * kl.sum(-1)
+    experience = inputs.experience
+    return kl_estimate(experience.rollout_logp, experience.ref_logp, inputs.kl_estimator) * experience.mask
 
 
 @ADVANTAGE_ESTIMATORS.register("gae", kl_in_reward=True)
-def gae_estimator(experience, cfg) -> torch.Tensor:
-    """PPO: token rewards (score on the last token, -beta KL on each) through GAE on the critic's values."""
+def gae_estimator(inputs: AdvantageInputs) -> torch.Tensor:
+    """PPO: token rewards (score on the last token, -kl_coef KL on each) through GAE on the critic's values."""
+    experience = inputs.experience
     if experience.values is None:
-        raise ValueError("the gae advantage estimator needs a critic's values: set algo.use_critic=true")
-    rewards = token_rewards(experience.rewards, experience.mask, kl_in_reward(experience, cfg), cfg.kl_reward_beta)
-    advantages, _ = gae(rewards, experience.values, experience.mask, cfg.gamma, cfg.lam)
+        raise ValueError("the gae advantage estimator needs a critic's values: set algo.critic.enabled=true")
+    rewards = token_rewards(experience.rewards, experience.mask, kl_in_reward(inputs), inputs.kl_coef)
+    advantages, _ = gae(rewards, experience.values, experience.mask, inputs.cfg.gamma, inputs.cfg.lam)
     return advantages

@@ -22,5 +22,6 @@ def cispo(inputs: LossInputs) -> LossOutput:
     cfg = inputs.cfg
     losses, weight = cispo_loss(inputs.logp, inputs.ratio_denominator(), inputs.advantages,
                                 cfg.clip_eps_low, cfg.clip_eps_high)
-    ratio = torch.exp(log_ratio(inputs.logp.detach(), inputs.ratio_denominator()))
-    return LossOutput(losses, {"clip_fraction": (weight != ratio).float(), "is_weight": weight})
+    # a clipped weight equals its bound exactly (clamp returns it)
+    clipped = (weight == 1 - cfg.clip_eps_low) | (weight == 1 + cfg.clip_eps_high)
+    return LossOutput(losses, {"clip_fraction": clipped.float(), "is_weight": weight})

@@ -17,15 +17,19 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 LOG_RATIO_CLAMP = 20.0  # exp() of a log-ratio past this overflows float32 (verl clamps the same way)
 
 
+def log_ratio(logp: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    return (logp - base).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+
+
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
     """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1, k2, k3)."""
-    log_ratio = (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # log(pi_ref / pi)
+    ref_ratio = log_ratio(ref_logp, logp)  # log(pi_ref / pi)
     if kind == "k1":
-        return -log_ratio
+        return -ref_ratio
     if kind == "k2":
-        return 0.5 * log_ratio**2
+        return 0.5 * ref_ratio**2
     if kind == "k3":
-        return torch.exp(log_ratio) - log_ratio - 1.0
+        return torch.exp(ref_ratio) - ref_ratio - 1.0
     raise ValueError(f"unknown KL estimator {kind!r}; choose one of {KL_ESTIMATORS}")
 
 
@@ -41,7 +45,12 @@ def clipped_policy_loss(
 
     With `dual_clip = c` (> 1), tokens with A < 0 are further bounded by -c A (verl's dual-clip).
     """
-    ratio = torch.exp((logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    return clipped_surrogate(torch.exp(log_ratio(logp, old_logp)), advantages, eps_low, eps_high, dual_clip)
+
+
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float,
+                      dual_clip: float | None = None) -> torch.Tensor:
+    """`clipped_policy_loss` from the ratio rho itself."""
     loss = torch.maximum(-ratio * advantages, -ratio.clamp(1 - eps_low, 1 + eps_high) * advantages)
     if dual_clip is not None:
         loss = torch.where(advantages < 0, torch.minimum(loss, -dual_clip * advantages), loss)
@@ -92,7 +101,7 @@ class LossInputs:
     ref_logp: torch.Tensor | None  # the reference model's (None when no reference runs)
     advantages: torch.Tensor
     mask: torch.Tensor  # 1 on real completion tokens
-    cfg: object  # the algorithm's config section
+    cfg: object  # the loss's config section (algo.loss)
 
     def ratio_denominator(self) -> torch.Tensor:
         """What the importance ratio is taken against: pi_old, or the reference under `ratio_against=reference`
@@ -108,16 +117,13 @@ class LossOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> per-token values [B, T]
 
 
-def log_ratio(logp: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    return (logp - base).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-
-
 @POLICY_LOSSES.register("clipped")
 def clipped(inputs: LossInputs) -> LossOutput:
     """PPO's clipped surrogate per token (GRPO, DAPO, PPO, RLOO, REINFORCE++)."""
-    cfg, base = inputs.cfg, inputs.ratio_denominator()
-    losses = clipped_policy_loss(inputs.logp, base, inputs.advantages, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip)
-    ratio = torch.exp(log_ratio(inputs.logp.detach(), base))
+    cfg = inputs.cfg
+    ratio = torch.exp(log_ratio(inputs.logp, inputs.ratio_denominator()))
+    losses = clipped_surrogate(ratio, inputs.advantages, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip)
+    ratio = ratio.detach()
     clipped_tokens = (ratio < 1 - cfg.clip_eps_low) | (ratio > 1 + cfg.clip_eps_high)
     return LossOutput(losses, {"clip_fraction": clipped_tokens.float(), "ratio": ratio})
 
@@ -136,14 +142,14 @@ def kl_penalty(inputs: LossInputs, output: LossOutput, beta: float, estimator: s
     return LossOutput(output.token_losses + beta * kl, {**output.metrics, "kl": kl.detach()})
 
 
-def policy_objective(inputs: LossInputs) -> LossOutput:
-    """The configured policy loss with its corrections: what the learner aggregates and steps on."""
-    cfg = inputs.cfg
-    output = POLICY_LOSSES.get(cfg.policy_loss)(inputs)
-    if cfg.tis_cap is not None:
-        output = truncated_importance_weight(inputs, output, cfg.tis_cap)
-    if cfg.kl_beta > 0:
-        output = kl_penalty(inputs, output, cfg.kl_beta, cfg.kl_estimator)
+def policy_objective(inputs: LossInputs, kl_beta: float = 0.0, kl_estimator: str = "k3") -> LossOutput:
+    """The configured policy loss (`inputs.cfg.name`) with its corrections: the truncated IS weight
+    (`inputs.cfg.tis_cap`) and the KL term (algo.kl.beta, algo.kl.estimator). What the learner aggregates."""
+    output = POLICY_LOSSES.get(inputs.cfg.name)(inputs)
+    if inputs.cfg.tis_cap is not None:
+        output = truncated_importance_weight(inputs, output, inputs.cfg.tis_cap)
+    if kl_beta > 0:
+        output = kl_penalty(inputs, output, kl_beta, kl_estimator)
     return output
 
 

@@ -29,7 +29,10 @@ class Registry:
         return sorted(self._items)
 
 
-# fn(experience, algo_cfg) -> token advantages [B, T]; trait kl_in_reward: it subtracts kl_reward_beta x KL
+# fn(AdvantageInputs) -> token advantages [B, T], see rlhf/algorithms/advantages.py; trait kl_in_reward: it
+# subtracts the KL controller's coefficient x KL from the reward
 ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
 # fn(LossInputs) -> LossOutput (per-token losses [B, T] and per-token metrics), see rlhf/algorithms/losses.py
 POLICY_LOSSES = Registry("policy loss")
+# fn(...) by stage, see rlhf/algorithms/transforms.py; traits stage, total_reward_only
+BATCH_TRANSFORMS = Registry("batch transform")

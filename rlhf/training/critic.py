@@ -35,7 +35,7 @@ class CriticLearner:
         torch.manual_seed(seed)
         self.device = resolve_device(f"critic rank {rank}")
         self.algo = algo_cfg
-        self.mini_batch_size = algo_cfg.mini_batch_size or batch_size
+        self.mini_batch_size = algo_cfg.update.mini_batch_size or batch_size
         self.micro_batch_size = critic_cfg.micro_batch_size
         model = load_model(AutoModelForTokenClassification, model_path, torch.float32, critic_cfg.attn_implementation,
                            self.device, num_labels=heads)
@@ -58,14 +58,14 @@ class CriticLearner:
             raise ValueError("the critic needs the experience's values and returns")
         self.engine.train()
         totals, updates = {"value_loss": 0.0}, 0
-        for _ in range(self.algo.epochs):
+        for _ in range(self.algo.update.epochs):
             for mini in experience.split(self.mini_batch_size):
                 num_tokens = mini.mask.sum().item()
                 for part in mini.rank_share(self.rank, self.world).split(self.micro_batch_size):
                     part = part.to(self.device)
                     values = completion_values(self.engine, part.input_ids, part.attention_mask,
                                                part.completion_ids.shape[1])
-                    token_losses = clipped_value_loss(values, part.values, part.returns, self.algo.value_clip)
+                    token_losses = clipped_value_loss(values, part.values, part.returns, self.algo.critic.value_clip)
                     if token_losses.dim() == 3:  # one value head per objective: their losses averaged
                         token_losses = token_losses.mean(-1)
                     loss = aggregate_loss(token_losses, part.mask, "token-mean", num_tokens=num_tokens)

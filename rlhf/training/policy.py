@@ -1,7 +1,7 @@
 """The policy learner: a causal LM trained by DeepSpeed (ZeRO over gloo on CPU, NCCL on GPU).
 
-`train_step` runs `algo.epochs` passes over the batch in mini-batches of `algo.mini_batch_size` sequences,
-one optimizer step per mini-batch. With several ranks each takes a contiguous share of every mini-batch.
+`train_step` runs `algo.update.epochs` passes over the batch in mini-batches of `algo.update.mini_batch_size`
+sequences, one optimizer step per mini-batch. With several ranks each takes a contiguous share of every mini-batch.
 Each share is cut into micro-batches whose losses are each a share of the mini-batch's loss (see
 `aggregate_loss`), so the accumulated, rank-averaged gradient is the mini-batch's. Metrics a rank returns
 are its share of the whole (summed over ranks), except `grad_norm` and `lr`, which every rank holds, and
@@ -45,7 +45,7 @@ class PolicyLearner:
         torch.manual_seed(seed)
         self.device = resolve_device(f"policy rank {rank}")
         self.algo, self.max_new_tokens, self.temperature = algo_cfg, max_new_tokens, temperature
-        self.mini_batch_size = algo_cfg.mini_batch_size or batch_size
+        self.mini_batch_size = algo_cfg.update.mini_batch_size or batch_size
         self.micro_batch_size = train_cfg.micro_batch_size
         self.rank, self.world = rank, world
         # fp32 weights: under bf16 DeepSpeed keeps them as the optimizer's master copy and computes in bf16
@@ -54,16 +54,16 @@ class PolicyLearner:
         self.steps = 0
 
     def train_step(self, experience: Experience) -> dict[str, float]:
-        if (self.algo.kl_beta > 0 or self.algo.ratio_against == "reference") and experience.ref_logp is None:
-            raise ValueError("algo.kl_beta > 0 or algo.ratio_against=reference, but the experience carries no "
+        if (self.algo.kl.beta > 0 or self.algo.loss.ratio_against == "reference") and experience.ref_logp is None:
+            raise ValueError("algo.kl.beta > 0 or algo.loss.ratio_against=reference, but the experience carries no "
                              "reference logprobs (ref_logp)")
         # With one optimizer step per batch the sampling policy is the one being trained: the ratio is 1 in
         # value and carries the gradient of logp (TRL's num_iterations=1); no forward pass is spent on it.
-        on_policy = self.algo.epochs == 1 and self.mini_batch_size >= experience.size
+        on_policy = self.algo.update.epochs == 1 and self.mini_batch_size >= experience.size
         totals = {"loss": 0.0, "kl": 0.0, "logprob_gap": 0.0, "clip_fraction": 0.0, "time/old_logprobs": 0.0}
         if not on_policy:
             start = time.perf_counter()
-            experience.old_logp = (experience.rollout_logp if self.algo.old_logprobs == "rollout"
+            experience.old_logp = (experience.rollout_logp if self.algo.update.old_logprobs == "rollout"
                                    else self.logprobs(experience))
             totals["time/old_logprobs"] = time.perf_counter() - start  # part of the driver's time/train
             # how far the engine's logprobs are from the learner's on the same weights (0 by construction
@@ -72,7 +72,7 @@ class PolicyLearner:
                                                  experience.mask) / self.world  # every rank reports a share
         self.engine.train()
         updates = 0
-        for _ in range(self.algo.epochs):
+        for _ in range(self.algo.update.epochs):
             for mini in experience.split(self.mini_batch_size):
                 num_tokens = mini.mask.sum().item()
                 for part in mini.rank_share(self.rank, self.world).split(self.micro_batch_size):
@@ -82,8 +82,8 @@ class PolicyLearner:
                     output = policy_objective(LossInputs(
                         logp=logp, old_logp=logp.detach() if on_policy else part.old_logp,
                         rollout_logp=part.rollout_logp, ref_logp=part.ref_logp, advantages=part.advantages,
-                        mask=part.mask, cfg=self.algo))
-                    loss = aggregate_loss(output.token_losses, part.mask, self.algo.loss_aggregation,
+                        mask=part.mask, cfg=self.algo.loss), self.algo.kl.beta, self.algo.kl.estimator)
+                    loss = aggregate_loss(output.token_losses, part.mask, self.algo.loss.aggregation,
                                           num_sequences=mini.size, num_tokens=num_tokens, max_len=self.max_new_tokens)
                     if not math.isfinite(loss.item()):
                         raise NonFiniteLossError(f"policy loss is {loss.item()} at step {self.steps}; non-finite "
@@ -91,7 +91,7 @@ class PolicyLearner:
                     # DeepSpeed averages gradients over the ranks; each rank's loss is its share of the sum
                     backward_and_step(self.engine, loss * self.world, totals)
 
-                    share = part.mask.sum().item() / max(experience.mask.sum().item(), 1.0) / self.algo.epochs
+                    share = part.mask.sum().item() / max(experience.mask.sum().item(), 1.0) / self.algo.update.epochs
                     totals["loss"] += loss.item()
                     for name, values in output.metrics.items():  # the loss's own metrics, token means
                         totals[name] = totals.get(name, 0.0) + _masked_mean(values, part.mask) * share

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 def policy_group(model: str, ranks: int, zero_stage: int, batch_size: int = 8, *overrides: str) -> LearnerGroup:
     cfg = load_config(compose_config("experiment=smoke", f"train.zero_stage={zero_stage}", "train.lr=0.05",
-                                     "algo.kl_beta=0", "train.micro_batch_size=2", f"train.ranks={ranks}",
+                                     "algo.kl.beta=0", "train.micro_batch_size=2", f"train.ranks={ranks}",
                                      "output_dir=/tmp/unused", *overrides))
     env = {"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": os.path.expanduser("~/.cache/rlhf/torch_extensions")}
     return LearnerGroup([

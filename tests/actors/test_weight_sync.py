@@ -31,7 +31,7 @@ def start_rollout(engine: str, model: str):
 
 
 def start_policy(model: str, zero_stage: int, batch_size: int):
-    cfg = load_config(compose_config("experiment=smoke", f"train.zero_stage={zero_stage}", "train.lr=0.05", "algo.kl_beta=0",
+    cfg = load_config(compose_config("experiment=smoke", f"train.zero_stage={zero_stage}", "train.lr=0.05", "algo.kl.beta=0",
                               f"train.micro_batch_size={batch_size // 2}", "output_dir=/tmp/unused"))
     env = {"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": os.path.expanduser("~/.cache/rlhf/torch_extensions")}
     return LearnerGroup([PolicyActor.options(num_cpus=0, runtime_env={"env_vars": env}).remote(

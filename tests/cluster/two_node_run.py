@@ -29,7 +29,7 @@ def main(tiny_model: str, tmp: Path) -> None:
         sync_dir = tmp / "sync"
         sync_dir.mkdir()
         cfg = config(tiny_model, tmp, "placement=split", "steps=4", "rollout.engine=hf", "rollout.num_cpus=1.5",
-                     "train.num_cpus=1.5", "placement.timeout_s=60", "algo.kl_beta=0", f"rollout.sync_dir={sync_dir}",
+                     "train.num_cpus=1.5", "placement.timeout_s=60", "algo.kl.beta=0", f"rollout.sync_dir={sync_dir}",
                      "checkpoint.every=0", "save_final=false", "logging.wandb_mode=disabled")
         metrics = tmp / "run" / "metrics.jsonl"
         killed = run_killing_engine_0(cfg, metrics)

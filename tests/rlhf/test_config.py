@@ -17,7 +17,7 @@ def test_presets_compose():
     pama = load_config(compose_config("experiment=pama", "output_dir=/tmp/x"))
     assert pama.reward.aggregation == "pama" and pama.reward.objective_labels() == ["bleu", "conciseness"]
     dr = load_config(compose_config("algo=dr_grpo", "output_dir=/tmp/x"))
-    assert dr.algo.advantage_scale == "none" and dr.algo.loss_aggregation == "dr_grpo"
+    assert dr.algo.estimator.scale == "none" and dr.algo.loss.aggregation == "dr_grpo"
 
 
 def test_unknown_key_is_refused():
@@ -26,13 +26,13 @@ def test_unknown_key_is_refused():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("algo.loss_aggregation=mean", "algo.loss_aggregation='mean'"),
-    ("algo.kl_estimator=k9", "algo.kl_estimator"),
+    ("algo.loss.aggregation=mean", "algo.loss.aggregation='mean'"),
+    ("algo.kl.estimator=k9", "algo.kl.estimator"),
     ("rollout.engine=sglang", "rollout.engine"),
     ("train.micro_batch_size=3", "does not divide the batch of 8"),
-    ("algo.mini_batch_size=3", "algo.mini_batch_size=3 does not divide the batch of 8"),
+    ("algo.update.mini_batch_size=3", "algo.update.mini_batch_size=3 does not divide the batch of 8"),
     ("reference.ranks=3", "reference.ranks=3 does not divide the batch of 8"),
-    ("algo.old_logprobs=cached", "algo.old_logprobs"),
+    ("algo.update.old_logprobs=cached", "algo.update.old_logprobs"),
     ("algo.group_size=1", "one sample has no std"),
     ("rollout.top_p=1.5", "rollout.top_p"),
     ("steps=0", "steps=0 must be > 0"),
@@ -42,7 +42,7 @@ def test_unknown_key_is_refused():
     ("reward.lsc.quantile=1.5", "reward.lsc.quantile"),
     ("reward.functions=[]", "configure at least one objective"),
     ("reward.functions=[{name: bleu, weight: 1},{name: bleu, weight: 2}]", "distinct labels"),
-    ("algo.overlong_buffer=100", "algo.overlong_buffer=100 must be in"),
+    ("algo.sampling.overlong_buffer=100", "algo.sampling.overlong_buffer=100 must be in"),
     ("checkpoint.keep_last=0", "checkpoint.keep_last"),
     ("omp_wait_policy=sleep", "omp_wait_policy=.sleep."),
     ("rollout.block_size=48", "rollout.block_size=48 must be a multiple of 32"),
@@ -91,7 +91,7 @@ def test_single_gpu_gives_every_role_a_share_of_one_gpu():
 
 def test_a_sleeping_engine_cannot_generate_behind_the_learner():
     with pytest.raises(ValueError, match="rollout.sleep_mode=true with rollout.async_one_step"):
-        load_config(compose_config("rollout.sleep_mode=true", "rollout.async_one_step=true", "algo.tis_cap=2",
+        load_config(compose_config("rollout.sleep_mode=true", "rollout.async_one_step=true", "algo.loss.tis_cap=2",
                                    "output_dir=/tmp/x"))
 
 
@@ -115,14 +115,15 @@ def test_a_reward_functions_weight_defaults_to_one():
     # rollout.top_p: the engine's nucleus logprobs (logits [2, 1, 0, -1], T 0.9, top_p 0.9: -0.285 per token)
     # against the learner's full-vocabulary ones (-0.387)
     (["rollout.top_p=0.9"], "rollout.top_p=0.9: the engine samples from the nucleus"),
-    (["algo.dual_clip=1.0"], "algo.dual_clip=1.0 must be > 1"),
-    (["algo.kl_estimator=k1"], "k1's gradient in the loss has expectation zero"),
-    (["algo.kl_reward_beta=0.05"], "with the 'group' estimator, which puts no KL in the reward"),
-    (["algo.reward_clip=5"], "algo.reward_clip clips normalised rewards: it needs algo.reward_norm=true"),
-    (["experiment=pama", "algo.reward_norm=true"], "algo.reward_norm with reward.aggregation=pama"),
-    (["experiment=pama", "algo=dapo"], "algo.overlong_buffer with reward.aggregation=pama"),
-    (["experiment=pama", "algo=dapo"], "algo.dynamic_sampling with reward.aggregation=pama"),
-    (["reward.aggregation=normalized_sum", "algo.group_size=1", "algo.advantage_scale=none",
+    (["algo.loss.dual_clip=1.0"], "algo.loss.dual_clip=1.0 must be > 1"),
+    (["algo.kl.estimator=k1"], "k1's gradient in the loss has expectation zero"),
+    (["algo.kl.reward_beta=0.05"], "with the 'group' estimator, which puts no KL in the reward"),
+    (["algo.reward_clip=5"], "algo.reward_clip clips normalised rewards: it needs normalize_rewards in algo.transforms"),
+    (["experiment=pama", "algo.transforms=[normalize_rewards]"],
+     "normalize_rewards in algo.transforms with reward.aggregation=pama"),
+    (["experiment=pama", "algo=dapo"], "algo.sampling.overlong_buffer with reward.aggregation=pama"),
+    (["experiment=pama", "algo=dapo"], "algo.sampling.dynamic with reward.aggregation=pama"),
+    (["reward.aggregation=normalized_sum", "algo.group_size=1", "algo.estimator.scale=none",
       "train.micro_batch_size=2", "reference.micro_batch_size=2", "critic.micro_batch_size=2"],
      "normalized_sum with algo.group_size=1: a group of one z-scores to 0"),
 ])
@@ -133,4 +134,11 @@ def test_settings_that_do_not_work_together_are_refused_with_the_reason(override
 
 def test_the_reward_kl_has_its_own_estimator():
     ppo = load_config(compose_config("algo=ppo", "output_dir=/tmp/x")).algo
-    assert (ppo.kl_reward_estimator, ppo.kl_estimator) == ("k1", "k3")  # k1 in the reward, never in the loss
+    assert (ppo.kl.reward_estimator, ppo.kl.estimator) == ("k1", "k3")  # k1 in the reward, never in the loss
+
+
+def test_batch_transforms_are_named_once_from_the_registry():
+    with pytest.raises(ValueError, match="algo.transforms='whiten' is not valid; choose one of .*'mask_truncated'"):
+        load_config(compose_config("algo.transforms=[whiten]", "output_dir=/tmp/x"))
+    with pytest.raises(ValueError, match="names a transform twice"):
+        load_config(compose_config("algo.transforms=[whiten_advantages,whiten_advantages]", "output_dir=/tmp/x"))

@@ -35,16 +35,16 @@ def config(tiny_model, tmp_path, *overrides):
 # Per-algorithm settings for this task: BLEU starts near 0.06 here, so a KL-in-reward weight of 0.05 (the
 # presets' default) drowns the signal; 0.01 and whitened advantages let every algorithm learn in 32 steps.
 ALGORITHMS = {
-    "grpo": ["algo=grpo", "algo.kl_beta=0.01"],  # with the reference model: KL in the loss
+    "grpo": ["algo=grpo", "algo.kl.beta=0.01"],  # with the reference model: KL in the loss
     # value clipping (0.2 per step) would hold the critic far behind returns of 10 x BLEU
-    "ppo": ["algo=ppo", "algo.kl_reward_beta=0.01", "algo.value_clip=null", "critic.lr=1e-2",
+    "ppo": ["algo=ppo", "algo.kl.reward_beta=0.01", "algo.critic.value_clip=null", "critic.lr=1e-2",
             "critic.micro_batch_size=16", "rollout.engine=hf"],
     # the HF engine (starts ~10 s sooner on this tiny model; GRPO keeps vLLM, the default)
-    "rloo": ["algo=rloo", "algo.kl_reward_beta=0.01", "algo.whiten_advantages=true", "rollout.engine=hf"],
+    "rloo": ["algo=rloo", "algo.kl.reward_beta=0.01", "algo.transforms=[whiten_advantages]", "rollout.engine=hf"],
     "reinforce_pp": ["algo=reinforce_pp", "rollout.engine=hf"],
     # added as a registered loss + a conf/algo file each; KL in the loss so the reference takes part
-    "gspo": ["algo=gspo", "algo.kl_beta=0.01", "rollout.engine=hf"],
-    "cispo": ["algo=cispo", "algo.kl_beta=0.01", "rollout.engine=hf"],
+    "gspo": ["algo=gspo", "algo.kl.beta=0.01", "rollout.engine=hf"],
+    "cispo": ["algo=cispo", "algo.kl.beta=0.01", "rollout.engine=hf"],
 }
 
 
@@ -82,7 +82,7 @@ def test_algorithm_learns_through_the_actor_stack(ray_cluster, tiny_model, tmp_p
 
 def test_dapo_trains_only_on_groups_that_teach_something(ray_cluster, tiny_model, tmp_path):
     # 12-token budget: the last 4 tokens carry the overlong punishment
-    cfg = config(tiny_model, tmp_path, "steps=32", "seed=1", "algo=dapo", "algo.overlong_buffer=4", "rollout.engine=hf")
+    cfg = config(tiny_model, tmp_path, "steps=32", "seed=1", "algo=dapo", "algo.sampling.overlong_buffer=4", "rollout.engine=hf")
     run(cfg)
 
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -99,7 +99,7 @@ def test_dapo_trains_only_on_groups_that_teach_something(ray_cluster, tiny_model
 def test_a_non_finite_loss_names_step_and_quantity_and_a_resume_skips_a_damaged_checkpoint(ray_cluster, tiny_model,
                                                                                           tmp_path):
     # no std scaling: advantages of +-3e38 reach the loss, whose sum over tokens overflows at the third step
-    cfg = config(tiny_model, tmp_path, "steps=4", "rollout.engine=hf", "algo.kl_beta=0", "algo.advantage_scale=none",
+    cfg = config(tiny_model, tmp_path, "steps=4", "rollout.engine=hf", "algo.kl.beta=0", "algo.estimator.scale=none",
                  "checkpoint.every=1", "logging.wandb_mode=disabled")
     cfg.reward.functions[0].name = "tests_reward_helpers:overflow_from_call"
     with pytest.raises(ray.exceptions.RayTaskError, match=r"policy loss is -?(inf|nan) at step 2; non-finite quantity"):
@@ -147,7 +147,7 @@ def test_pama_with_ppo_keeps_one_value_head_per_objective(ray_cluster, tiny_mode
 
 def test_lsc_centres_each_objective_on_the_initial_policys_quantile(ray_cluster, tiny_model, tmp_path):
     cfg = config(tiny_model, tmp_path, "steps=2", "reward.aggregation=lsc", "reward.lsc.ref_samples=2",
-                 "algo.kl_beta=0", "logging.wandb_mode=disabled")
+                 "algo.kl.beta=0", "logging.wandb_mode=disabled")
     run(cfg)
 
     table = json.loads((tmp_path / "run" / "reference_rewards.json").read_text())
@@ -161,7 +161,7 @@ def test_lsc_centres_each_objective_on_the_initial_policys_quantile(ray_cluster,
 def test_two_engines_two_learner_ranks_and_a_sharded_reference(ray_cluster, tiny_model, tmp_path):
     # colocated on the test cluster's 2 CPUs: each actor reserves half a CPU
     cfg = config(tiny_model, tmp_path, "steps=3", "rollout.engines=2", "train.ranks=2", "train.zero_stage=2",
-                 "train.micro_batch_size=8", "rollout.num_cpus=0.5", "train.num_cpus=0.5", "algo.kl_beta=0.05",
+                 "train.micro_batch_size=8", "rollout.num_cpus=0.5", "train.num_cpus=0.5", "algo.kl.beta=0.05",
                  "reference.ranks=2", "logging.wandb_mode=disabled", "checkpoint.every=0")
     run(cfg)
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -225,7 +225,7 @@ def run_killing_engine_0(cfg, metrics_file, after_steps=(1,)) -> list[str]:
 
 
 def test_a_rollout_actor_that_dies_is_restarted_and_the_run_completes(ray_cluster, tiny_model, tmp_path):
-    cfg = config(tiny_model, tmp_path, "steps=5", "algo.kl_beta=0", "logging.wandb_mode=disabled",
+    cfg = config(tiny_model, tmp_path, "steps=5", "algo.kl.beta=0", "logging.wandb_mode=disabled",
                  "checkpoint.every=0", "save_final=false", "rollout.engine=hf")
     metrics_file = tmp_path / "run" / "metrics.jsonl"
     killed = run_killing_engine_0(cfg, metrics_file)
@@ -237,7 +237,7 @@ def test_a_rollout_actor_that_dies_is_restarted_and_the_run_completes(ray_cluste
 
 
 def test_a_run_that_cannot_fit_fails_before_its_first_step(ray_cluster, tiny_model, tmp_path):
-    cfg = config(tiny_model, tmp_path, "steps=2", "algo.kl_beta=0.01", "preflight.node_memory_gib=1.0",
+    cfg = config(tiny_model, tmp_path, "steps=2", "algo.kl.beta=0.01", "preflight.node_memory_gib=1.0",
                  "logging.wandb_mode=disabled", "rollout.engine=hf")
     with pytest.raises(MemoryError, match="would not fit") as error:
         run(cfg)
@@ -255,7 +255,7 @@ def test_a_learner_rank_that_dies_stops_the_run_with_how_to_resume(ray_cluster, 
     import threading
     import time
 
-    cfg = config(tiny_model, tmp_path, "steps=6", "algo.kl_beta=0", "logging.wandb_mode=disabled",
+    cfg = config(tiny_model, tmp_path, "steps=6", "algo.kl.beta=0", "logging.wandb_mode=disabled",
                  "checkpoint.every=1", "save_final=false")
     metrics_file = tmp_path / "run" / "metrics.jsonl"
 
@@ -277,7 +277,7 @@ def test_a_learner_rank_that_dies_stops_the_run_with_how_to_resume(ray_cluster, 
 
 
 def test_one_step_off_policy_generates_on_the_previous_weights(ray_cluster, tiny_model, tmp_path):
-    cfg = config(tiny_model, tmp_path, "steps=4", "algo.kl_beta=0", "rollout.async_one_step=true", "algo.tis_cap=2",
+    cfg = config(tiny_model, tmp_path, "steps=4", "algo.kl.beta=0", "rollout.async_one_step=true", "algo.loss.tis_cap=2",
                  "logging.wandb_mode=disabled", "checkpoint.every=0", "save_final=false")
     run(cfg)
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -292,7 +292,7 @@ def test_one_step_off_policy_generates_on_the_previous_weights(ray_cluster, tiny
 def test_an_overlapped_run_survives_its_engine_killed_three_times_with_every_push_whole(ray_cluster, tiny_model,
                                                                                        tmp_path):
     # the background rollout's retry pushes while the loop pushes too: one push at a time (the route's lock)
-    cfg = config(tiny_model, tmp_path, "steps=10", "algo.kl_beta=0", "rollout.async_one_step=true", "algo.tis_cap=2",
+    cfg = config(tiny_model, tmp_path, "steps=10", "algo.kl.beta=0", "rollout.async_one_step=true", "algo.loss.tis_cap=2",
                  "rollout.engine=hf", "rollout.engines=2", "rollout.num_cpus=0.5", "logging.wandb_mode=disabled",
                  "checkpoint.every=0", "save_final=false", "fault_tolerance.max_restarts=3")
     metrics_file = tmp_path / "run" / "metrics.jsonl"
@@ -309,7 +309,7 @@ def test_an_overlapped_run_survives_its_engine_killed_three_times_with_every_pus
 
 
 def test_a_raising_reward_function_is_named_and_earlier_output_survives(ray_cluster, tiny_model, tmp_path):
-    cfg = config(tiny_model, tmp_path, "steps=2", "rollout.engine=hf", "algo.kl_beta=0", "logging.wandb_mode=disabled")
+    cfg = config(tiny_model, tmp_path, "steps=2", "rollout.engine=hf", "algo.kl.beta=0", "logging.wandb_mode=disabled")
     cfg.reward.functions[0].name = "tests_reward_helpers:explode_on_second_call"
     cfg.reward.functions[0].kwargs = {"boom": True}
     (tmp_path / "run").mkdir()
@@ -342,7 +342,7 @@ def test_a_critic_with_another_tokenizer_is_refused(tiny_model, tmp_path):
 def test_single_gpu_gives_every_role_its_share_of_one_gpu_and_runs_on_the_cpu(ray_cluster, tiny_model,
                                                                               tiny_reward_model, tmp_path):
     # the test cluster declares GPUs that do not exist: Ray hands out GPU ids, torch sees no CUDA
-    cfg = config(tiny_model, tmp_path, "placement=single_gpu", "steps=2", "algo=ppo", "algo.kl_reward_beta=0.01",
+    cfg = config(tiny_model, tmp_path, "placement=single_gpu", "steps=2", "algo=ppo", "algo.kl.reward_beta=0.01",
                  "rollout.engine=hf", "critic.micro_batch_size=16", "logging.wandb_mode=disabled",
                  "checkpoint.every=0", "save_final=false",
                  f"reward.models=[{{label: rm, path: {tiny_reward_model}, weight: 1.0}}]")
@@ -374,7 +374,7 @@ def test_gpu_shares_over_one_gpu_fail_before_any_actor_starts(ray_cluster, tiny_
 def test_a_tensor_parallel_engine_spans_two_gpus_and_takes_the_new_weights(ray_cluster, tiny_model, tmp_path):
     # vLLM runs a worker process per GPU share (here on the CPU, a core each); the shm route reloads them all
     cfg = config(tiny_model, tmp_path, "steps=2", "rollout.tensor_parallel_size=2", "rollout.num_gpus=2",
-                 "rollout.threads=1", "rollout.num_cpus=0", "algo.kl_beta=0", "logging.wandb_mode=disabled",
+                 "rollout.threads=1", "rollout.num_cpus=0", "algo.kl.beta=0", "logging.wandb_mode=disabled",
                  "checkpoint.every=0", "save_final=false", "preflight.enabled=false")
     run(cfg)
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -397,7 +397,7 @@ def test_a_reward_that_cannot_be_built_fails_before_any_actor_starts(tiny_model,
 
 
 def test_steps_in_a_row_with_nothing_scorable_stop_the_run_naming_the_rewards(ray_cluster, tiny_model, tmp_path):
-    cfg = config(tiny_model, tmp_path, "steps=6", "rollout.engine=hf", "algo.kl_beta=0", "reward.max_unscorable_steps=2",
+    cfg = config(tiny_model, tmp_path, "steps=6", "rollout.engine=hf", "algo.kl.beta=0", "reward.max_unscorable_steps=2",
                  "reward.functions=[{name: 'tests_reward_helpers:unscorable'}]", "logging.wandb_mode=disabled",
                  "checkpoint.every=0", "save_final=false", "preflight.enabled=false")
     from rlhf.driver import UnscorableRewardsError

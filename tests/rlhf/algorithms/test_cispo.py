@@ -25,8 +25,7 @@ def test_the_weight_is_clipped_and_carries_no_gradient_but_every_token_keeps_one
 
 
 def test_the_registered_loss_reports_the_clipped_fraction_of_tokens():
-    cfg = SimpleNamespace(policy_loss="cispo", clip_eps_low=1.0, clip_eps_high=0.28, ratio_against="rollout",
-                          tis_cap=None, kl_beta=0.0)
+    cfg = SimpleNamespace(name="cispo", clip_eps_low=1.0, clip_eps_high=0.28, ratio_against="rollout", tis_cap=None)
     logp = torch.tensor([[0.5, -0.1, -3.0, 0.0]])
     out = policy_objective(LossInputs(logp, torch.zeros(1, 4), torch.zeros(1, 4), None, torch.ones(1, 4),
                                       torch.ones(1, 4), cfg))

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhf.algorithms import ADVANTAGE_ESTIMATORS
+from rlhf.algorithms import ADVANTAGE_ESTIMATORS, AdvantageInputs
 from rlhf.algorithms.advantages import (discounted_returns, gae, masked_whiten, rloo_advantages,
                                         token_rewards)
 
@@ -58,14 +58,13 @@ def experience(rewards, lengths, width=3):
                            ref_logp=torch.full(mask.shape, -1.5))
 
 
-ALGO = SimpleNamespace(group_size=2, advantage_scale="std", advantage_eps=1e-4, kl_reward_estimator="k1",
-                       kl_reward_beta=0.0, gamma=1.0)
+ESTIMATOR = SimpleNamespace(scale="std", eps=1e-4, gamma=1.0, lam=1.0)
 
 
 @pytest.mark.parametrize("name", ["group", "rloo", "reinforce_pp", "reinforce_pp_baseline"])
 def test_registered_estimators_give_masked_token_advantages(name):
     exp = experience([1.0, 0.0, 0.5, 0.5], [3, 2, 1, 0])
-    adv = ADVANTAGE_ESTIMATORS.get(name)(exp, ALGO)
+    adv = ADVANTAGE_ESTIMATORS.get(name)(AdvantageInputs(exp, 2, ESTIMATOR))
     assert adv.shape == exp.mask.shape
     assert (adv[exp.mask == 0] == 0).all()
     assert adv[0, 0] > adv[1, 0]  # the better sample of the first group is pushed up
@@ -73,8 +72,7 @@ def test_registered_estimators_give_masked_token_advantages(name):
 
 def test_kl_in_the_reward_lowers_rloo_rewards_by_the_summed_kl():
     exp = experience([1.0, 1.0], [3, 1])
-    algo = SimpleNamespace(**{**vars(ALGO), "kl_reward_beta": 0.1})
-    adv = ADVANTAGE_ESTIMATORS.get("rloo")(exp, algo)
+    adv = ADVANTAGE_ESTIMATORS.get("rloo")(AdvantageInputs(exp, 2, ESTIMATOR, kl_coef=0.1, kl_estimator="k1"))
     # k1 = 0.5 per token: rewards 1 - 0.15 and 1 - 0.05 -> the longer (more KL) sample is worse
     assert adv[0, 0].item() == pytest.approx(-0.1) and adv[1, 0].item() == pytest.approx(0.1)
 

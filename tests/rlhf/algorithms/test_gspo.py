@@ -28,8 +28,7 @@ def test_the_ratio_and_its_clip_are_per_sequence():
 
 
 def test_the_registered_loss_reports_the_clipped_fraction_of_sequences():
-    cfg = SimpleNamespace(policy_loss="gspo", clip_eps_low=3e-4, clip_eps_high=4e-4, ratio_against="rollout",
-                          tis_cap=None, kl_beta=0.0)
+    cfg = SimpleNamespace(name="gspo", clip_eps_low=3e-4, clip_eps_high=4e-4, ratio_against="rollout", tis_cap=None)
     logp = torch.tensor([[0.1, -0.1, 0.3], [2e-4, 2e-4, 0.0]])
     mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]])
     out = policy_objective(LossInputs(logp, torch.zeros(2, 3), torch.zeros(2, 3), None, torch.ones(2, 3), mask, cfg))

@@ -95,12 +95,11 @@ def test_clipped_value_loss():
         [0.405, 0.10125])
 
 
-def algo(**overrides):
+def loss_cfg(**overrides):
     from types import SimpleNamespace
 
-    return SimpleNamespace(**{"policy_loss": "clipped", "clip_eps_low": 0.2, "clip_eps_high": 0.2, "dual_clip": None,
-                              "ratio_against": "rollout", "tis_cap": None, "kl_beta": 0.0, "kl_estimator": "k3",
-                              **overrides})
+    return SimpleNamespace(**{"name": "clipped", "clip_eps_low": 0.2, "clip_eps_high": 0.2, "dual_clip": None,
+                              "ratio_against": "rollout", "tis_cap": None, **overrides})
 
 
 def test_the_truncated_is_weight_is_against_the_old_policy_not_the_one_trained():
@@ -112,7 +111,7 @@ def test_the_truncated_is_weight_is_against_the_old_policy_not_the_one_trained()
     # 1.5, would count the PPO ratio pi_theta / pi_old = 1.2 twice)
     logs = {name: torch.tensor([[math.log(p)]]) for name, p in (("rollout", 0.4), ("old", 0.5), ("theta", 0.6))}
     inputs = LossInputs(logs["theta"], logs["old"], logs["rollout"], None, torch.ones(1, 1), torch.ones(1, 1),
-                        algo(tis_cap=2.0))
+                        loss_cfg(tis_cap=2.0))
     out = policy_objective(inputs)
     assert out.metrics["tis_weight"].item() == pytest.approx(1.25)
     assert out.token_losses.item() == pytest.approx(-1.2 * 1.25)  # ratio 1.2 (at the clip edge) x weight
@@ -126,11 +125,11 @@ def test_a_loss_returns_its_metrics_and_the_kl_term_is_a_correction():
 
     logp = torch.tensor([[0.0, 0.5]])
     inputs = LossInputs(logp, torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2),
-                        torch.ones(1, 2), algo(kl_beta=0.1))
-    out = policy_objective(inputs)
+                        torch.ones(1, 2), loss_cfg())
+    out = policy_objective(inputs, kl_beta=0.1, kl_estimator="k3")
     assert out.metrics["clip_fraction"].tolist() == [[0.0, 1.0]]  # e^0.5 = 1.65 > 1.2
     kl = kl_estimate(logp, torch.zeros(1, 2), "k3")
     assert out.metrics["kl"][0].tolist() == pytest.approx(kl[0].tolist())
     plain = policy_objective(LossInputs(logp, torch.zeros(1, 2), torch.zeros(1, 2), None, torch.ones(1, 2),
-                                        torch.ones(1, 2), algo()))
+                                        torch.ones(1, 2), loss_cfg()))
     assert (out.token_losses - plain.token_losses)[0].tolist() == pytest.approx((0.1 * kl)[0].tolist(), abs=1e-6)

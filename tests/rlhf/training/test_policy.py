@@ -24,7 +24,7 @@ def test_old_logprobs_are_timed_only_when_computed(tiny_model, monkeypatch, epoc
     for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29561", "RANK": "0", "WORLD_SIZE": "1",
                        "LOCAL_RANK": "0"}.items():
         monkeypatch.setenv(key, os.environ.get(key, value))
-    cfg = load_config(compose_config("experiment=smoke", "algo.kl_beta=0", f"algo.epochs={epochs}",
+    cfg = load_config(compose_config("experiment=smoke", "algo.kl.beta=0", f"algo.update.epochs={epochs}",
                                      "train.micro_batch_size=4", "output_dir=/tmp/unused"))
     from transformers import AutoConfig
 
