@@ -66,18 +66,20 @@ class Actors:
     policy: LearnerGroup | None  # None only in scripts that start no learner
     critic: LearnerGroup | None  # None unless algo.critic.enabled
     placement: Placement | None = None
+    eval_reward: object | None = None  # the eval.rewards functions, when eval has its own
+
 
     def stateless(self) -> list:
         """The actors Ray may restart after a crash: they hold nothing a restart loses but the weights."""
         restartable_reference = self.reference.restartable() if self.reference else []
-        return [*self.rollouts, self.reward, *self.reward_models.values(), *restartable_reference]
+        return [*self.rollouts, self.reward, self.eval_reward, *self.reward_models.values(), *restartable_reference]
 
     def kill(self) -> None:
         """Free the actors' resources now rather than when their handles are collected. Engines shut down first
         (bounded): a tensor-parallel vLLM engine's worker processes remove their shared memory only then."""
         closing = [rollout.close.remote() for rollout in self.rollouts]
         ray.wait(closing, num_returns=len(closing), timeout=30)
-        for actor in [*self.rollouts, self.reward, *self.reward_models.values()]:
+        for actor in [*self.rollouts, self.reward, self.eval_reward, *self.reward_models.values()]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
         for group in (self.policy, self.critic, self.reference):
@@ -111,7 +113,8 @@ def role_demands(cfg: Config, learners: bool) -> dict[str, RoleDemand]:
     """Each role's actor count and what each actor reserves (the reward-function actor never takes a GPU)."""
     demands = {"rollout": RoleDemand(cfg.rollout.engines, cfg.rollout.num_cpus, cfg.rollout.num_gpus),
                "reward": RoleDemand(int(bool(cfg.reward.functions)), cfg.reward_actor.num_cpus),
-               "reward_model": RoleDemand(len(cfg.reward.models), cfg.reward_actor.num_cpus, cfg.reward_actor.num_gpus)}
+               "reward_model": RoleDemand(len(cfg.reward.models), cfg.reward_actor.num_cpus, cfg.reward_actor.num_gpus),
+               "eval_reward": RoleDemand(int(bool(cfg.eval.every and cfg.eval.rewards)), cfg.reward_actor.num_cpus)}
     if learners:
         demands["policy"] = RoleDemand(cfg.train.ranks, cfg.train.num_cpus, cfg.train.num_gpus)
         if needs_reference(cfg):
@@ -165,14 +168,19 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
             [asdict(f) for f in cfg.reward.functions], cfg.reward.timeout_s)
     reward_models = {
         m.label: RewardModelActor.options(**place("reward_model", i, reward_env), **restarts).remote(
-            m.path, m.batch_size, m.max_length, dict(cfg.data.chat_template_kwargs))
+            m.path, m.batch_size, m.max_length, dict(cfg.data.chat_template_kwargs or {}))
         for i, m in enumerate(cfg.reward.models)
     }
+    eval_reward = None
+    if cfg.eval.every and cfg.eval.rewards:
+        eval_reward = RewardActor.options(**place("eval_reward", 0, reward_env), **restarts).remote(
+            [asdict(f) for f in cfg.eval.rewards], cfg.reward.timeout_s)
     named = {**{f"rollout-{i}": r for i, r in enumerate(rollouts)}, **({"reward": reward} if reward else {}),
+             **({"eval reward": eval_reward} if eval_reward else {}),
              **{f"reward model {label!r}": m for label, m in reward_models.items()}}
     if not learners:
         wait_until_built(named, placement)
-        return Actors(rollouts, reward, reward_models, None, None, None, placement)
+        return Actors(rollouts, reward, reward_models, None, None, None, placement, eval_reward)
 
     # DeepSpeed JIT-builds its CPU communication op once (about a minute); keep the build in our own cache.
     extensions = {"TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions")}
@@ -205,7 +213,7 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
     reference = Reference(reference_ranks) if reference_ranks else None
     policy = LearnerGroup(policy_ranks)
     critic = LearnerGroup(critic_ranks) if critic_ranks else None
-    return Actors(rollouts, reward, reward_models, reference, policy, critic, placement)
+    return Actors(rollouts, reward, reward_models, reference, policy, critic, placement, eval_reward)
 
 
 def value_heads(cfg: Config) -> int:

@@ -117,9 +117,10 @@ def check_no_later_checkpoints(root: str | Path, step: int) -> None:
 
 
 def save_checkpoint(root: str | Path, step: int, write_learners: Callable[[Path], None], driver_state: dict,
-                    keep_last: int) -> Path:
+                    keep_last: int, keep: str | None = None) -> Path:
     """Write the learners' states (through `write_learners(folder)`), the driver's and the manifest, then keep the
-    newest `keep_last` checkpoints. A full disk fails with CheckpointWriteError, the earlier checkpoints intact."""
+    newest `keep_last` checkpoints and the one named `keep` (the best by an eval metric). A full disk fails with
+    CheckpointWriteError, the earlier checkpoints intact."""
     def write(tmp: Path) -> None:
         write_learners(tmp)
         (tmp / DRIVER_STATE).write_text(json.dumps(driver_state, indent=1))
@@ -136,9 +137,15 @@ def save_checkpoint(root: str | Path, step: int, write_learners: Callable[[Path]
             errno.ENOSPC, f"step {step}: the checkpoint could not be written to {root}: no space left on the device "
             f"({free:.2f} GiB free). The earlier checkpoints {earlier} are as they were; free space or set "
             "checkpoint.dir elsewhere, then rerun with resume=auto") from err
-    for old in complete_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(old)
+    prune_checkpoints(root, keep_last, keep)
     return path
+
+
+def prune_checkpoints(root: str | Path, keep_last: int, keep: str | None = None) -> None:
+    """Remove the complete checkpoints but the newest `keep_last` and the one named `keep`."""
+    for old in complete_checkpoints(root)[:-keep_last]:
+        if old.name != keep:
+            shutil.rmtree(old)
 
 
 def out_of_space(err: BaseException, root: str | Path) -> bool:

@@ -34,7 +34,7 @@ class DataConfig:
     max_prompt_tokens: int = MISSING
     bad_rows: str = MISSING  # error | skip
     chat_template: Optional[str] = MISSING  # a Jinja file replacing the policy tokenizer's chat template
-    chat_template_kwargs: dict[str, Any] = MISSING  # passed to every chat template (prompts, reward models)
+    chat_template_kwargs: Optional[dict[str, Any]] = MISSING  # passed to every chat template (prompts, reward models)
 
 
 @dataclass
@@ -230,7 +230,30 @@ class LoggingConfig:
 class CheckpointConfig:
     every: int = MISSING
     keep_last: int = MISSING
+    keep_best: Optional[str] = MISSING
     dir: Optional[str] = MISSING
+
+
+@dataclass
+class EvalConfig:
+    every: int = MISSING
+    held_out: int = MISSING
+    data: Optional[dict[str, Any]] = MISSING  # overrides of DataConfig (None: held-out rows of the training data)
+    samples: int = MISSING
+    greedy: bool = MISSING
+    temperature: float = MISSING
+    max_new_tokens: Optional[int] = MISSING
+    rewards: list[RewardFunctionConfig] = MISSING
+    pass_objective: Optional[str] = MISSING
+    pass_threshold: float = MISSING
+
+    def objective_labels(self, reward: "RewardConfig") -> list[str]:
+        """What eval scores: its own reward functions, or the run's objectives."""
+        return [f.label or f.name for f in self.rewards] if self.rewards else reward.objective_labels()
+
+    def metric_names(self, reward: "RewardConfig") -> list[str]:
+        k = [f"eval/pass@{self.samples}"] if self.samples > 1 else []
+        return [*(f"eval/{label}" for label in self.objective_labels(reward)), "eval/pass@1", *k, "eval/length"]
 
 
 @dataclass
@@ -275,6 +298,7 @@ class Config:
     logging: LoggingConfig = MISSING
     ray: RayConfig = MISSING
     checkpoint: CheckpointConfig = MISSING
+    eval: EvalConfig = MISSING
     placement: PlacementConfig = MISSING
     fault_tolerance: FaultToleranceConfig = MISSING
     preflight: PreflightConfig = MISSING
@@ -430,7 +454,38 @@ def validate(c: Config) -> None:
     _positive("reward.lsc.ref_samples", c.reward.lsc.ref_samples)
     _positive("reward.timeout_s", c.reward.timeout_s)
     _positive("reward.max_unscorable_steps", c.reward.max_unscorable_steps)
+    validate_eval(c)
     check_combinations(c)
+
+
+def validate_eval(c: Config) -> None:
+    e = c.eval
+    _positive("eval.every", e.every, allow_zero=True)
+    _positive("eval.held_out", e.held_out)
+    _positive("eval.samples", e.samples)
+    _positive("eval.temperature", e.temperature)
+    if e.max_new_tokens is not None:
+        _positive("eval.max_new_tokens", e.max_new_tokens)
+        if e.max_new_tokens > c.rollout.max_new_tokens:
+            raise ValueError(f"eval.max_new_tokens={e.max_new_tokens} exceeds rollout.max_new_tokens="
+                             f"{c.rollout.max_new_tokens}, for which the engines' context was sized")
+    if e.greedy and e.samples > 1:
+        raise ValueError(f"eval.greedy with eval.samples={e.samples}: greedy completions of a prompt are all the same; "
+                         "set eval.greedy=false for pass@k over sampled ones")
+    unknown = set(e.data or {}) - set(DataConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"eval.data: {sorted(unknown)} are not data settings; choose from "
+                         f"{sorted(DataConfig.__dataclass_fields__)}")
+    labels = e.objective_labels(c.reward)
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"eval.rewards need distinct labels, got {labels}: set `label` on the duplicates")
+    if e.pass_objective is not None:
+        _choice("eval.pass_objective", e.pass_objective, labels)
+    best = c.checkpoint.keep_best
+    if best is not None:
+        if not e.every:
+            raise ValueError(f"checkpoint.keep_best={best!r} ranks checkpoints by an eval metric: set eval.every > 0")
+        _choice("checkpoint.keep_best", best, e.metric_names(c.reward))
 
 
 def check_combinations(c: Config) -> None:

@@ -23,14 +23,18 @@ from rlhf.algorithms.reward_shaping import KLController, RunningMoments
 from rlhf.algorithms.transforms import TransformContext, transforms_by_stage
 from rlhf.checkpoint import (
     check_no_later_checkpoints,
+    checkpoint_path,
     find_checkpoint,
+    prune_checkpoints,
     read_driver_state,
     remove_unfinished,
     save_checkpoint,
 )
 from rlhf.config import Config
-from rlhf.data import PromptStream, load_rows, read_chat_template
+from rlhf.data import PromptStream, prompt_sets
 from rlhf.engines.base import SamplingSettings
+from rlhf.evaluation import Evaluator
+from rlhf.evaluation import due as evaluation_due
 from rlhf.experience import Experience
 from rlhf.groups import Groups
 from rlhf.rewards import REWARD_AGGREGATIONS
@@ -71,9 +75,7 @@ class Trainer:
         check_context_length(self.model_path, cfg)
         if cfg.algo.critic.enabled and cfg.critic.model_path:
             check_same_tokenizer(tokenizer, cfg.critic.model_path)
-        self.prompts = PromptStream(load_rows(cfg.data), tokenizer, cfg.data.system_prompt,
-                                    cfg.data.max_prompt_tokens, cfg.seed, cfg.data.bad_rows,
-                                    read_chat_template(cfg.data.chat_template), dict(cfg.data.chat_template_kwargs))
+        self.prompts, self.eval_prompts = prompt_sets(cfg, tokenizer)
 
         self.checkpoints = Path(cfg.checkpoint.dir or self.output_dir / "checkpoints").absolute()
         self.resume_from = find_checkpoint(cfg.resume, self.checkpoints)
@@ -85,6 +87,8 @@ class Trainer:
         remove_unfinished(self.checkpoints)
 
         check_reward_sources(cfg.reward)  # before any actor: an actor that cannot be built would be retried
+        if cfg.eval.every:
+            check_reward_sources(replace(cfg.reward, functions=cfg.eval.rewards, models=[]), "eval.rewards")
         sync_folders.remove_orphans(cfg.rollout.sync_dir)
         self.started_ray = connect_ray(cfg)
         try:
@@ -110,6 +114,7 @@ class Trainer:
         self.reward_moments = RunningMoments()
         self.transforms = transforms_by_stage(cfg.algo.transforms)
         self.sampler = Sampler(self.actors, cfg, self.aggregation)
+        self.evaluator = Evaluator(self.actors, cfg, self.eval_prompts) if self.eval_prompts else None
         # one-step-off-policy (rollout.async_one_step): the next step's rollout runs on the previous weights
         # while this step trains; its phase times are merged into the step that uses it
         self.background = ThreadPoolExecutor(max_workers=1) if cfg.rollout.async_one_step else None
@@ -124,12 +129,15 @@ class Trainer:
             for step in bar:
                 timer = PhaseTimer()
                 groups, sampling_metrics, experience = self.rollout(step, pending, timer)
+                # the engines are idle now (a background rollout is collected): evaluate the weights this step
+                # trains from, those of `step` updates
+                eval_metrics = self.evaluate(step, timer)
                 # pushes the samples' weights are behind the learner's (1 in one-step-off-policy runs, else 0)
                 sampling_metrics["weights_behind"] = self.weight_sync.version - sampling_metrics.pop("weights_version")
                 cursor = self.prompts.state_dict()  # where a resume continues: before the next step's draws
                 pending = self.start_next_rollout(step)
                 metrics = {**self.learn(step, experience, groups.topped_up, timer), **rollout_metrics(experience, groups),
-                           **sampling_metrics, **timer.seconds()}
+                           **sampling_metrics, **eval_metrics, **timer.seconds()}
                 report(step, metrics, groups, self.metrics_log, bar)
                 # a step whose every sample is unscorable trains on nothing: a few in a row mean the rewards are broken
                 unscorable_steps = unscorable_steps + 1 if metrics["reward_unscorable"] == len(groups.rewards.total) else 0
@@ -144,6 +152,11 @@ class Trainer:
             raise RuntimeError(f"step {step}: a learner rank died (or a rank of a sharded reference, or another actor "
                                f"could not be brought back: {type(err).__name__}); the run stops. Checkpoints in "
                                f"{self.checkpoints} are intact: rerun the same command with resume=auto") from err
+        final_eval = self.evaluate(cfg.steps, PhaseTimer())
+        if final_eval:  # the weights after the last update, logged as the step that would come next
+            self.metrics_log.log(cfg.steps, final_eval)
+            prune_checkpoints(self.checkpoints, cfg.checkpoint.keep_last, self.best_checkpoint())
+            metrics = {**metrics, **final_eval}
         if cfg.save_final:
             self.actors.policy.run("save_pretrained", str(self.output_dir / "final"), self.model_path)
             log.info("final policy saved to %s", self.output_dir / "final")
@@ -183,6 +196,21 @@ class Trainer:
                                         self.weight_sync.version)
         return future, timer
 
+    def evaluate(self, step: int, timer: "PhaseTimer") -> dict[str, float]:
+        if self.evaluator is None or not evaluation_due(step, self.cfg):
+            return {}
+        with timer("eval"):
+            return self.evaluator.evaluate(step, self.weight_sync.version, self.output_dir)
+
+    def best_checkpoint(self) -> str | None:
+        """The checkpoint whose weights scored highest on `checkpoint.keep_best`: the eval at step k saw the
+        weights saved after step k - 1."""
+        metric = self.cfg.checkpoint.keep_best
+        scores = {r["step"] - 1: r[metric] for r in self.metrics_log.history if metric and metric in r and r["step"] > 0
+                  and not math.isnan(r[metric])}
+        saved = [s for s in scores if checkpoint_path(self.checkpoints, s).is_dir()]
+        return checkpoint_path(self.checkpoints, max(saved, key=scores.get)).name if saved else None
+
     def learn(self, step: int, experience: Experience, topped_up: int, timer: "PhaseTimer") -> dict[str, float]:
         """Advantages, the learners' update, the weight push, the KL controller. `topped_up`: trailing groups that
         fill the batch but take no part in the loss."""
@@ -209,7 +237,7 @@ class Trainer:
         driver_state = {"step": step, "prompts": cursor, "kl_coef": self.kl_control.value,
                         "reward_moments": self.reward_moments.state_dict(), "wandb_id": self.metrics_log.wandb_id}
         path = save_checkpoint(self.checkpoints, step, lambda folder: save_learners(self.actors, folder),
-                               driver_state, self.cfg.checkpoint.keep_last)
+                               driver_state, self.cfg.checkpoint.keep_last, self.best_checkpoint())
         log.info("step %d: checkpoint written to %s", step, path)
 
     def close(self) -> None:

@@ -71,7 +71,7 @@ class Sampler:
         """Every objective's rewards, then their aggregation into the total the estimator sees."""
         size = len(completions) // len(batch.rows)
         labels = self.cfg.reward.objective_labels()
-        per_objective = score(self.actors, batch, completions, size)
+        per_objective = score(self.actors.reward, self.actors.reward_models, batch, completions, size)
         per_objective = {label: per_objective[label] for label in labels}
         objectives = objective_matrix(per_objective, labels)
         r_ref = None
@@ -98,7 +98,8 @@ class Sampler:
                                 [prompts.texts[i] for i in rows])
             seed = random.Random(f"{self.cfg.seed}/r_ref/{start}").getrandbits(48)
             samples = generate(self.actors, batch.token_ids, lsc.ref_samples, replace(self.settings, seed=seed), 0)
-            per_objective = score(self.actors, batch, [s.text for g in samples for s in g], lsc.ref_samples)
+            per_objective = score(self.actors.reward, self.actors.reward_models, batch, [s.text for g in samples for s in g],
+                                  lsc.ref_samples)
             objectives = objective_matrix(per_objective, labels)
             for text, block in zip(batch.texts, objectives.split(lsc.ref_samples)):
                 table[text] = reference_quantile(block, lsc.quantile, lsc.estimator)
@@ -135,14 +136,15 @@ def generate(actors, prompts: list[list[int]], n: int, sampling: SamplingSetting
     return [group for part in results for group in part]
 
 
-def score(actors, batch: PromptBatch, completions: list[str], group_size: int) -> dict[str, list[float]]:
-    """Objective label -> rewards. Reward functions and reward models run side by side; every row column is
-    repeated for each sample of its group."""
+def score(reward, reward_models: dict, batch: PromptBatch, completions: list[str],
+          group_size: int) -> dict[str, list[float]]:
+    """Objective label -> rewards from the reward-function actor (`reward`, may be None) and the reward-model
+    actors (label -> actor), side by side; every row column is repeated for each sample of its group."""
     repeat = lambda values: [v for v in values for _ in range(group_size)]  # noqa: E731
     columns = {key: repeat([row.get(key) for row in batch.rows]) for key in batch.rows[0] if key != "prompt"}
     prompts = repeat([row["prompt"] for row in batch.rows])
-    from_functions = actors.reward.score.remote(prompts, completions, columns) if actors.reward else None
-    from_models = {label: actor.score.remote(prompts, completions) for label, actor in actors.reward_models.items()}
+    from_functions = reward.score.remote(prompts, completions, columns) if reward else None
+    from_models = {label: actor.score.remote(prompts, completions) for label, actor in reward_models.items()}
     per_objective = ray.get(from_functions) if from_functions else {}
     per_objective.update(zip(from_models, ray.get(list(from_models.values()))))
     return per_objective

@@ -129,16 +129,21 @@ def plot_pareto(points: dict[str, list[float]], start: list[float], labels: list
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
-    """Reward (with per-function rewards), KL and completion length against the step."""
-    steps = [h["step"] for h in history]
-    per_function = [k for k in history[-1] if k.startswith("reward/")]
+    """Reward (with per-function rewards), KL and completion length against the step; with evaluations, the eval
+    metrics (held-out prompts) in a panel of their own."""
+    training = [h for h in history if "reward" in h]  # a final evaluation has a line of its own
+    per_function = [k for k in training[-1] if k.startswith("reward/")] if training else []
     panels = [("reward", ["reward", *per_function] if len(per_function) > 1 else ["reward"]),
               ("KL to the reference (per sequence)", ["rollout_kl"]),
               ("completion length", ["completion_length"])]
+    evaluated = [k for k in dict.fromkeys(k for h in history for k in h) if k.startswith("eval/") and k != "eval/length"]
+    if evaluated:
+        panels.append(("eval (held-out prompts)", evaluated))
     fig, axes = _pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
     for ax, (title, keys) in zip(axes, panels):
         for key in keys:
-            values = [h.get(key, math.nan) for h in history]
+            steps = [h["step"] for h in history if key in h]
+            values = [h[key] for h in history if key in h]
             line, = ax.plot(steps, values, label=key, alpha=0.5, marker="." if len(steps) < 50 else None)
             if len(values) >= 10:  # per-step values are noisy: draw the trend over it
                 window = max(5, len(values) // 10)

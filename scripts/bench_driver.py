@@ -27,7 +27,7 @@ def run(engines: int, prompts: int, steps: int, warmup: int, out: Path) -> dict:
                  "rollout.num_cpus=0", "train.num_cpus=0", f"prompts_per_step={prompts}", "algo.group_size=2",
                  f"train.micro_batch_size={2 * prompts}", "algo.kl.beta=0", f"data.size={prompts * (steps + warmup)}",
                  f"steps={steps + warmup}", "checkpoint.every=0", "save_final=false", "logging.wandb_mode=disabled",
-                 "logging.plot=false", "logging.progress_bar=false", "preflight.enabled=false"]
+                 "logging.plot=false", "logging.progress_bar=false", "preflight.enabled=false", "eval.every=0"]
     history = train(overrides, out, f"{engines} engines")[warmup:]
     median = {key: statistics.median(h[key] for h in history) for key in history[0] if key.startswith("time/")}
     return {"engines": engines, "prompts_per_step": prompts, "seconds_per_step": median["time/step"],

@@ -47,7 +47,8 @@ def run(engines: int, ranks: int, model: str, steps: int, warmup: int, out: Path
         f"prompts_per_step={prompts}", "algo.group_size=2", f"train.micro_batch_size={2 * prompts // ranks}",
         "algo.kl.beta=0", "rollout.max_new_tokens=16", f"data.size={prompts * (steps + warmup)}",
         f"steps={steps + warmup}", "checkpoint.every=0", "save_final=false", "logging.wandb_mode=disabled",
-        "logging.plot=false", "logging.progress_bar=false", "preflight.enabled=false", f"output_dir={out}"))
+        "logging.plot=false", "logging.progress_bar=false", "preflight.enabled=false", "eval.every=0",
+        f"output_dir={out}"))
     routes.chosen.clear()
     train(cfg)
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][warmup:]

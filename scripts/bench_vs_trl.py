@@ -138,7 +138,7 @@ def run_ours(args, prompts, beta, work: Path) -> dict:
                  f"algo.kl.beta={beta}", f"steps={args.warmup + args.steps + 1}", f"rollout.dtype={args.dtype}",
                  f"train.bf16={str(args.dtype == 'bfloat16').lower()}", f"train.micro_batch_size={min(batch, 4)}",
                  "checkpoint.every=0", "save_final=false", "logging.wandb_mode=disabled", "logging.plot=false",
-                 "logging.progress_bar=false", "preflight.enabled=false", f"output_dir={out}", f"hydra.run.dir={out}",
+                 "logging.progress_bar=false", "preflight.enabled=false", "eval.every=0", f"output_dir={out}", f"hydra.run.dir={out}",
                  *args.ours]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     memory = run_tree([sys.executable, "-m", "rlhf.train", *overrides], env, work / "ours.log")

@@ -22,7 +22,7 @@ def run(route: str, engines: int, steps: int, warmup: int, out: Path) -> dict:
     overrides = [f"rollout.weight_sync={route}", f"rollout.engines={engines}", "rollout.num_cpus=0", "train.num_cpus=0",
                  "prompts_per_step=1", "rollout.max_new_tokens=16", "train.micro_batch_size=4", "algo.kl.beta=0",
                  f"steps={steps + warmup}", "checkpoint.every=0", "save_final=false", "logging.wandb_mode=disabled",
-                 "logging.plot=false", "logging.progress_bar=false", "preflight.enabled=false"]
+                 "logging.plot=false", "logging.progress_bar=false", "preflight.enabled=false", "eval.every=0"]
     history = train(overrides, out, f"{route}, {engines} engines")[warmup:]
     return {"route": route, "engines": engines, "steps": len(history),
             "weight_sync_s": statistics.median(h["time/weight_sync"] for h in history),

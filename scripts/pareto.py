@@ -32,7 +32,8 @@ def synthetic_overrides(out: Path) -> list[str]:
     return ["model=path", f"model.path={model}", "data=file", f"data.path={task}", "prompts_per_step=4",
             "algo.group_size=8", "rollout.max_new_tokens=12", "rollout.temperature=1.0", "train.lr=1e-2",
             "critic.lr=1e-2", "train.micro_batch_size=16", "critic.micro_batch_size=16", "algo.kl.beta=0",
-            "reward.functions=[{name: bleu, weight: 0.5}, {name: conciseness, weight: 0.5, kwargs: {max_words: 12}}]"]
+            "reward.functions=[{name: bleu, weight: 0.5}, {name: conciseness, weight: 0.5, kwargs: {max_words: 12}}]",
+            "eval.every=0"]
 
 
 def main() -> None:

@@ -74,7 +74,7 @@ def scored_pool(cfg, args):
     model_path = resolve_model_path(cfg.model.source, cfg.model.path)
     stream = PromptStream(load_rows(cfg.data), AutoTokenizer.from_pretrained(model_path), cfg.data.system_prompt,
                           cfg.data.max_prompt_tokens, cfg.seed, cfg.data.bad_rows,
-                          read_chat_template(cfg.data.chat_template), dict(cfg.data.chat_template_kwargs))
+                          read_chat_template(cfg.data.chat_template), dict(cfg.data.chat_template_kwargs or {}))
     started = connect_ray(cfg)
     actors = launch_actors(cfg, model_path, learners=False)
     settings = SamplingSettings(cfg.rollout.max_new_tokens, args.temperature, args.top_p, seed=args.seed)
@@ -86,7 +86,7 @@ def scored_pool(cfg, args):
                                 stream.texts[start : start + chunk])
             samples = generate(actors, batch.token_ids, 1, replace(settings, seed=args.seed + start))
             texts = [group[0].text for group in samples]
-            per_objective = score(actors, batch, texts, 1)
+            per_objective = score(actors.reward, actors.reward_models, batch, texts, 1)
             scores += weighted_sum(objective_matrix(per_objective, cfg.reward.objective_labels()), weights).tolist()
             completions += texts
     finally:

@@ -1,7 +1,8 @@
 """Canonical prompt rows and the stream of tokenized prompt batches the driver consumes."""
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from rlhf.data.bad_rows import BadRows
@@ -111,6 +112,10 @@ class PromptStream:
         dropped.report(len(self.rows), "the data (over-long prompts)")
         self._order = self._shuffled(0)
 
+    def everything(self) -> "PromptBatch":
+        """Every row, in the data's order (an eval set)."""
+        return PromptBatch(list(self.rows), list(self.token_ids), list(self.texts))
+
     def _shuffled(self, epoch: int) -> list[int]:
         order = list(range(len(self.rows)))
         random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
@@ -136,3 +141,27 @@ class PromptStream:
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position = state["epoch"], state["position"]
         self._order = self._shuffled(self.epoch)
+
+
+def hold_out(rows: list[dict], count: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(training rows, `count` held-out rows): a fixed random choice, the same for every run of one data seed."""
+    if count >= len(rows):
+        raise ValueError(f"eval.held_out={count} leaves no training rows of the data's {len(rows)}: lower it, or give "
+                         "the eval set its own data (eval.data)")
+    chosen = set(random.Random(f"{seed}/eval").sample(range(len(rows)), count))
+    return [r for i, r in enumerate(rows) if i not in chosen], [r for i, r in enumerate(rows) if i in chosen]
+
+
+def prompt_sets(cfg, tokenizer) -> tuple["PromptStream", PromptBatch | None]:
+    """The training stream and the eval set (None without evaluation): `eval.data`'s rows, or `eval.held_out`
+    rows of the training data, which the stream then never draws. Both go through the same chat template."""
+    rows, eval_rows = load_rows(cfg.data), None
+    if cfg.eval.every and cfg.eval.data:
+        eval_rows = load_rows(replace(cfg.data, **cfg.eval.data))
+    elif cfg.eval.every:
+        rows, eval_rows = hold_out(rows, cfg.eval.held_out, cfg.data.seed)
+    stream = partial(PromptStream, tokenizer=tokenizer, system_prompt=cfg.data.system_prompt,
+                     max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.seed, bad_rows=cfg.data.bad_rows,
+                     chat_template=read_chat_template(cfg.data.chat_template),
+                     chat_template_kwargs=dict(cfg.data.chat_template_kwargs or {}))
+    return stream(rows), stream(eval_rows).everything() if eval_rows is not None else None

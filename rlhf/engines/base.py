@@ -19,6 +19,7 @@ class SamplingSettings:
     top_p: float
     seed: int | None = None  # prompt i's n samples use seeds seed + i*n ... (reproducible across restarts)
     ignore_eos: bool = False  # always generate max_new_tokens (the memory pre-flight's longest case)
+    greedy: bool = False  # the most likely token each time (evaluation); temperature and top_p then unused
 
 
 @dataclass

@@ -29,8 +29,9 @@ class HFEngine(GenerationEngine):
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         out = self.model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, do_sample=True,
-            temperature=sampling.temperature, top_p=sampling.top_p, top_k=0, max_new_tokens=sampling.max_new_tokens,
+            input_ids=input_ids, attention_mask=attention_mask, do_sample=not sampling.greedy,
+            **({} if sampling.greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}),
+            max_new_tokens=sampling.max_new_tokens,
             min_new_tokens=sampling.max_new_tokens if sampling.ignore_eos else None,
             num_return_sequences=n, output_scores=True, return_dict_in_generate=True, pad_token_id=pad,
         )

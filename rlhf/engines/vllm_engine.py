@@ -72,7 +72,8 @@ class VLLMEngine(GenerationEngine):
 
         # vLLM seeds the i-th sample of a request with seed + i: prompts get disjoint seed ranges
         params = [SamplingParams(
-            n=n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
+            n=n, temperature=0.0 if sampling.greedy else sampling.temperature, top_p=1.0 if sampling.greedy else sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
             logprobs=0, seed=None if sampling.seed is None else sampling.seed + i * n, ignore_eos=sampling.ignore_eos,
         ) for i in range(len(prompts))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)

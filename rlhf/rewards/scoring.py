@@ -25,14 +25,14 @@ def resolve_function(name: str):
         raise ValueError(f"reward function {name!r} cannot be imported: {err}") from err
 
 
-def check_reward_sources(reward_cfg) -> None:
+def check_reward_sources(reward_cfg, key: str = "reward.functions") -> None:
     """Every reward function resolves and every reward-model folder is a model folder, checked where the run starts
     (a reward actor that cannot be built would otherwise be taken for a crash and restarted)."""
     for index, function in enumerate(reward_cfg.functions):
         try:
             resolve_function(function.name)
         except (ValueError, KeyError) as err:
-            raise ValueError(f"reward.functions[{index}] ({function.name!r}): {err}") from err
+            raise ValueError(f"{key}[{index}] ({function.name!r}): {err}") from err
     for model in reward_cfg.models:
         if not (Path(model.path) / "config.json").is_file():
             raise ValueError(f"reward.models {model.label!r}: {model.path!r} is not a HF model folder (no config.json)")

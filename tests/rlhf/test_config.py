@@ -142,3 +142,11 @@ def test_batch_transforms_are_named_once_from_the_registry():
         load_config(compose_config("algo.transforms=[whiten]", "output_dir=/tmp/x"))
     with pytest.raises(ValueError, match="names a transform twice"):
         load_config(compose_config("algo.transforms=[whiten_advantages,whiten_advantages]", "output_dir=/tmp/x"))
+
+
+def test_dict_settings_take_a_whole_dict_on_the_command_line():
+    # a `{}` default would refuse `key={...}` (Hydra's struct mode: no new keys); null takes it
+    cfg = load_config(compose_config("data.chat_template_kwargs={enable_thinking: false}",
+                                     "eval.data={source: file, path: /abs/test.jsonl}", "output_dir=/tmp/x"))
+    assert cfg.data.chat_template_kwargs == {"enable_thinking": False}
+    assert cfg.eval.data == {"source": "file", "path": "/abs/test.jsonl"}

@@ -15,10 +15,10 @@ from rlhf.train import user_message
 pytestmark = pytest.mark.integration
 
 
-def write_task(path, rows=16):
+def write_task(path, rows=16, first=0):
     """A task a tiny random model can learn: BLEU against a reference that repeats one word."""
     with open(path, "w") as f:
-        for i in range(rows):
+        for i in range(first, first + rows):
             f.write(json.dumps({"prompt": f"Repeat the letter a, request {i}.", "references": ["a a a a a a a a a a"]}) + "\n")
     return path
 
@@ -28,6 +28,7 @@ def config(tiny_model, tmp_path, *overrides):
         "model=path", f"model.path={tiny_model}", "data=file", f"data.path={write_task(tmp_path / 'task.jsonl')}",
         "prompts_per_step=4", "algo.group_size=8", "rollout.max_new_tokens=12", "rollout.temperature=1.0",
         "train.lr=1e-2", "train.micro_batch_size=16", "reward.functions.0.weight=10", "logging.progress_bar=false",
+        "eval.every=0",
         f"output_dir={tmp_path / 'run'}", *overrides,
     ))
 
@@ -52,11 +53,16 @@ ALGORITHMS = {
 def test_algorithm_learns_through_the_actor_stack(ray_cluster, tiny_model, tmp_path, algo):
     # Seed 1: with seed 0 this tiny task sends GRPO and RLOO into a low-reward mode (10 x BLEU stuck near 1.0,
     # samples nearly identical) from which they do not escape in 32 steps; seeds 1 and 2 learn (GRPO: 8.2, 6.2).
-    cfg = config(tiny_model, tmp_path, "steps=32", "seed=1", *ALGORITHMS[algo])
+    evaluation = []
+    if algo == "grpo":  # evaluates every 8 steps on prompts of its own (the training stream is as without)
+        evaluation = [f"eval.data={{path: {write_task(tmp_path / 'eval.jsonl', rows=4, first=100)}}}", "eval.every=8",
+                      "checkpoint.every=8", "checkpoint.keep_last=1", "checkpoint.keep_best=eval/bleu"]
+    cfg = config(tiny_model, tmp_path, "steps=32", "seed=1", *ALGORITHMS[algo], *evaluation)
     run(cfg)
 
     out = tmp_path / "run"
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    history = [h for h in records if "reward" in h]  # without a final evaluation's line
     assert [h["step"] for h in history] == list(range(32))
     rewards = [h["reward"] for h in history]
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
@@ -72,6 +78,17 @@ def test_algorithm_learns_through_the_actor_stack(ray_cluster, tiny_model, tmp_p
     if algo != "grpo":
         return
     assert history[-1]["kl"] > 0
+    # the held-out prompts' greedy BLEU rises as the policy learns; the final weights have a line of their own
+    evals = {h["step"]: h for h in records if "eval/bleu" in h}
+    assert list(evals) == [0, 8, 16, 24, 32] and set(history[0]) >= {"eval/pass@1", "eval/length", "time/eval"}
+    assert evals[32]["eval/bleu"] > evals[0]["eval/bleu"] + 0.2, [e["eval/bleu"] for e in evals.values()]
+    samples = [json.loads(line) for line in (out / "eval_samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [32] * 4 and len(samples[0]["rewards"]["bleu"]) == 1
+    # keep_last=1 keeps step 31; keep_best also the checkpoint whose weights the best evaluation saw (eval at step
+    # k saw the weights saved after step k - 1)
+    best = max((s for s in evals if s > 0), key=lambda s: evals[s]["eval/bleu"])
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
+    assert kept == sorted({f"step-{best - 1:06d}", "step-000031"}), (kept, {s: e["eval/bleu"] for s, e in evals.items()})
     assert (out / "reward_curve.png").stat().st_size > 0
     assert list((out / "wandb").glob("offline-run-*"))
     from transformers import AutoModelForCausalLM
@@ -199,28 +216,41 @@ def run_killing_engine_0(cfg, metrics_file, after_steps=(1,)) -> list[str]:
     def logged(step: int) -> bool:
         return metrics_file.exists() and len(metrics_file.read_text().splitlines()) > step
 
+    def engine_and_pid(deadline: float):
+        # an engine busy restarting (or the run's step retry) may not answer at once: ask again until the run ends
+        while time.time() < deadline and not finished.is_set():
+            name = next((n for n in ray.util.list_named_actors() if n.startswith("rollout-0-")), None)
+            if name is None:
+                return None
+            engine = ray.get_actor(name)
+            try:
+                return name, engine, ray.get(engine.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                time.sleep(0.5)
+        return None
+
     def kill_the_engine():
         deadline = time.time() + 300
         for step in after_steps:
             while time.time() < deadline and not logged(step):
                 time.sleep(0.1)
-            name = next((n for n in ray.util.list_named_actors() if n.startswith("rollout-0-")), None)
-            if name is None:  # the run has ended
+            found = engine_and_pid(deadline)
+            if found is None:  # the run has ended
                 return
-            engine = ray.get_actor(name)
-            try:
-                pid = ray.get(engine.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                return  # the run has ended
+            name, engine, pid = found
             ray.kill(engine, no_restart=False)
             killed.append(name)
             if not back_in_a_new_process(engine, pid, deadline):
                 return  # gone for good: the run has ended
 
+    finished = threading.Event()
     killer = threading.Thread(target=kill_the_engine)
     killer.start()
-    run(cfg)
-    killer.join()
+    try:
+        run(cfg)
+    finally:
+        finished.set()
+        killer.join()
     return killed
 
 

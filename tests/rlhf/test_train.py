@@ -25,7 +25,10 @@ def test_smoke_experiment_from_the_command_line(tmp_path):
     result = train("experiment=smoke", f"output_dir={out}", f"hydra.run.dir={out}", cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 3 and all("reward" in line and "time/step" in line for line in lines)
+    assert len(lines) == 4 and all("reward" in line and "time/step" in line for line in lines[:3])
+    # evaluated before the first step and after the last (a line of its own), on its 4 held-out questions
+    assert "eval/bleu" in lines[0] and lines[3].keys() == {"step", "eval/bleu", "eval/pass@1", "eval/length"}
+    assert len((out / "eval_samples.jsonl").read_text().splitlines()) == 4
     assert (out / "final" / "config.json").exists() and (out / "final" / "tokenizer_config.json").exists()
     assert (out / "reward_curve.png").exists()
     assert list((out / "wandb").glob("offline-run-*"))

@@ -173,3 +173,21 @@ def test_a_chat_template_file_and_its_kwargs_reach_the_prompts_and_message_lists
                             "<system>be kind<user>hello<assistant>hey<user>again<no-think><assistant>"]
     with pytest.raises(FileNotFoundError, match="data.chat_template='/no/such.jinja' does not exist"):
         read_chat_template("/no/such.jinja")
+
+
+def test_the_chat_template_kwargs_reach_the_eval_prompts_too(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from rlhf.config import compose_config, load_config
+    from rlhf.data import prompt_sets
+
+    template = tmp_path / "template.jinja"
+    template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}{% if flavour %}<{{ flavour }}>{% endif %}")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"q{i}", "references": ["r"]} for i in range(6)])
+    cfg = load_config(compose_config("data=file", f"data.path={data}", f"data.chat_template={template}",
+                                     "data.chat_template_kwargs={flavour: salty}", "eval.held_out=2",
+                                     "output_dir=/tmp/x"))
+    train, held_out = prompt_sets(cfg, AutoTokenizer.from_pretrained(tiny_model))
+    assert len(train.texts) == 4 and len(held_out.texts) == 2
+    assert all(text.endswith("<salty>") for text in train.texts + held_out.texts)
+    assert not set(train.texts) & set(held_out.texts)

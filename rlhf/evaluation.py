@@ -1,0 +1,78 @@
+"""Evaluation during training: held-out prompts generated on the rollout engines with the current weights (no
+extra model copy), scored by the run's objectives each on its own (or by `eval.rewards`).
+
+Metrics: `eval/<objective>` (mean@k: the mean over every completion), `eval/pass@1` and `eval/pass@k` (k =
+`eval.samples`; a completion passes when the `eval.pass_objective` reward reaches `eval.pass_threshold`), and
+`eval/length` (completion tokens). `eval_samples.jsonl` holds the last evaluation, prompt by prompt."""
+
+import json
+import math
+import os
+import random
+from dataclasses import replace
+from pathlib import Path
+
+from rlhf.config import Config
+from rlhf.data import PromptBatch
+from rlhf.engines.base import SamplingSettings
+from rlhf.sampling import generate, score
+
+
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    """The chance that at least one of k completions drawn without replacement from n, of which `correct`
+    pass, passes: 1 - C(n - c, k) / C(n, k) (Chen et al. 2021's unbiased estimator)."""
+    if not 0 < k <= n or not 0 <= correct <= n:
+        raise ValueError(f"pass@k needs 0 < k <= n and 0 <= correct <= n, got n={n}, correct={correct}, k={k}")
+    if n - correct < k:
+        return 1.0
+    return 1.0 - math.comb(n - correct, k) / math.comb(n, k)
+
+
+def due(step: int, cfg: Config) -> bool:
+    """Whether the weights of `step` (the ones its rollout samples; `steps`: the final ones) are evaluated."""
+    return cfg.eval.every > 0 and step % cfg.eval.every == 0 and step <= cfg.steps
+
+
+class Evaluator:
+    def __init__(self, actors, cfg: Config, prompts: PromptBatch):
+        self.actors, self.cfg, self.prompts = actors, cfg, prompts
+        e = cfg.eval
+        self.labels = e.objective_labels(cfg.reward)
+        self.pass_label = e.pass_objective or self.labels[0]
+        self.settings = SamplingSettings(e.max_new_tokens or cfg.rollout.max_new_tokens, e.temperature, 1.0,
+                                         greedy=e.greedy)
+
+    def evaluate(self, step: int, version: int, output_dir: Path) -> dict[str, float]:
+        """Generate on engines holding weights `version`, score, write `eval_samples.jsonl`; return the metrics.
+        Seeds depend only on (seed, step): a resumed run evaluates as the uninterrupted one did."""
+        k, batch = self.cfg.eval.samples, self.prompts
+        seed = random.Random(f"{self.cfg.seed}/eval/{step}").getrandbits(48)
+        groups = generate(self.actors, batch.token_ids, k, replace(self.settings, seed=seed), version)
+        completions = [s.text for group in groups for s in group]
+        if self.actors.eval_reward is not None:  # eval.rewards: its own functions
+            rewards = score(self.actors.eval_reward, {}, batch, completions, k)
+        else:
+            rewards = score(self.actors.reward, self.actors.reward_models, batch, completions, k)
+        rewards = {label: rewards[label] for label in self.labels}
+        metrics = {f"eval/{label}": _mean(values) for label, values in rewards.items()}
+        passed = [[value is not None and not math.isnan(value) and value >= self.cfg.eval.pass_threshold
+                   for value in rewards[self.pass_label][i * k : (i + 1) * k]] for i in range(len(groups))]
+        for at in sorted({1, k}):
+            metrics[f"eval/pass@{at}"] = sum(pass_at_k(k, sum(p), at) for p in passed) / len(passed)
+        metrics["eval/length"] = sum(len(s.completion_ids) for g in groups for s in g) / len(completions)
+        rows = [{"step": step, "prompt": batch.texts[i], "completions": [s.text for s in group],
+                 "rewards": {label: values[i * k : (i + 1) * k] for label, values in rewards.items()},
+                 "passed": sum(passed[i])} for i, group in enumerate(groups)]
+        write_jsonl_atomically(output_dir / "eval_samples.jsonl", rows)
+        return metrics
+
+
+def _mean(values: list) -> float:
+    scorable = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(scorable) / len(scorable) if scorable else math.nan
+
+
+def write_jsonl_atomically(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,62 @@
+"""Evaluation's pure parts: pass@k, the held-out split, when it runs, keep_best."""
+
+import json
+
+import pytest
+
+from rlhf.checkpoint import complete_checkpoints, save_checkpoint
+from rlhf.config import compose_config, load_config
+from rlhf.data import hold_out
+from rlhf.evaluation import due, pass_at_k
+
+
+def test_pass_at_k_against_hand_counted_cases():
+    # 4 completions, 1 passes: pass@1 = 1/4; pass@2 = 1 - C(3,2)/C(4,2) = 1 - 3/6 = 1/2 (of the 6 pairs, 3 hold it)
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    # 5 completions, 2 pass, k = 3: the only failing triples are drawn from the 3 failures: 1 of C(5,3) = 10
+    assert pass_at_k(5, 2, 3) == pytest.approx(0.9)
+    assert pass_at_k(4, 0, 4) == 0.0 and pass_at_k(4, 1, 4) == 1.0
+    with pytest.raises(ValueError, match="0 < k <= n"):
+        pass_at_k(2, 1, 3)
+
+
+def test_the_held_out_rows_are_fixed_by_the_data_seed_and_never_train():
+    rows = [{"prompt": f"q{i}"} for i in range(40)]
+    train, held = hold_out(rows, 8, seed=0)
+    assert len(held) == 8 and len(train) == 32
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
+    assert hold_out(rows, 8, seed=0)[1] == held and hold_out(rows, 8, seed=1)[1] != held
+    with pytest.raises(ValueError, match="eval.held_out=40 leaves no training rows"):
+        hold_out(rows, 40, seed=0)
+
+
+def test_evaluations_come_before_the_first_step_and_at_every_multiple():
+    cfg = load_config(compose_config("output_dir=/tmp/x", "steps=28"))
+    assert cfg.eval.every == 7 and cfg.eval.held_out == 32  # the default experiment's
+    assert [s for s in range(cfg.steps + 1) if due(s, cfg)] == [0, 7, 14, 21, 28]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["eval.samples=4"], "greedy completions of a prompt are all the same"),
+    (["eval.data={pth: /x.jsonl}"], r"eval.data: \['pth'\] are not data settings"),
+    (["eval.pass_objective=accuracy"], "eval.pass_objective='accuracy' is not valid"),
+    (["checkpoint.keep_best=eval/blue"], "checkpoint.keep_best='eval/blue' is not valid; choose one of"),
+    (["checkpoint.keep_best=eval/bleu", "eval.every=0"], "set eval.every > 0"),
+    (["eval.max_new_tokens=1000"], "exceeds rollout.max_new_tokens"),
+])
+def test_eval_settings_that_cannot_work_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(compose_config("output_dir=/tmp/x", *overrides))
+
+
+def test_keep_best_keeps_the_best_checkpoint_besides_the_last_ones(tmp_path):
+    def write(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "weights").write_text("w")
+
+    for step in range(5):
+        keep = "step-000001" if step > 1 else None
+        save_checkpoint(tmp_path, step, write, {"step": step}, keep_last=2, keep=keep)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-000001", "step-000003", "step-000004"]
+    assert json.loads((tmp_path / "step-000001" / "driver.json").read_text())["step"] == 1
