@@ -10,7 +10,7 @@ from actors.critic import CriticActor
 from actors.learner_group import LearnerGroup
 from actors.placement import Placement, RoleDemand
 from actors.policy import PolicyActor
-from actors.reference import Reference, ReferenceActor
+from actors.reference import PolicyReference, Reference, ReferenceActor
 from actors.reward import RewardActor
 from actors.reward_model import RewardModelActor
 from actors.rollout import RolloutActor
@@ -109,6 +109,11 @@ def needs_reference(cfg: Config) -> bool:
     return cfg.algo.kl.beta > 0 or cfg.algo.kl.reward_beta > 0 or cfg.algo.loss.ratio_against == "reference"
 
 
+def needs_reference_actor(cfg: Config) -> bool:
+    """With LoRA the policy scores the reference itself (its base model, adapter off): no copy is loaded."""
+    return needs_reference(cfg) and not cfg.train.lora.rank
+
+
 def role_demands(cfg: Config, learners: bool) -> dict[str, RoleDemand]:
     """Each role's actor count and what each actor reserves (the reward-function actor never takes a GPU)."""
     demands = {"rollout": RoleDemand(cfg.rollout.engines, cfg.rollout.num_cpus, cfg.rollout.num_gpus),
@@ -117,7 +122,7 @@ def role_demands(cfg: Config, learners: bool) -> dict[str, RoleDemand]:
                "eval_reward": RoleDemand(int(bool(cfg.eval.every and cfg.eval.rewards)), cfg.reward_actor.num_cpus)}
     if learners:
         demands["policy"] = RoleDemand(cfg.train.ranks, cfg.train.num_cpus, cfg.train.num_gpus)
-        if needs_reference(cfg):
+        if needs_reference_actor(cfg):
             demands["reference"] = RoleDemand(cfg.reference.ranks, cfg.reference.num_cpus, cfg.reference.num_gpus)
         if cfg.algo.critic.enabled:
             demands["critic"] = RoleDemand(cfg.critic.ranks, cfg.critic.num_cpus, cfg.critic.num_gpus)
@@ -185,7 +190,7 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
     # DeepSpeed JIT-builds its CPU communication op once (about a minute); keep the build in our own cache.
     extensions = {"TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions")}
     reference_ranks = []
-    if needs_reference(cfg):
+    if needs_reference_actor(cfg):
         ranks = cfg.reference.ranks
         reference_ranks = [
             ReferenceActor.options(**place("reference", i, {**_threads(cfg.reference.threads, cfg), **extensions}),
@@ -210,8 +215,10 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
     for role, ranks in {"reference": reference_ranks, "policy": policy_ranks, "critic": critic_ranks}.items():
         named.update({f"{role}-{i}": actor for i, actor in enumerate(ranks)})
     wait_until_built(named, placement)
-    reference = Reference(reference_ranks) if reference_ranks else None
     policy = LearnerGroup(policy_ranks)
+    reference = Reference(reference_ranks) if reference_ranks else None
+    if needs_reference(cfg) and not reference_ranks:
+        reference = PolicyReference(policy)
     critic = LearnerGroup(critic_ranks) if critic_ranks else None
     return Actors(rollouts, reward, reward_models, reference, policy, critic, placement, eval_reward)
 

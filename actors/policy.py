@@ -20,6 +20,9 @@ class PolicyActor(LearnerRank):
     def logprobs(self, experience: Experience):
         return self.learner.logprobs(experience)
 
+    def reference_logprobs(self, experience: Experience):
+        return self.learner.reference_logprobs(experience)
+
     def save_weights(self, folder: str) -> str:
         return self.learner.save_weights(folder)
 

@@ -55,3 +55,20 @@ class Reference:
     def kill(self) -> None:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
+
+
+class PolicyReference(Reference):
+    """With LoRA: the policy's own ranks score the reference (the base model, adapter off), each its share. They
+    are learner ranks: one that dies stops the run anyway."""
+
+    def __init__(self, policy: LearnerGroup):
+        self.policy, self.actors, self.group = policy, [], policy
+
+    def logprobs(self, experience: Experience) -> list:
+        return self.policy.call("reference_logprobs", experience)
+
+    def preflight(self, prompt_len: int, completion_len: int) -> list:
+        return []  # the policy's own pre-flight covers its forward passes
+
+    def kill(self) -> None:
+        pass  # the policy group is killed as the policy

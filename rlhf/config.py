@@ -178,6 +178,14 @@ class RolloutConfig:
 
 
 @dataclass
+class LoraConfig:
+    rank: int = MISSING  # 0: off
+    alpha: float = MISSING
+    dropout: float = MISSING
+    target_modules: list[str] = MISSING
+
+
+@dataclass
 class TrainConfig:
     lr: float = MISSING
     weight_decay: float = MISSING
@@ -189,6 +197,7 @@ class TrainConfig:
     offload_optimizer: bool = MISSING
     attn_implementation: str = MISSING
     gradient_checkpointing: bool = MISSING
+    lora: LoraConfig = MISSING
     ranks: int = MISSING
     num_cpus: float = MISSING
     num_gpus: float = MISSING
@@ -424,6 +433,13 @@ def validate(c: Config) -> None:
     for role in ("train", "critic"):
         _choice(f"{role}.attn_implementation", _get(c, f"{role}.attn_implementation"),
                 {"sdpa", "eager", "flash_attention_2"})
+        lora = _get(c, f"{role}.lora")
+        _positive(f"{role}.lora.rank", lora.rank, allow_zero=True)
+        if lora.rank and _get(c, f"{role}.zero_stage") == 3:
+            raise ValueError(f"{role}.lora.rank={lora.rank} with {role}.zero_stage=3 is not supported (the merged weights "
+                             "would need a gather per layer); with LoRA the optimizer state is small: use zero_stage <= 2")
+        if lora.rank and not lora.target_modules:
+            raise ValueError(f"{role}.lora.target_modules is empty: name the layers the adapter wraps")
         if _get(c, f"{role}.offload_optimizer") and _get(c, f"{role}.zero_stage") == 0:
             raise ValueError(f"{role}.offload_optimizer needs {role}.zero_stage >= 1 (DeepSpeed offloads ZeRO's "
                              "optimizer partitions)")

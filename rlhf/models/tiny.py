@@ -18,9 +18,11 @@ _CORPUS = [
 
 
 def build_tiny_model(folder: str | Path, vocab_size: int = 512, hidden: int = 64, layers: int = 2, seed: int = 0,
-                     reward_model: bool = False) -> Path:
+                     reward_model: bool = False, initializer_range: float = 0.02) -> Path:
     """Write a tiny LlamaForCausalLM + tokenizer to `folder` (atomically) and return it. Under a second.
-    `reward_model=True`: a LlamaForSequenceClassification with one label instead (a tiny reward model)."""
+    `reward_model=True`: a LlamaForSequenceClassification with one label instead (a tiny reward model).
+    `initializer_range`: the weights' std. At 0.02 the (tied) embeddings are so small that with them and the
+    final norm frozen (LoRA) no token can get much more likely than its neighbours: LoRA tests want ~0.3."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
@@ -57,6 +59,7 @@ def build_tiny_model(folder: str | Path, vocab_size: int = 512, hidden: int = 64
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        initializer_range=initializer_range,
     )
     if reward_model:
         config.num_labels = 1

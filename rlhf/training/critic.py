@@ -15,6 +15,7 @@ from rlhf.algorithms.losses import clipped_value_loss
 from rlhf.experience import Experience
 from rlhf.training.policy import NonFiniteLossError
 from rlhf.training.memory import learner_preflight
+from rlhf.training.lora import add_adapter
 from rlhf.training.deepspeed_engine import backward_and_step, load_training_state, make_engine, save_training_state
 
 
@@ -39,6 +40,8 @@ class CriticLearner:
         self.micro_batch_size = critic_cfg.micro_batch_size
         model = load_model(AutoModelForTokenClassification, model_path, torch.float32, critic_cfg.attn_implementation,
                            self.device, num_labels=heads)
+        if critic_cfg.lora.rank:  # the value head trains whole (peft keeps it beside the adapter)
+            model = add_adapter(model, critic_cfg.lora, "TOKEN_CLS")
         self.rank, self.world = rank, world
         self.engine = make_engine(model, critic_cfg, self.mini_batch_size, world)
 

@@ -29,6 +29,7 @@ from rlhf.training.deepspeed_engine import (
 )
 from rlhf.training.logprobs import batch_logprobs, completion_logprobs
 from rlhf.training import weight_transfer
+from rlhf.training.lora import add_adapter, is_adapted, merged_model
 from rlhf.training.memory import learner_preflight
 from rlhf.training.weight_file import write_weights
 
@@ -50,6 +51,8 @@ class PolicyLearner:
         self.rank, self.world = rank, world
         # fp32 weights: under bf16 DeepSpeed keeps them as the optimizer's master copy and computes in bf16
         model = load_model(AutoModelForCausalLM, model_path, torch.float32, train_cfg.attn_implementation, self.device)
+        if train_cfg.lora.rank:
+            model = add_adapter(model, train_cfg.lora, "CAUSAL_LM")
         self.engine = make_engine(model, train_cfg, self.mini_batch_size, world)
         self.steps = 0
 
@@ -108,6 +111,15 @@ class PolicyLearner:
         """[B, T] logprobs of the completions under the current weights (masked to 0 past each end), on the CPU."""
         self.engine.eval()
         return batch_logprobs(self.engine, experience.to(self.device), self.micro_batch_size, self.temperature).cpu()
+
+    @torch.no_grad()
+    def reference_logprobs(self, experience: Experience) -> torch.Tensor:
+        """With LoRA the reference is the base model: this rank's share of the batch scored with the adapter off
+        (ranks in order make the whole batch), on the CPU. No reference copy is loaded."""
+        self.engine.eval()
+        share = experience.rank_share(self.rank, self.world).to(self.device)
+        with self.engine.module.disable_adapter():
+            return batch_logprobs(self.engine, share, self.micro_batch_size, self.temperature).cpu()
 
     def preflight(self, prompt_len: int, completion_len: int) -> dict:
         forward = lambda engine, ids, mask, t: completion_logprobs(engine, ids, mask, t, self.temperature)  # noqa: E731
@@ -180,7 +192,11 @@ class PolicyLearner:
             module = self.engine.module
 
             def write(tmp):
-                module.save_pretrained(tmp, state_dict={k: v.cpu() for k, v in state.items()})
+                if is_adapted(module):  # the merged model, and the adapter on its own in adapter/
+                    merged_model(module).save_pretrained(tmp)
+                    module.save_pretrained(os.path.join(tmp, "adapter"))
+                else:
+                    module.save_pretrained(tmp, state_dict={k: v.cpu() for k, v in state.items()})
                 AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(tmp)
 
             write_atomically(folder, write)

@@ -46,6 +46,9 @@ ALGORITHMS = {
     # added as a registered loss + a conf/algo file each; KL in the loss so the reference takes part
     "gspo": ["algo=gspo", "algo.kl.beta=0.01", "rollout.engine=hf"],
     "cispo": ["algo=cispo", "algo.kl.beta=0.01", "rollout.engine=hf"],
+    # LoRA: only the adapter trains; the engines get merged weights, the reference is the policy's base model with
+    # the adapter off (no reference actor). Its tiny model has larger weights (see build_tiny_model)
+    "grpo_lora": ["algo=grpo", "algo.kl.beta=0.01", "train.lora.rank=8", "train.lr=5e-2"],
 }
 
 
@@ -57,6 +60,10 @@ def test_algorithm_learns_through_the_actor_stack(ray_cluster, tiny_model, tmp_p
     if algo == "grpo":  # evaluates every 8 steps on prompts of its own (the training stream is as without)
         evaluation = [f"eval.data={{path: {write_task(tmp_path / 'eval.jsonl', rows=4, first=100)}}}", "eval.every=8",
                       "checkpoint.every=8", "checkpoint.keep_last=1", "checkpoint.keep_best=eval/bleu"]
+    if algo == "grpo_lora":
+        from rlhf.models.tiny import build_tiny_model
+
+        tiny_model = str(build_tiny_model(tmp_path / "tiny-lora", initializer_range=0.1))
     cfg = config(tiny_model, tmp_path, "steps=32", "seed=1", *ALGORITHMS[algo], *evaluation)
     run(cfg)
 
@@ -66,10 +73,18 @@ def test_algorithm_learns_through_the_actor_stack(ray_cluster, tiny_model, tmp_p
     assert [h["step"] for h in history] == list(range(32))
     rewards = [h["reward"] for h in history]
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
-    assert last > first + 3.0, f"{algo}: reward (10 x BLEU) did not improve: {rewards}"
+    # LoRA on this tiny model learns slowly (its frozen norm and embeddings bound how peaked a token can get; 10 x
+    # BLEU went 0.71 -> 0.95 in 32 steps at lr 5e-2): a smaller rise, but a rise
+    assert last > first + (0.15 if algo == "grpo_lora" else 3.0), f"{algo}: reward (10 x BLEU) did not improve: {rewards}"
     assert history[-1]["rollout_kl"] > 0  # the reference model took part
     assert max(h["logprob_gap"] for h in history) < 1e-4  # fp32 engine logprobs match the learner's
     assert {"time/generate", "time/reward", "time/reference", "time/train", "time/weight_sync"} <= set(history[0])
+    if algo == "grpo_lora":
+        assert max(h["logprob_gap"] for h in history) < 1e-5  # vLLM got the merged weights of every push
+        assert history[0]["kl"] == pytest.approx(0, abs=1e-7) and history[-1]["kl"] > 0
+        assert (out / "final" / "adapter" / "adapter_config.json").exists()
+        roles = {r["role"] for r in json.loads((out / "preflight.json").read_text())}
+        assert "policy rank 0" in roles and not any(role.startswith("reference") for role in roles)
     if algo == "ppo":
         # the critic tracks the returns (~ the reward level): an untrained one (values ~0) would have a loss of
         # about 0.5 * reward^2

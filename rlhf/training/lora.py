@@ -1,0 +1,46 @@
+"""LoRA for the learners (peft): only the adapter trains and is in the optimizer; the rollout engines and the
+exported model get merged weights, computed beside the live ones (merging in place and back would drift the
+base weights by rounding at every push, and a resumed run would not match an uninterrupted one)."""
+
+import torch
+
+
+def add_adapter(model, lora_cfg, task_type: str):
+    """`model` wrapped by peft with a fresh adapter (B = 0: the wrapped model computes what `model` did).
+    `task_type`: CAUSAL_LM (policy) or TOKEN_CLS (critic: its value head trains whole, beside the adapter)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora_cfg.rank, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                        target_modules=list(lora_cfg.target_modules), task_type=task_type)
+    return get_peft_model(model, config)
+
+
+def is_adapted(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def merged_state_dict(model) -> dict[str, torch.Tensor]:
+    """The plain model's state dict (its own names) with every adapted layer's weight W + B A x scale; the
+    adapter's tensors left out. Nothing of `model` changes."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    state = {name.replace(".base_layer.", "."): tensor.detach() for name, tensor in base.state_dict().items()
+             if ".lora_" not in name}
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer):
+                weight = module.base_layer.weight
+                state[f"{name}.weight"] = weight.detach() + module.get_delta_weight("default").to(weight.dtype)
+    return state
+
+
+def merged_model(model):
+    """A plain causal LM with the adapter merged in (for `final/`), on the CPU."""
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_config(model.get_base_model().config, dtype=torch.float32)
+    merged.load_state_dict({k: v.cpu() for k, v in merged_state_dict(model).items()}, strict=True)
+    return merged
