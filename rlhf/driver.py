@@ -200,7 +200,12 @@ class Trainer:
         if self.evaluator is None or not evaluation_due(step, self.cfg):
             return {}
         with timer("eval"):
-            return self.evaluator.evaluate(step, self.weight_sync.version, self.output_dir)
+            try:
+                return self.evaluator.evaluate(step, self.weight_sync.version, self.output_dir)
+            except ACTOR_RESTARTED as err:  # the next rollout waits for the restart and pushes the weights again
+                log.warning("step %d: evaluation skipped: an engine or reward actor died or is restarting (%s)",
+                            step, type(err).__name__)
+                return {}
 
     def best_checkpoint(self) -> str | None:
         """The checkpoint whose weights scored highest on `checkpoint.keep_best`: the eval at step k saw the

@@ -322,10 +322,15 @@ def test_a_learner_rank_that_dies_stops_the_run_with_how_to_resume(ray_cluster, 
 
 
 def test_one_step_off_policy_generates_on_the_previous_weights(ray_cluster, tiny_model, tmp_path):
+    # evaluating every 2 steps: an eval asks the engines for the learner's current weights (an engine holding older
+    # ones refuses), so it runs once the background rollout is collected and the push is in
     cfg = config(tiny_model, tmp_path, "steps=4", "algo.kl.beta=0", "rollout.async_one_step=true", "algo.loss.tis_cap=2",
-                 "logging.wandb_mode=disabled", "checkpoint.every=0", "save_final=false")
+                 "logging.wandb_mode=disabled", "checkpoint.every=0", "save_final=false", "eval.every=2",
+                 f"eval.data={{path: {write_task(tmp_path / 'eval.jsonl', rows=2, first=100)}}}")
     run(cfg)
-    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in records if "eval/bleu" in h] == [0, 2, 4]
+    history = [h for h in records if "reward" in h]
     assert [h["step"] for h in history] == list(range(4))
     # step 0 samples the initial weights, which the learner still holds; every later batch was generated
     # while the previous step trained, so the learner (one update ahead) scores it differently
