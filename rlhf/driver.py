@@ -41,6 +41,7 @@ from rlhf.rewards import REWARD_AGGREGATIONS
 from rlhf.rewards.aggregation import Aggregation
 from rlhf.sampling import Sampler
 from rlhf.models import resolve_model_path
+from rlhf.models.folders import write_text_atomically
 from rlhf.tracking import MetricsLog
 from rlhf.rewards.scoring import check_reward_sources
 from rlhf.training import memory, sync_folders
@@ -287,7 +288,7 @@ def memory_preflight(actors: Actors, cfg: Config, prompts: PromptStream, output_
     for group in filter(None, (actors.policy, actors.critic)):
         pending += group.call("preflight", *lengths)
     reports = [*ray.get(pending), memory.report("driver", memory.peak_rss_gib())]
-    write_json_atomically(output_dir / "preflight.json", reports)
+    write_text_atomically(output_dir / "preflight.json", json.dumps(reports, indent=1))
     log.info("memory pre-flight (%.0f s): %s", time.perf_counter() - started, ", ".join(
         f"{r['role']} {r['peak_gib']:.2f} GiB" + (f" (GPU {r['gpu_need_gib']:.2f} GiB)" if "gpu_need_gib" in r else "")
         for r in reports))
@@ -298,12 +299,6 @@ def memory_preflight(actors: Actors, cfg: Config, prompts: PromptStream, output_
                           "rollout.kv_cache_gib; on a GPU, rollout.gpu_memory_utilization or the roles' GPU shares, or "
                           "train.offload_optimizer=true (with train.zero_stage >= 1); use train.zero_stage=3 over more "
                           "ranks, or placement=split over more nodes (preflight.json has every role's peak)")
-
-
-def write_json_atomically(path: Path, value) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
 
 
 # What a dead actor looks like to the driver (Ray restarts it unless its restarts are used up).

@@ -7,7 +7,6 @@ Metrics: `eval/<objective>` (mean@k: the mean over every completion), `eval/pass
 
 import json
 import math
-import os
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from rlhf.config import Config
 from rlhf.data import PromptBatch
 from rlhf.engines.base import SamplingSettings
+from rlhf.models.folders import write_text_atomically
 from rlhf.sampling import generate, score
 
 
@@ -63,16 +63,10 @@ class Evaluator:
         rows = [{"step": step, "prompt": batch.texts[i], "completions": [s.text for s in group],
                  "rewards": {label: values[i * k : (i + 1) * k] for label, values in rewards.items()},
                  "passed": sum(passed[i])} for i, group in enumerate(groups)]
-        write_jsonl_atomically(output_dir / "eval_samples.jsonl", rows)
+        write_text_atomically(output_dir / "eval_samples.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
         return metrics
 
 
 def _mean(values: list) -> float:
     scorable = [v for v in values if v is not None and not math.isnan(v)]
     return sum(scorable) / len(scorable) if scorable else math.nan
-
-
-def write_jsonl_atomically(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    os.replace(tmp, path)

@@ -4,7 +4,6 @@ aggregate, and (DAPO) shape and filter. Produces `Groups`; the driver turns them
 import json
 import logging
 import math
-import os
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from rlhf.config import Config
 from rlhf.data import PromptBatch, PromptStream
 from rlhf.engines.base import SamplingSettings
 from rlhf.groups import Groups, RewardResult, objective_matrix
+from rlhf.models.folders import write_text_atomically
 from rlhf.rewards.aggregation import Aggregation, reference_quantile
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,7 @@ class Sampler:
             for text, block in zip(batch.texts, objectives.split(lsc.ref_samples)):
                 table[text] = reference_quantile(block, lsc.quantile, lsc.estimator)
         if needed:
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps({text: v.tolist() for text, v in table.items()}))
-            os.replace(tmp, cache)
+            write_text_atomically(cache, json.dumps({text: v.tolist() for text, v in table.items()}))
         return table
 
 

@@ -5,6 +5,8 @@ import math
 import os
 from pathlib import Path
 
+from rlhf.models.folders import write_text_atomically
+
 
 class MetricsLog:
     """Appends to `metrics.jsonl` and `samples.jsonl`. A run resumed at step k first moves the lines of steps
@@ -71,9 +73,7 @@ def _keep_steps_before(path: Path, step: int) -> list[dict]:
     if superseded:
         with open(path.with_suffix(".superseded.jsonl"), "a", encoding="utf-8") as f:
             f.write("".join(line + "\n" for line in superseded))
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomically(path, "".join(line + "\n" for line in kept))
     return [json.loads(line) for line in kept]
 
 

@@ -1,4 +1,4 @@
-"""Writing model folders so that a crash never leaves a half-written one behind."""
+"""Writing folders and files so that a crash never leaves a half-written one behind."""
 
 import os
 import shutil
@@ -25,3 +25,11 @@ def write_atomically(folder: str | Path, write: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write `text` to a temporary sibling, then rename it over `path`: readers see the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -37,10 +37,10 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     return state
 
 
-def merged_model(model):
-    """A plain causal LM with the adapter merged in (for `final/`), on the CPU."""
+def plain_model(config, merged_state: dict[str, torch.Tensor]):
+    """A plain causal LM of `config` holding `merged_state` (from `merged_state_dict`), on the CPU (for `final/`)."""
     from transformers import AutoModelForCausalLM
 
-    merged = AutoModelForCausalLM.from_config(model.get_base_model().config, dtype=torch.float32)
-    merged.load_state_dict({k: v.cpu() for k, v in merged_state_dict(model).items()}, strict=True)
-    return merged
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict({k: v.cpu() for k, v in merged_state.items()}, strict=True)
+    return model

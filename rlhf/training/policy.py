@@ -29,7 +29,7 @@ from rlhf.training.deepspeed_engine import (
 )
 from rlhf.training.logprobs import batch_logprobs, completion_logprobs
 from rlhf.training import weight_transfer
-from rlhf.training.lora import add_adapter, is_adapted, merged_model
+from rlhf.training.lora import add_adapter, is_adapted, plain_model
 from rlhf.training.memory import learner_preflight
 from rlhf.training.weight_file import write_weights
 
@@ -193,7 +193,7 @@ class PolicyLearner:
 
             def write(tmp):
                 if is_adapted(module):  # the merged model, and the adapter on its own in adapter/
-                    merged_model(module).save_pretrained(tmp)
+                    plain_model(module.get_base_model().config, state).save_pretrained(tmp)
                     module.save_pretrained(os.path.join(tmp, "adapter"))
                 else:
                     module.save_pretrained(tmp, state_dict={k: v.cpu() for k, v in state.items()})
