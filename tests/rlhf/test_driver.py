@@ -205,75 +205,59 @@ def test_two_engines_two_learner_ranks_and_a_sharded_reference(ray_cluster, tiny
     assert history[0]["kl"] == pytest.approx(0, abs=1e-6) and history[-1]["kl"] > 0
 
 
-def run_killing_engine_0(cfg, metrics_file, after_steps=(1,)) -> list[str]:
-    """Run `cfg` while a thread kills rollout engine 0 each time one of `after_steps` is logged (as a crash would:
-    Ray restarts it); returns the killed actor's name once per kill that came to pass."""
-    import os
-    import threading
+def actor_named(prefix: str):
+    name = next(n for n in ray.util.list_named_actors() if n.startswith(prefix))
+    return name, ray.get_actor(name)
+
+
+def run_killing(cfg, prefix: str, after_steps=(1,), restart: bool = True) -> list[str]:
+    """Run `cfg` and, each time one of `after_steps` has been logged, kill the actor whose name starts with `prefix`
+    as a crash would. The kill happens inside the loop (right after its report of the step), not from a thread racing
+    it, so every kill comes to pass however fast or slow the machine is; with `restart` the loop goes on only once Ray
+    has the actor back in a new process, so each kill comes after the previous restart is up. A one-step-off-policy
+    run's background rollout keeps going meanwhile: a kill may land mid-generation. Returns the killed actor's name
+    once per kill."""
+    from unittest import mock
+
+    import rlhf.driver
+
+    killed, report = [], rlhf.driver.report
+
+    def report_then_kill(step, *args):
+        report(step, *args)
+        if step not in after_steps:
+            return
+        name, actor = actor_named(prefix)
+        restarts = actor_state(actor)["NumRestarts"]
+        ray.kill(actor, no_restart=not restart)
+        killed.append(name)
+        if restart:
+            wait_until(lambda: actor_state(actor)["State"] == "ALIVE" and actor_state(actor)["NumRestarts"] > restarts,
+                       f"{name} back after its kill at step {step}")
+
+    with mock.patch.object(rlhf.driver, "report", report_then_kill):
+        run(cfg)
+    return killed
+
+
+def actor_state(actor) -> dict:
+    return ray._private.state.actors(actor._actor_id.hex())  # Ray's actor table: State, NumRestarts, Pid
+
+
+def wait_until(condition, what: str, timeout_s: float = 300.0) -> None:
     import time
 
-    killed = []
-
-    def back_in_a_new_process(engine, pid: int, deadline: float) -> bool:
-        # before the next kill: a call can still reach the old process, and one killed while restarting is one crash
-        dead_answers = 0
-        while time.time() < deadline and dead_answers < 3:
-            try:
-                if ray.get(engine.__ray_call__.remote(lambda self: os.getpid()), timeout=10) != pid:
-                    return True
-            except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
-                dead_answers = 0
-            except ray.exceptions.ActorDiedError:  # a call that reached the old process, or gone for good
-                dead_answers += 1
-            time.sleep(0.5)
-        return False
-
-    def logged(step: int) -> bool:
-        return metrics_file.exists() and len(metrics_file.read_text().splitlines()) > step
-
-    def engine_and_pid(deadline: float):
-        # an engine busy restarting (or the run's step retry) may not answer at once: ask again until the run ends
-        while time.time() < deadline and not finished.is_set():
-            name = next((n for n in ray.util.list_named_actors() if n.startswith("rollout-0-")), None)
-            if name is None:
-                return None
-            engine = ray.get_actor(name)
-            try:
-                return name, engine, ray.get(engine.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                time.sleep(0.5)
-        return None
-
-    def kill_the_engine():
-        deadline = time.time() + 300
-        for step in after_steps:
-            while time.time() < deadline and not logged(step):
-                time.sleep(0.1)
-            found = engine_and_pid(deadline)
-            if found is None:  # the run has ended
-                return
-            name, engine, pid = found
-            ray.kill(engine, no_restart=False)
-            killed.append(name)
-            if not back_in_a_new_process(engine, pid, deadline):
-                return  # gone for good: the run has ended
-
-    finished = threading.Event()
-    killer = threading.Thread(target=kill_the_engine)
-    killer.start()
-    try:
-        run(cfg)
-    finally:
-        finished.set()
-        killer.join()
-    return killed
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s:g} s: {what}"
+        time.sleep(0.2)
 
 
 def test_a_rollout_actor_that_dies_is_restarted_and_the_run_completes(ray_cluster, tiny_model, tmp_path):
     cfg = config(tiny_model, tmp_path, "steps=5", "algo.kl.beta=0", "logging.wandb_mode=disabled",
                  "checkpoint.every=0", "save_final=false", "rollout.engine=hf")
     metrics_file = tmp_path / "run" / "metrics.jsonl"
-    killed = run_killing_engine_0(cfg, metrics_file)
+    killed = run_killing(cfg, "rollout-0-")
 
     history = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     assert killed and [h["step"] for h in history] == list(range(5))
@@ -293,29 +277,18 @@ def test_a_run_that_cannot_fit_fails_before_its_first_step(ray_cluster, tiny_mod
     reports = json.loads((tmp_path / "run" / "preflight.json").read_text())
     assert {"driver", "rollout", "reference", "policy rank 0", "reward functions"} <= {r["role"] for r in reports}
     assert all(r["peak_gib"] > 0.1 for r in reports)
+    # the test cluster declares 8 GPUs: an actor that holds no share of one sees none (Ray 2.60 would show it all 8)
+    actors = [r for r in reports if r["role"] != "driver"]
+    assert all(r["cuda_visible_devices"] == "" and r["gpu_ids"] == [] for r in actors), actors
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""  # no step was taken
 
 
 def test_a_learner_rank_that_dies_stops_the_run_with_how_to_resume(ray_cluster, tiny_model, tmp_path):
-    import threading
-    import time
-
     cfg = config(tiny_model, tmp_path, "steps=6", "algo.kl.beta=0", "logging.wandb_mode=disabled",
                  "checkpoint.every=1", "save_final=false")
-    metrics_file = tmp_path / "run" / "metrics.jsonl"
-
-    def kill_the_learner_after_step_1():
-        # step 2 logged: step 1's checkpoint was complete before step 2 began (the kill may land mid-save of step 2's)
-        deadline = time.time() + 300
-        while time.time() < deadline and not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 3):
-            time.sleep(0.1)
-        ray.kill(ray.get_actor(next(n for n in ray.util.list_named_actors() if n.startswith("policy-0-"))))
-
-    killer = threading.Thread(target=kill_the_learner_after_step_1)
-    killer.start()
+    # killed once step 2 is logged: step 1's checkpoint was complete before step 2 began
     with pytest.raises(RuntimeError, match=r"learner rank died.*resume=auto"):
-        run(cfg)
-    killer.join()
+        run_killing(cfg, "policy-0-", after_steps=(2,), restart=False)
     from rlhf.checkpoint import find_checkpoint
 
     assert find_checkpoint("auto", tmp_path / "run" / "checkpoints").name >= "step-000001"
@@ -346,7 +319,7 @@ def test_an_overlapped_run_survives_its_engine_killed_three_times_with_every_pus
                  "rollout.engine=hf", "rollout.engines=2", "rollout.num_cpus=0.5", "logging.wandb_mode=disabled",
                  "checkpoint.every=0", "save_final=false", "fault_tolerance.max_restarts=3")
     metrics_file = tmp_path / "run" / "metrics.jsonl"
-    killed = run_killing_engine_0(cfg, metrics_file, after_steps=(1, 2, 3))
+    killed = run_killing(cfg, "rollout-0-", after_steps=(1, 2, 3))
     history = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     assert len(killed) == 3 and [h["step"] for h in history] == list(range(10))
     # a kill mid-generation redoes the step; one between calls may leave the restarted engine a queued reload
@@ -404,7 +377,9 @@ def test_single_gpu_gives_every_role_its_share_of_one_gpu_and_runs_on_the_cpu(ra
     for role, share in shares.items():
         assert reports[role]["gpu_ids"] == one_gpu and reports[role]["num_gpus"] == pytest.approx(share), reports[role]
         assert reports[role]["device"] == "cpu"  # the fallback: no CUDA behind the declared GPU
+        assert reports[role]["cuda_visible_devices"] == ",".join(one_gpu)
     assert reports["reward functions"]["gpu_ids"] == [] and reports["driver"]["gpu_ids"] == []
+    assert reports["reward functions"]["cuda_visible_devices"] == ""  # holds no share: sees no GPU
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 2 and all(h["logprob_gap"] < 1e-4 for h in history)  # weights synced (shm, on the CPU)
 
@@ -422,14 +397,18 @@ def test_gpu_shares_over_one_gpu_fail_before_any_actor_starts(ray_cluster, tiny_
 
 
 def test_a_tensor_parallel_engine_spans_two_gpus_and_takes_the_new_weights(ray_cluster, tiny_model, tmp_path):
-    # vLLM runs a worker process per GPU share (here on the CPU, a core each); the shm route reloads them all
+    # vLLM runs a worker process per GPU share (here on the CPU, a core each). The weights come through the object
+    # store, the route of an engine on another node: the engine's actor stages them in a folder of its node's shared
+    # memory and every worker reloads it (what the shm route's folder does, written by the learner)
     cfg = config(tiny_model, tmp_path, "steps=2", "rollout.tensor_parallel_size=2", "rollout.num_gpus=2",
+                 "rollout.weight_sync=object_store", f"rollout.sync_dir={tmp_path / 'staging'}",
                  "rollout.threads=1", "rollout.num_cpus=0", "algo.kl.beta=0", "logging.wandb_mode=disabled",
                  "checkpoint.every=0", "save_final=false", "preflight.enabled=false")
     run(cfg)
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 2 and all(h["logprob_gap"] < 1e-4 for h in history)
     assert history[-1]["grad_norm"] > 0
+    assert list((tmp_path / "staging").iterdir()) == []  # the engine removed its staging folder
 
 
 @pytest.mark.parametrize("override, message", [
