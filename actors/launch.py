@@ -89,6 +89,13 @@ class Actors:
             self.placement.remove()
 
 
+# An actor that holds no GPU share must see no GPU. Ray 2.60 leaves CUDA_VISIBLE_DEVICES as the node has it for such
+# an actor (`set_visible_accelerator_ids` skips actors without accelerator ids unless
+# RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1): it would see every GPU of its node, DeepSpeed would move a "CPU" learner
+# to cuda:LOCAL_RANK and vLLM would put a "CPU" engine on GPU 0. DeepSpeed is told the CPU outright.
+NO_GPU_ENV = {"CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
+
+
 def _threads(n: int, cfg: Config) -> dict[str, str]:
     # Each actor gets as many threads as its share of the cores: oversubscription costs 5-10x on small CPUs.
     env = {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n), "TOKENIZERS_PARALLELISM": "false"}
@@ -141,13 +148,16 @@ def engine_sleeps(cfg: Config) -> bool:
 def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors:
     """Every role's actors; `learners=False` starts only generation and scoring (for offline scripts)."""
     placement = Placement(cfg.placement.layout, role_demands(cfg, learners), cfg.placement.timeout_s,
-                          cfg.placement.bundles, dict(cfg.placement.beside))
+                          cfg.placement.bundles, dict(cfg.placement.beside), cfg.placement.role_strategy,
+                          cfg.rollout.weight_sync)
     restarts = {"max_restarts": cfg.fault_tolerance.max_restarts}
     run_tag = uuid.uuid4().hex[:8]
 
     def place(role: str, index: int, env: dict) -> dict:
         # named, so that operators (and tests) can find e.g. "rollout-0-<tag>" in the cluster
         demand = placement.demands[role]
+        if not demand.num_gpus:
+            env = {**env, **NO_GPU_ENV}
         return {"num_cpus": demand.num_cpus, "num_gpus": demand.num_gpus, "runtime_env": {"env_vars": env},
                 "name": f"{role}-{index}-{run_tag}", "scheduling_strategy": placement.strategy(role, index)}
 
@@ -160,7 +170,7 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
         kv_cache_gib=cfg.rollout.kv_cache_gib, block_size=cfg.rollout.block_size,
         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, sleep_mode=engine_sleeps(cfg),
         weight_transfer={"auto": "ipc", "cuda_ipc": "ipc", "nccl": "nccl"}.get(cfg.rollout.weight_sync),
-        tensor_parallel_size=cfg.rollout.tensor_parallel_size)
+        tensor_parallel_size=cfg.rollout.tensor_parallel_size, staging_dir=cfg.rollout.sync_dir)
     rollouts = [
         RolloutActor.options(**place("rollout", i, rollout_env), **restarts).remote(
             cfg.rollout.engine, model_path, engine_settings, cfg.seed + i)

@@ -4,7 +4,8 @@
   goes to bundle i % bundles. With one bundle (the default, and `placement=single_gpu`) every role shares one node
   and, with GPU shares, one GPU, taking turns; with one bundle per GPU (`placement=colocated_8gpu`) every GPU holds
   an engine, a learner rank and a reference rank, the engine asleep while the learner trains.
-- split: a placement group per role, one bundle per actor (engine or rank), spread over the nodes, so roles sit on
+- split: a placement group per role, one bundle per actor (engine or rank), spread over the nodes
+  (`placement.role_strategy=SPREAD`) or packed onto as few as possible (PACK), so roles sit on
   resources of their own; `placement.beside` puts a role into another's bundles (`{reference: policy}`: reference
   rank i on learner rank i's GPU).
 Several actors in one bundle that take GPU shares share its one GPU, so their shares may add up to at most 1.
@@ -19,6 +20,8 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 TOKEN_CPU = 0.01
+ROLES = ("rollout", "reward", "reward_model", "eval_reward", "policy", "reference", "critic")  # as launch.role_demands names them
+LEARNER_ROLES = ("policy", "reference", "critic")  # roles whose ranks form a DeepSpeed group (NCCL on GPUs)
 
 
 @dataclass
@@ -44,7 +47,8 @@ def plan_groups(layout: str, demands: dict[str, RoleDemand], bundles: int = 1,
                 beside: dict[str, str] | None = None) -> dict[str, dict]:
     """Placement groups as `{name: {"roles": [...], "bundles": [{resource: amount}], "members": [[(role, i)]]}}`:
     which actors each bundle holds and what it reserves for them. Pure: no Ray."""
-    beside = beside or {}
+    # an entry for a role this run does not start (a critic beside the policy without PPO) is moot
+    beside = {role: host for role, host in (beside or {}).items() if role in demands or role not in ROLES}
     if layout == "colocated":
         layout_groups = {"all": (list(demands), bundles)}
     elif layout == "split":
@@ -73,12 +77,26 @@ def plan_groups(layout: str, demands: dict[str, RoleDemand], bundles: int = 1,
     return groups
 
 
-def check_gpu_plan(groups: dict[str, dict], demands: dict[str, RoleDemand], cluster_gpus: float) -> None:
+def check_gpu_plan(groups: dict[str, dict], demands: dict[str, RoleDemand], cluster_gpus: float,
+                   weight_sync: str = "auto") -> None:
     """Fail before anything is reserved when the GPU shares cannot be placed: actors sharing a bundle share its one
-    GPU, and the cluster must have the GPUs the bundles add up to."""
+    GPU, and the cluster must have the GPUs the bundles add up to. NCCL refuses two ranks of one group on one GPU:
+    two ranks of a learner role in one bundle, and with `weight_sync=nccl` learner rank 0 beside an engine."""
     for name, group in groups.items():
         for held, bundle in zip(group["members"], group["bundles"]):
             sharing = [(r, i) for r, i in held if demands[r].num_gpus]
+            for role in LEARNER_ROLES:
+                ranks = [i for r, i in sharing if r == role]
+                if len(ranks) > 1:
+                    raise PlacementError(f"placement group {name!r}: {role} ranks {ranks} would share one GPU, and "
+                                         "NCCL refuses two ranks of one group on one GPU; give the ranks bundles of "
+                                         "their own (more placement.bundles, or placement=split) or fewer ranks")
+            engines = [i for r, i in sharing if r == "rollout"]
+            if weight_sync == "nccl" and ("policy", 0) in sharing and engines:
+                raise PlacementError(f"rollout.weight_sync=nccl: policy rank 0 and rollout engine {engines[0]} would "
+                                     f"share one GPU (placement group {name!r}), and NCCL refuses two ranks of its "
+                                     "group on one GPU; on a shared GPU use rollout.weight_sync=cuda_ipc (or auto), "
+                                     "or give the engines GPUs of their own (placement=split)")
             if len(sharing) > 1 and bundle.get("GPU", 0) > 1:
                 shares = ", ".join(f"{r} {demands[r].num_gpus:g}" for r, _ in sharing)
                 raise PlacementError(f"placement group {name!r}: {', '.join(f'{r} {i}' for r, i in sharing)} share one "
@@ -96,13 +114,15 @@ def check_gpu_plan(groups: dict[str, dict], demands: dict[str, RoleDemand], clus
 
 class Placement:
     def __init__(self, layout: str, demands: dict[str, RoleDemand], timeout_s: float, bundles: int = 1,
-                 beside: dict[str, str] | None = None):
+                 beside: dict[str, str] | None = None, role_strategy: str = "SPREAD", weight_sync: str = "auto"):
+        """`role_strategy` (split): how each role's bundles go over the nodes, SPREAD (over as many as possible) or
+        PACK (onto as few: `split_8gpu` on two nodes of 4 GPUs puts the engines on one, the learners on the other)."""
         self.layout, self.demands, self.groups = layout, demands, {}
         plan = plan_groups(layout, demands, bundles, beside)
-        check_gpu_plan(plan, demands, ray.cluster_resources().get("GPU", 0))
+        check_gpu_plan(plan, demands, ray.cluster_resources().get("GPU", 0), weight_sync)
         self.where = {member: (name, k) for name, group in plan.items()
                       for k, held in enumerate(group["members"]) for member in held}
-        strategy = {"colocated": "STRICT_PACK" if bundles == 1 else "PACK", "split": "SPREAD"}[layout]
+        strategy = {"colocated": "STRICT_PACK" if bundles == 1 else "PACK", "split": role_strategy}[layout]
         self.groups = {name: placement_group(group["bundles"], strategy=strategy) for name, group in plan.items()}
         ready = [g.ready() for g in self.groups.values()]
         done, _ = ray.wait(ready, num_returns=len(ready), timeout=timeout_s)

@@ -1,9 +1,12 @@
 """Hosts one DeepSpeed rank of the policy learner."""
 
+import shutil
+
 import ray
 
 from actors.learner_group import LearnerRank
 from rlhf.experience import Experience
+from rlhf.training import sync_folders
 
 
 @ray.remote
@@ -22,6 +25,15 @@ class PolicyActor(LearnerRank):
 
     def reference_logprobs(self, experience: Experience):
         return self.learner.reference_logprobs(experience)
+
+    def new_weight_folder(self, sync_dir: str) -> str:
+        """The shm route's folder, named after this process; this host's folders of ended runs are removed first
+        (a killed run cannot remove its own)."""
+        sync_folders.remove_orphans(sync_dir)
+        return sync_folders.new_folder(sync_dir)
+
+    def remove_weight_folder(self, folder: str) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
 
     def save_weights(self, folder: str) -> str:
         return self.learner.save_weights(folder)

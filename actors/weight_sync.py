@@ -142,14 +142,16 @@ class ReloadingRoute(WeightSyncRoute):
 class SharedMemoryRoute(ReloadingRoute):
     """Learner rank 0 writes one safetensors file to a folder in shared memory (rewritten in place at every push, so
     the previous reloads must be done first); each engine reloads from it. The folder must be visible to the
-    learner and the engines: same node, or a shared file system."""
+    learner and the engines: same node, or a shared file system. Learner rank 0 names it (its host, boot and
+    process: `rlhf/training/sync_folders.py`) and removes it, on its own node: the driver may be on another one."""
 
     name, load_method = "shm", "load_weights"
 
-    def __init__(self, policy, rollouts: list, folder: str, timeout_s: float, overlap: bool = False,
+    def __init__(self, policy, rollouts: list, sync_dir: str, timeout_s: float, overlap: bool = False,
                  sleep: bool = False):
         super().__init__(policy, rollouts, timeout_s, overlap, sleep)
-        self.folder = folder
+        self.folder = self.wait(policy.ranks[0].new_weight_folder.remote(sync_dir), "policy rank 0",
+                                "naming the weight folder")
 
     def publish(self) -> str:
         self.run_learners("save_weights", self.folder, doing="writing the weight file")
@@ -159,7 +161,14 @@ class SharedMemoryRoute(ReloadingRoute):
         try:
             super().close()
         finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            try:
+                self.wait(self.policy.ranks[0].remove_weight_folder.remote(self.folder), "policy rank 0",
+                          "removing the weight folder")
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, WeightSyncTimeout) as err:
+                # a dead rank 0 cannot: the next run on its host removes folders of ended processes
+                log.warning("weight sync route shm: %s not removed by policy rank 0 (%s); removing it from here",
+                            self.folder, type(err).__name__)
+                shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class ObjectStoreRoute(ReloadingRoute):
@@ -251,11 +260,14 @@ class NcclBroadcastRoute(WeightSyncRoute):
             self.wait(sender.finish_nccl_push.remote(), "policy rank 0", "releasing the gathered weights")
 
 
-def pick_route(kind: str, learner: dict, engines: list[dict]) -> str:
+def pick_route(kind: str, learner: dict, engines: list[dict], tensor_parallel_size: int = 1) -> str:
     """The route for `kind` given where learner rank 0 and the engines compute (`device_info` of each); refuses a
     GPU route whose actors are not where it needs them, naming them. `auto`: cuda_ipc when all share the learner's
-    GPU, object_store when an engine is on another node (no shared folder needed), else shm."""
-    on_learners_gpu = learner["gpu_uuid"] is not None and all(e["gpu_uuid"] == learner["gpu_uuid"] for e in engines)
+    GPU, object_store when an engine is on another node (no shared folder needed), else shm. A tensor-parallel
+    engine spans several GPUs (never only the learner's): shm on the learner's node, object_store elsewhere (its
+    actor stages the weights in its own node's shared memory for its workers)."""
+    on_learners_gpu = (tensor_parallel_size == 1 and learner["gpu_uuid"] is not None
+                       and all(e["gpu_uuid"] == learner["gpu_uuid"] for e in engines))
     if kind == "auto":
         if on_learners_gpu:
             return "cuda_ipc"
@@ -283,9 +295,7 @@ def make_route(kind: str, policy, rollouts: list, sync_dir: str, overlap: bool, 
                bucket_mb: float, sleep: bool, tensor_parallel_size: int = 1) -> WeightSyncRoute:
     learner = ray.get(policy.ranks[0].device_info.remote(), timeout=timeout_s)
     engines = ray.get([r.device_info.remote() for r in rollouts], timeout=timeout_s)
-    chosen = pick_route(kind, learner, engines)
-    if tensor_parallel_size > 1 and chosen != "nccl":
-        chosen = "shm"  # the other routes hand the weights to one process; vLLM's workers reload the folder each
+    chosen = pick_route(kind, learner, engines, tensor_parallel_size)
     log.info("weight sync: %s%s", chosen, f" (rollout.weight_sync={kind})" if kind != chosen else "")
     if chosen == "cuda_ipc":
         return CudaIpcRoute(policy, rollouts, timeout_s, bucket_mb, sleep)

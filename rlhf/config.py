@@ -271,6 +271,7 @@ class PlacementConfig:
     timeout_s: float = MISSING
     bundles: int = MISSING  # colocated: bundles the roles spread over (actor i in bundle i % bundles)
     beside: dict[str, str] = MISSING  # split: role -> role whose bundles it shares
+    role_strategy: str = MISSING  # split: SPREAD | PACK, how each role's bundles go over the nodes
 
 
 @dataclass
@@ -415,9 +416,10 @@ def validate(c: Config) -> None:
                          f"reserves them whole), not {c.rollout.num_gpus:g}")
     if tp > 1 and c.rollout.engine != "vllm":
         raise ValueError(f"rollout.tensor_parallel_size={tp} needs rollout.engine=vllm (the HF engine is one device)")
-    if tp > 1 and c.rollout.weight_sync in ("cuda_ipc", "object_store"):
-        raise ValueError(f"rollout.weight_sync={c.rollout.weight_sync} hands the weights to one process, but an engine "
-                         f"of rollout.tensor_parallel_size={tp} has a worker per GPU; use shm (a shared folder) or nccl")
+    if tp > 1 and c.rollout.weight_sync == "cuda_ipc":
+        raise ValueError(f"rollout.weight_sync=cuda_ipc hands the weights to one process on the learner's GPU, but an "
+                         f"engine of rollout.tensor_parallel_size={tp} has a worker per GPU; use shm (one node), "
+                         "object_store (any node) or nccl")
     _positive("rollout.sync_bucket_mb", c.rollout.sync_bucket_mb)
     if not 0 < c.rollout.gpu_memory_utilization < 1:
         raise ValueError(f"rollout.gpu_memory_utilization={c.rollout.gpu_memory_utilization} must be in (0, 1)")
@@ -449,6 +451,7 @@ def validate(c: Config) -> None:
     _choice("omp_wait_policy", c.omp_wait_policy, {"auto", "default", "passive", "active"})
     _choice("placement.layout", c.placement.layout, {"colocated", "split"})
     _positive("placement.bundles", c.placement.bundles)
+    _choice("placement.role_strategy", c.placement.role_strategy, {"SPREAD", "PACK"})
     if not 0 < c.preflight.memory_fraction <= 1:
         raise ValueError(f"preflight.memory_fraction={c.preflight.memory_fraction} must be in (0, 1]")
     _positive("fault_tolerance.max_restarts", c.fault_tolerance.max_restarts, allow_zero=True)

@@ -6,6 +6,7 @@ or GPUs declared to Ray on a machine that has none) it falls back to the CPU and
 """
 
 import logging
+import os
 
 import torch
 
@@ -71,4 +72,5 @@ def placement_info(device: torch.device) -> dict:
     import ray
 
     resources = ray.get_runtime_context().get_assigned_resources() if in_ray_worker() else {}  # a driver holds none
-    return {"gpu_ids": gpu_ids(), "num_gpus": resources.get("GPU", 0.0), "device": str(device)}
+    return {"gpu_ids": gpu_ids(), "num_gpus": resources.get("GPU", 0.0), "device": str(device),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}

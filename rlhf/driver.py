@@ -95,8 +95,7 @@ class Trainer:
         try:
             self.actors = launch_actors(cfg, self.model_path)
             self.weight_sync = make_route(
-                cfg.rollout.weight_sync, self.actors.policy, self.actors.rollouts,
-                sync_folders.new_folder(cfg.rollout.sync_dir),
+                cfg.rollout.weight_sync, self.actors.policy, self.actors.rollouts, cfg.rollout.sync_dir,
                 overlap=cfg.rollout.async_one_step, timeout_s=cfg.rollout.sync_timeout_s,
                 bucket_mb=cfg.rollout.sync_bucket_mb, sleep=engine_sleeps(cfg),
                 tensor_parallel_size=cfg.rollout.tensor_parallel_size)

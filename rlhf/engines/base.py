@@ -32,6 +32,7 @@ class EngineSettings:
     sleep_mode: bool  # free GPU memory while the learner trains (vLLM sleep mode; CUDA only)
     weight_transfer: str | None  # "ipc" | "nccl": build the engine for that GPU route (vLLM's weight-transfer engine)
     tensor_parallel_size: int = 1  # GPUs one engine spans (vLLM runs a worker process per GPU)
+    staging_dir: str = "/dev/shm"  # where a tensor-parallel engine stages weights that reach it from memory
 
 
 class GenerationEngine(ABC):

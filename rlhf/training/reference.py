@@ -23,7 +23,7 @@ class ReferenceModel:
         self.device = resolve_device("reference")
         dtype = torch.bfloat16 if resolve_bf16(bf16, self.device) else torch.float32
         if world > 1:
-            self.model = load_sharded(model_path, micro_batch_size, world, dtype, attn_implementation)
+            self.model = load_sharded(model_path, micro_batch_size, world, dtype, attn_implementation, self.device)
         else:
             from transformers import AutoModelForCausalLM
 
@@ -46,13 +46,14 @@ class ReferenceModel:
         return report(f"reference rank {self.rank}" if self.world > 1 else "reference", peak_rss_gib(), self.device)
 
 
-def load_sharded(model_path: str, micro_batch_size: int, world: int, dtype: torch.dtype, attn_implementation: str):
+def load_sharded(model_path: str, micro_batch_size: int, world: int, dtype: torch.dtype, attn_implementation: str,
+                 device: torch.device):
     """A ZeRO-3 inference engine; every rank must call this (and then every forward) together."""
     import deepspeed
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
-    init_distributed()
+    init_distributed(device)
     config = {"train_micro_batch_size_per_gpu": micro_batch_size, "train_batch_size": micro_batch_size * world,
               "zero_optimization": {"stage": 3}, "bf16": {"enabled": dtype == torch.bfloat16},
               "steps_per_print": 10**9}

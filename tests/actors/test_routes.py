@@ -68,3 +68,12 @@ def test_pushes_from_two_threads_run_one_at_a_time():
     spans = sorted(route.spans)
     assert route.version == 3 and len(spans) == 3
     assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:]))  # never two at once
+
+
+def test_tensor_parallel_engines_on_another_node_get_the_weights_through_the_object_store():
+    # /dev/shm is node-local: a folder written beside the learner cannot be read on the engine's node (tensor-parallel
+    # engines were given shm whatever their node); the engine's actor stages the object in its own node's memory
+    assert pick_route("auto", on_cpu(), [on_cpu(node="n2")], tensor_parallel_size=2) == "object_store"
+    assert pick_route("auto", on_cpu(), [on_cpu()], tensor_parallel_size=2) == "shm"
+    # an engine spanning GPUs is never only on the learner's one: no CUDA IPC
+    assert pick_route("auto", on_gpu("GPU-a"), [on_gpu("GPU-a")], tensor_parallel_size=2) == "shm"

@@ -66,6 +66,10 @@ def test_engine_generates_with_the_learners_newest_weights(ray_cluster, tiny_mod
     assert metrics["grad_norm"] > 0 and torch.isfinite(torch.tensor(metrics["loss"]))
     route = make_route(kind, policy, [rollout], str(tmp_path / "sync"), overlap, timeout_s=60, bucket_mb=16, sleep=False)
     assert route.name == kind
+    if kind == "shm":  # named after learner rank 0's process, which writes and removes it, not after the driver's
+        pid = ray.get(policy.ranks[0].__ray_call__.remote(lambda self: os.getpid()))
+        name = os.path.basename(route.folder)
+        assert f"-{pid}-" in name and f"-{os.getpid()}-" not in name, name
     route.push()
     assert bool(route.loading) == overlap
 
@@ -80,7 +84,7 @@ def test_engine_generates_with_the_learners_newest_weights(ray_cluster, tiny_mod
     again = rollout_batch(rollout, tokenizer)
     torch.testing.assert_close(again.rollout_logp, policy.run("logprobs", again), atol=1e-5, rtol=0)
     route.close()
-    assert not (tmp_path / "sync").exists()  # shm removes its folder; object_store never made one
+    assert not list(tmp_path.glob("sync/*"))  # shm removes its folder; object_store never made one
     ray.kill(rollout)
     policy.kill()
 
@@ -109,11 +113,12 @@ def test_gpu_routes_ask_the_actors_where_they_compute(ray_cluster, tiny_model, t
         make_route("nccl", policy, [rollout], **settings)
 
     # every wait is bounded: an actor that does not finish its part of a push in time is named, with the route
-    route = SharedMemoryRoute(policy, [rollout], str(tmp_path / "sync"), timeout_s=1e-3)
+    route = SharedMemoryRoute(policy, [rollout], str(tmp_path / "sync"), timeout_s=60)
+    route.timeout_s = 1e-3
     with pytest.raises(WeightSyncTimeout, match=r"route shm: policy rank 0 did not finish writing the weight file "
                                                 r"within rollout.sync_timeout_s=0.001 s"):
         route.push()
-    route.loading = [(0, rollout.load_weights.remote(str(tmp_path / "sync"), 1))]
+    route.loading = [(0, rollout.load_weights.remote(route.folder, 1))]
     with pytest.raises(WeightSyncTimeout, match=r"route shm: rollout engine 0 did not finish reloading"):
         route.wait_for_reloads()
     route.timeout_s = 60

@@ -1,5 +1,6 @@
 """A split run over two Ray nodes on this machine: the engine on one, the learner on the other, weights through
-Ray's object store (no shared folder), an engine killed mid-run."""
+Ray's object store (no shared folder), an engine killed mid-run; and where split_8gpu puts its actors on two nodes
+of 4 (declared) GPUs."""
 
 import json
 import os
@@ -27,3 +28,9 @@ def test_a_split_run_over_two_nodes_syncs_through_the_object_store_and_survives_
     assert sum(h["step_retries"] for h in history) >= 1  # the step the engine died in was redone
     # every step's samples come from the learner's current weights: every push reached the other node
     assert all(h["logprob_gap"] < 1e-4 for h in history)
+    # split_8gpu on two nodes of 4 GPUs: the engines fill one node, the learner ranks with the reference and critic
+    # ranks beside them the other (SPREAD per role put 2 engines and 2 learner ranks on each)
+    nodes = {role: set(where) for role, where in out["split_8gpu"].items()}
+    assert len(nodes["rollout"]) == 1 and len(out["split_8gpu"]["rollout"]) == 4
+    assert len(nodes["policy"]) == 1 and nodes["policy"] == nodes["reference"] == nodes["critic"]
+    assert nodes["rollout"] != nodes["policy"]

@@ -97,13 +97,16 @@ def test_a_sleeping_engine_cannot_generate_behind_the_learner():
 
 @pytest.mark.parametrize("overrides, message", [
     (["rollout.engine=hf"], "needs rollout.engine=vllm"),
-    (["rollout.weight_sync=object_store"], "hands the weights to one process"),
+    (["rollout.weight_sync=cuda_ipc"], "hands the weights to one process"),
 ])
 def test_tensor_parallel_engines_refuse_what_cannot_feed_them(overrides, message):
     with pytest.raises(ValueError, match=message):
         load_config(compose_config("rollout.tensor_parallel_size=2", "rollout.num_gpus=2", *overrides,
                                    "output_dir=/tmp/x"))
     load_config(compose_config("rollout.tensor_parallel_size=2", "rollout.num_gpus=2", "output_dir=/tmp/x"))
+    # engines on other nodes: the engine's actor stages the weights in its own node's shared memory
+    load_config(compose_config("rollout.tensor_parallel_size=2", "rollout.num_gpus=2", "rollout.weight_sync=object_store",
+                               "output_dir=/tmp/x"))
 
 
 def test_a_reward_functions_weight_defaults_to_one():

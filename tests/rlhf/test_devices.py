@@ -17,3 +17,11 @@ def test_bf16_is_the_gpu_default_and_fp32_the_cpu_default():
 def test_outside_ray_without_cuda_everything_computes_on_the_cpu():
     assert resolve_device("policy") == torch.device("cpu")
     assert gpu_memory(torch.device("cpu")) == {}
+
+
+def test_a_learner_rank_on_the_cpu_uses_gloo_even_where_torch_sees_a_gpu(monkeypatch):
+    from rlhf.training.deepspeed_engine import dist_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU host
+    assert dist_backend(torch.device("cpu")) == "gloo"
+    assert dist_backend(torch.device("cuda", 0)) == "nccl"
