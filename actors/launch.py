@@ -35,9 +35,10 @@ def build_failure(err: BaseException) -> str | None:
     return " ".join(line.strip() for line in lines[starts[-1] if starts else -1:])
 
 
-def wait_until_built(actors: dict[str, object], placement: Placement) -> None:
+def wait_until_built(actors: dict[str, object], placement: Placement, every=None) -> None:
     """Wait for each actor (name -> handle) to answer; the first whose constructor raised stops the run now, named.
-    If any fails, all of them and their placement are removed (the Ray cluster may outlive this run)."""
+    If any fails, all of them (or `every` actor started so far) and their placement are removed (the Ray cluster may
+    outlive this run)."""
     names = {actor.ready.remote(): name for name, actor in actors.items()}
     pending = list(names)
     try:
@@ -51,7 +52,7 @@ def wait_until_built(actors: dict[str, object], placement: Placement) -> None:
                     raise
                 raise ActorBuildError(f"the {names[done[0]]} actor could not be built: {cause}") from err
     except BaseException:
-        for actor in actors.values():
+        for actor in every or actors.values():
             ray.kill(actor, no_restart=True)
         placement.remove()
         raise
@@ -67,6 +68,8 @@ class Actors:
     critic: LearnerGroup | None  # None unless algo.critic.enabled
     placement: Placement | None = None
     eval_reward: object | None = None  # the eval.rewards functions, when eval has its own
+    # vLLM engines share a GPU with other actors: each must start while nothing else on its GPU allocates
+    engines_start_alone: bool = False
 
 
     def stateless(self) -> list:
@@ -171,11 +174,18 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, sleep_mode=engine_sleeps(cfg),
         weight_transfer={"auto": "ipc", "cuda_ipc": "ipc", "nccl": "nccl"}.get(cfg.rollout.weight_sync),
         tensor_parallel_size=cfg.rollout.tensor_parallel_size, staging_dir=cfg.rollout.sync_dir)
-    rollouts = [
-        RolloutActor.options(**place("rollout", i, rollout_env), **restarts).remote(
-            cfg.rollout.engine, model_path, engine_settings, cfg.seed + i)
-        for i in range(cfg.rollout.engines)
-    ]
+    rollouts = {}
+    # vLLM counts every drop of its GPU's free memory during its start-up as its own and asserts nothing else freed
+    # any (vllm/utils/mem_utils.py, v1/worker/gpu_worker.py): engines that share a GPU start one after another, and
+    # before anything else on it
+    waves = placement.start_waves("rollout") if cfg.rollout.engine == "vllm" else None
+    for wave in waves or [range(cfg.rollout.engines)]:
+        started = {i: RolloutActor.options(**place("rollout", i, rollout_env), **restarts).remote(
+            cfg.rollout.engine, model_path, engine_settings, cfg.seed + i) for i in wave}
+        rollouts.update(started)
+        if waves:
+            wait_until_built({f"rollout-{i}": r for i, r in started.items()}, placement, every=rollouts.values())
+    rollouts = [rollouts[i] for i in range(cfg.rollout.engines)]
     reward_env = _threads(cfg.reward_actor.threads, cfg)
     reward = None
     if cfg.reward.functions:
@@ -195,7 +205,7 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
              **{f"reward model {label!r}": m for label, m in reward_models.items()}}
     if not learners:
         wait_until_built(named, placement)
-        return Actors(rollouts, reward, reward_models, None, None, None, placement, eval_reward)
+        return Actors(rollouts, reward, reward_models, None, None, None, placement, eval_reward, bool(waves))
 
     # DeepSpeed JIT-builds its CPU communication op once (about a minute); keep the build in our own cache.
     extensions = {"TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions")}
@@ -230,7 +240,7 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
     if needs_reference(cfg) and not reference_ranks:
         reference = PolicyReference(policy)
     critic = LearnerGroup(critic_ranks) if critic_ranks else None
-    return Actors(rollouts, reward, reward_models, reference, policy, critic, placement, eval_reward)
+    return Actors(rollouts, reward, reward_models, reference, policy, critic, placement, eval_reward, bool(waves))
 
 
 def value_heads(cfg: Config) -> int:

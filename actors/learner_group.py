@@ -10,6 +10,8 @@ import socket
 
 import ray
 
+from rlhf.training.memory import building
+
 # Metrics every rank holds in full (not shares): taken from rank 0.
 REPLICATED = {"grad_norm", "lr", "critic/grad_norm", "critic/lr", "critic/explained_variance"}
 
@@ -39,7 +41,8 @@ class LearnerRank:
         local_rank = 0 if ray.get_gpu_ids() else local_rank
         os.environ.update({"MASTER_ADDR": address, "MASTER_PORT": str(port), "RANK": str(rank),
                            "WORLD_SIZE": str(world), "LOCAL_RANK": str(local_rank)})
-        self.learner = self.build(rank, world)
+        with building():
+            self.learner = self.build(rank, world)
 
     def device_info(self) -> dict:
         from rlhf.training.memory import device_info

@@ -137,6 +137,23 @@ class Placement:
                 f"{cpus:g} CPUs, {gpus:g} GPUs); the cluster has {resources.get('CPU', 0):g} CPUs and "
                 f"{resources.get('GPU', 0):g} GPUs. Lower *.num_cpus / *.num_gpus or the engine/rank counts, or add nodes")
 
+    def start_waves(self, role: str) -> list[list[int]] | None:
+        """`role`'s actors in start-up waves, when any of them shares its GPU with another actor (None otherwise):
+        wave k holds the k-th of them in every bundle, and wave 0 also those with a GPU to themselves."""
+        holding = {}  # bundle -> its actors with a GPU share
+        for member, bundle in self.where.items():
+            if self.demands[member[0]].num_gpus:
+                holding.setdefault(bundle, []).append(member)
+        shared = [[i for r, i in held if r == role] for held in holding.values() if len(held) > 1]
+        if not any(shared):
+            return None
+        waves = [[] for _ in range(max(map(len, shared)))]
+        for actors in shared:
+            for k, index in enumerate(actors):
+                waves[k].append(index)
+        waves[0] += [i for i in range(self.demands[role].count) if not any(i in actors for actors in shared)]
+        return [sorted(wave) for wave in waves]
+
     def strategy(self, role: str, index: int) -> PlacementGroupSchedulingStrategy:
         name, bundle = self.where[(role, index)]
         return PlacementGroupSchedulingStrategy(self.groups[name], placement_group_bundle_index=bundle)

@@ -44,6 +44,9 @@ class PolicyActor(LearnerRank):
     def join_weight_group(self, host: str, port: int, rank: int, world: int) -> None:
         self.learner.join_weight_group(host, port, rank, world)
 
+    def leave_weight_group(self) -> None:
+        self.learner.leave_weight_group()
+
     def prepare_nccl_push(self, bucket_bytes: int):
         return self.learner.prepare_nccl_push(bucket_bytes)
 

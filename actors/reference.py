@@ -5,6 +5,7 @@ import torch
 
 from actors.learner_group import LearnerGroup, LearnerRank, RankDied
 from rlhf.experience import Experience
+from rlhf.training.memory import building
 from rlhf.training.reference import ReferenceModel
 
 
@@ -14,7 +15,8 @@ class ReferenceActor(LearnerRank):
                  attn_implementation: str):
         self.args = (model_path, micro_batch_size, temperature, bf16, attn_implementation)
         if ranks == 1:  # built here, so that a Ray restart brings it back whole
-            self.learner = ReferenceModel(*self.args)
+            with building():
+                self.learner = ReferenceModel(*self.args)
 
     def build(self, rank: int, world: int):
         return ReferenceModel(*self.args, rank=rank, world=world)

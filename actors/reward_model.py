@@ -3,12 +3,14 @@
 import ray
 
 from rlhf.rewards.reward_model import RewardModel
+from rlhf.training.memory import building
 
 
 @ray.remote
 class RewardModelActor:
     def __init__(self, path: str, batch_size: int, max_length: int, chat_template_kwargs: dict | None = None):
-        self.model = RewardModel(path, batch_size, max_length, chat_template_kwargs)
+        with building():
+            self.model = RewardModel(path, batch_size, max_length, chat_template_kwargs)
 
     def score(self, prompts: list, completions: list[str]) -> list[float]:
         return self.model.score(prompts, completions)

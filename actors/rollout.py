@@ -3,6 +3,7 @@
 import ray
 
 from rlhf.engines.base import EngineSettings, Sample, SamplingSettings
+from rlhf.training.memory import building
 
 
 class StaleWeightsError(RuntimeError):
@@ -11,7 +12,25 @@ class StaleWeightsError(RuntimeError):
 
 @ray.remote
 class RolloutActor:
+    """An engine is built when the actor is first created, in the start-up order `launch_actors` chooses (engines
+    that share a GPU one after another: vLLM takes every drop of the GPU's free memory during its start-up for its
+    own). After a crash Ray rebuilds the actor but not its engine: the driver starts it (`start`) when it waits for
+    the restart, at a moment when nothing else allocates on that GPU, then pushes the current weights."""
+
     def __init__(self, engine: str, model_path: str, settings: EngineSettings, seed: int):
+        self.args = (engine, model_path, settings, seed)
+        self.engine = None
+        self.version = 0  # weight pushes received; 0 = the initial weights
+        self.in_group = False  # a member of the NCCL route's weight group
+        if not ray.get_runtime_context().was_current_actor_reconstructed:
+            with building():
+                self.start()
+
+    def start(self) -> None:
+        """Build the engine (a no-op once built)."""
+        if self.engine is not None:
+            return
+        engine, model_path, settings, seed = self.args
         if engine == "vllm":
             from rlhf.engines.vllm_engine import VLLMEngine
 
@@ -20,55 +39,74 @@ class RolloutActor:
             from rlhf.engines.hf_engine import HFEngine
 
             self.engine = HFEngine(model_path, settings, seed)
-        self.version = 0  # weight pushes received; 0 = the initial weights
+
+    def started(self) -> bool:
+        return self.engine is not None
+
+    def _engine(self):
+        if self.engine is None:
+            raise StaleWeightsError("the engine restarted after a crash and waits for the driver to start it")
+        return self.engine
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings,
                  version: int | None = None) -> list[list[Sample]]:
         """`version`: the oldest weights the caller accepts (None: any). A restarted actor is back at version 0;
         newer weights than asked for are fine (a push that overtook a one-step-off-policy rollout)."""
+        engine = self._engine()
         if version is not None and self.version < version:
             raise StaleWeightsError(f"engine holds weights version {self.version}, the driver expects {version}")
-        return self.engine.generate(prompts, n, sampling)
+        return engine.generate(prompts, n, sampling)
 
     def load_weights(self, folder: str, version: int | None = None) -> None:
-        self.engine.load_weights(folder)
+        self._engine().load_weights(folder)
         self.version = self.version + 1 if version is None else version
 
     def load_state(self, exported: dict, version: int) -> None:
         """Object-store route: the learner's exported arrays (Ray fetches them to this node, read in place)."""
         from rlhf.training.weight_transfer import from_arrays
 
-        self.engine.load_state(from_arrays(exported))
+        self._engine().load_state(from_arrays(exported))
         self.version = version
 
     # CUDA-IPC route: begin, one load_bucket per bucket, finish (which sets the version)
     def begin_weight_update(self) -> None:
-        self.engine.begin_weight_update()
+        self._engine().begin_weight_update()
 
     def load_bucket(self, bucket: dict) -> None:
-        self.engine.load_bucket(bucket)
+        self._engine().load_bucket(bucket)
 
     def finish_weight_update(self, version: int) -> None:
-        self.engine.finish_weight_update()
+        self._engine().finish_weight_update()
         self.version = version
 
     # NCCL route (UNTESTED: needs two GPUs): join once; per push begin, receive_bucket per bucket, finish
     def join_weight_group(self, host: str, port: int, rank: int, world: int, bucket_bytes: int) -> None:
-        self.engine.join_nccl(host, port, rank, world, bucket_bytes)
+        self._engine().join_nccl(host, port, rank, world, bucket_bytes)
+        self.in_group = True
+
+    def in_weight_group(self) -> bool:
+        """False in a new process (a restart): the group must be formed again for it."""
+        return self.in_group
+
+    def leave_weight_group(self) -> None:
+        self._engine().leave_nccl()
+        self.in_group = False
 
     def receive_bucket(self, bucket: dict) -> None:
-        self.engine.receive_bucket(bucket)
+        self._engine().receive_bucket(bucket)
 
     def sleep(self) -> None:
-        self.engine.sleep()
+        if self.engine is not None:  # one not yet started holds no memory
+            self.engine.sleep()
 
     def wake_up(self, tags: list[str] | None = None) -> None:
-        self.engine.wake_up(tags)
+        if self.engine is not None:
+            self.engine.wake_up(tags)
 
     def device_info(self) -> dict:
         from rlhf.training.memory import device_info
 
-        return device_info(self.engine.device)
+        return device_info(self._engine().device)
 
     def preflight(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> dict:
         from rlhf.training.memory import peak_rss_gib, report
@@ -79,7 +117,8 @@ class RolloutActor:
         return report("rollout", peak_rss_gib(), self.engine.device, gpu_planned_fraction=planned)
 
     def close(self) -> None:
-        self.engine.close()
+        if self.engine is not None:
+            self.engine.close()
 
     def ready(self) -> bool:
         return True

@@ -25,6 +25,8 @@ from abc import ABC, abstractmethod
 
 import ray
 
+from actors.rollout import StaleWeightsError
+
 log = logging.getLogger(__name__)
 
 
@@ -75,6 +77,17 @@ class WeightSyncRoute(ABC):
         except ray.exceptions.GetTimeoutError:
             raise WeightSyncTimeout(f"weight sync route {self.name}: {who} did not finish {doing} within "
                                     f"rollout.sync_timeout_s={self.timeout_s:g} s") from None
+
+    def every_engine_started(self) -> bool:
+        """For the GPU routes, whose pushes need every engine at once: False, logged, when an engine restarted after a
+        crash and has no engine yet. The driver starts it when it waits for the restart (where nothing else allocates
+        on its GPU) and pushes again; meanwhile every engine is behind and refuses to generate."""
+        started = self.wait_engines([r.started.remote() for r in self.rollouts], "saying whether it has started")
+        if not all(started):
+            log.warning("weight sync route %s: rollout engine(s) %s restarted and are not started yet: this push "
+                        "reaches no engine (the next rollout starts them and pushes again)", self.name,
+                        [i for i, s in enumerate(started) if not s])
+        return all(started)
 
     def run_learners(self, method: str, *args, doing: str):
         """`method` on every learner rank (a ZeRO-3 gather needs them all); rank 0's answer."""
@@ -128,11 +141,12 @@ class ReloadingRoute(WeightSyncRoute):
         for index, ref in loading:
             try:
                 self.wait(ref, f"rollout engine {index}", "reloading the weights", deadline)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
-                # the engine died: its weight version stays behind, which its next generate call reports
-                # (StaleWeightsError, or the death itself), and the driver's retry pushes again once it is back
-                log.warning("weight sync route %s: rollout engine %d died during a push (%s); the next rollout "
-                            "waits for its restart and pushes again", self.name, index, type(err).__name__)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, StaleWeightsError) as err:
+                # the engine died, or restarted and is not started yet: its weight version stays behind, which its
+                # next generate call reports, and the driver's retry starts it and pushes again
+                log.warning("weight sync route %s: rollout engine %d died during a push or is not started after a "
+                            "restart (%s); the next rollout waits for it and pushes again", self.name, index,
+                            type(err).__name__)
 
     def close(self) -> None:
         with self.lock:
@@ -201,9 +215,11 @@ class CudaIpcRoute(WeightSyncRoute):
         self.bucket_bytes = int(bucket_mb * 1024**2)
 
     def transfer(self) -> None:
+        self.version += 1  # counted even when skipped: engines left behind then refuse to generate
+        if not self.every_engine_started():
+            return
         sender = self.policy.ranks[0]
         count = self.run_learners("prepare_ipc_push", self.bucket_bytes, doing="gathering the weights")
-        self.version += 1
         try:
             if self.sleep:
                 self.wait_engines([r.wake_up.remote(["weights"]) for r in self.rollouts], "waking its weights")
@@ -226,27 +242,47 @@ class NcclBroadcastRoute(WeightSyncRoute):
     engine). Every learner rank gathers the weights once per push; rank 0 broadcasts them bucket by bucket
     (`rollout.sync_bucket_mb`, one packed buffer each) while the engines receive. Each bucket's broadcast is waited
     for under the timeout, so a hung collective becomes an error naming the route, the engine and the bucket.
-    Learner and engine actors run with NCCL_CUMEM_ENABLE=0, which a group shared with vLLM needs."""
+    Learner and engine actors run with NCCL_CUMEM_ENABLE=0, which a group shared with vLLM needs.
+    A restarted engine is a new process outside the group, and an NCCL group takes no new member: the next push
+    finds it out (`in_weight_group`), every member leaves and the group is formed again at a fresh rendezvous."""
 
     name = "nccl"
 
     def __init__(self, policy, rollouts: list, timeout_s: float, bucket_mb: float, tensor_parallel_size: int = 1):
         super().__init__(policy, rollouts, timeout_s)
         self.bucket_bytes = int(bucket_mb * 1024**2)
-        sender = policy.ranks[0]
+        self.tensor_parallel_size = tensor_parallel_size
+        self.form_group()
+
+    def form_group(self) -> None:
+        sender = self.policy.ranks[0]
         host, port = self.wait(sender.master_address.remote(), "policy rank 0", "choosing the NCCL rendezvous")
-        tp = tensor_parallel_size  # each engine's workers take tp consecutive ranks after the learner's 0
-        world = 1 + len(rollouts) * tp
+        tp = self.tensor_parallel_size  # each engine's workers take tp consecutive ranks after the learner's 0
+        world = 1 + len(self.rollouts) * tp
         joining = [sender.join_weight_group.remote(host, port, 0, world)]  # all at once: the rendezvous waits for all
         joining += [r.join_weight_group.remote(host, port, 1 + i * tp, world, self.bucket_bytes)
-                    for i, r in enumerate(rollouts)]
+                    for i, r in enumerate(self.rollouts)]
         self.wait(joining[0], "policy rank 0", "joining the NCCL weight group")
         self.wait_engines(joining[1:], "joining the NCCL weight group")
 
+    def reform_if_an_engine_restarted(self) -> None:
+        members = self.wait_engines([r.in_weight_group.remote() for r in self.rollouts], "naming its group")
+        if all(members):
+            return
+        log.warning("weight sync route nccl: rollout engine(s) %s restarted; forming the NCCL group again",
+                    [i for i, member in enumerate(members) if not member])
+        self.wait_engines([r.leave_weight_group.remote() for r, m in zip(self.rollouts, members) if m],
+                          "leaving the NCCL weight group")
+        self.wait(self.policy.ranks[0].leave_weight_group.remote(), "policy rank 0", "leaving the NCCL weight group")
+        self.form_group()
+
     def transfer(self) -> None:
+        self.version += 1  # counted even when skipped: engines left behind then refuse to generate
+        if not self.every_engine_started():
+            return
+        self.reform_if_an_engine_restarted()
         sender = self.policy.ranks[0]
         buckets = self.run_learners("prepare_nccl_push", self.bucket_bytes, doing="gathering the weights")
-        self.version += 1
         try:
             self.wait_engines([r.begin_weight_update.remote() for r in self.rollouts], "starting a weight update")
             for index, bucket in enumerate(buckets):

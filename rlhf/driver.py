@@ -4,9 +4,10 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -118,6 +119,8 @@ class Trainer:
         # one-step-off-policy (rollout.async_one_step): the next step's rollout runs on the previous weights
         # while this step trains; its phase times are merged into the step that uses it
         self.background = ThreadPoolExecutor(max_workers=1) if cfg.rollout.async_one_step else None
+        # a background rollout's retry starts restarted engines; where they share a GPU, not while the learners train
+        self.gpu_guard = threading.Lock() if self.actors.engines_start_alone else nullcontext()
 
     def train(self) -> dict[str, float]:
         cfg = self.cfg
@@ -180,7 +183,8 @@ class Trainer:
         """This step's groups and experience: generated now, or taken from the background rollout."""
         if pending is None:
             return rollout_with_retries(self.actors, self.sampler, self.prompts, step, self.pad_id, timer,
-                                        self.weight_sync, self.cfg.fault_tolerance, self.weight_sync.version)
+                                        self.weight_sync, self.cfg.fault_tolerance, self.weight_sync.version,
+                                        self.gpu_guard)
         future, background_timer = pending
         with timer("wait_for_rollout"):
             result = future.result()
@@ -193,7 +197,7 @@ class Trainer:
         timer = PhaseTimer()
         future = self.background.submit(rollout_with_retries, self.actors, self.sampler, self.prompts, step + 1,
                                         self.pad_id, timer, self.weight_sync, self.cfg.fault_tolerance,
-                                        self.weight_sync.version)
+                                        self.weight_sync.version, self.gpu_guard)
         return future, timer
 
     def evaluate(self, step: int, timer: "PhaseTimer") -> dict[str, float]:
@@ -230,7 +234,8 @@ class Trainer:
             if train_policy:  # a push follows: sleeping engines may give up their weights meanwhile
                 self.weight_sync.before_train()
             batch = training_batch(experience, topped_up * cfg.algo.group_size, self.transforms["training"], context)
-            metrics.update(train(self.actors, batch, train_policy))
+            with self.gpu_guard:
+                metrics.update(train(self.actors, batch, train_policy))
         if train_policy:
             with timer("weight_sync"):
                 self.weight_sync.push()
@@ -307,11 +312,12 @@ ACTOR_RESTARTED = (*ACTOR_DIED, StaleWeightsError)
 
 
 def rollout_with_retries(actors: Actors, sampler: Sampler, prompts: PromptStream, step: int, pad_id: int,
-                         timer: "PhaseTimer", weight_sync, fault_tolerance, version: int):
+                         timer: "PhaseTimer", weight_sync, fault_tolerance, version: int,
+                         gpu_guard=nullcontext()):
     """Generate, score and build the experience. If a rollout, reward or reference actor dies meanwhile, wait
-    for Ray to restart it, push the current weights (a restarted engine starts from the initial ones), rewind
-    the prompt stream and redo the step, at most `fault_tolerance.max_step_retries` times. `version`: the
-    weights the engines must hold at least."""
+    for Ray to restart it (`wait_for_restarts`), push the current weights (a restarted engine starts from the
+    initial ones), rewind the prompt stream and redo the step, at most `fault_tolerance.max_step_retries` times.
+    `version`: the weights the engines must hold at least."""
     cursor = prompts.state_dict()
     for attempt in range(fault_tolerance.max_step_retries + 1):
         try:
@@ -324,21 +330,28 @@ def rollout_with_retries(actors: Actors, sampler: Sampler, prompts: PromptStream
                                    f"(fault_tolerance.max_step_retries={fault_tolerance.max_step_retries}): {err}") from err
             log.warning("step %d: an actor died (%s); waiting for its restart, then redoing the step (retry %d of %d)",
                         step, type(err).__name__, attempt + 1, fault_tolerance.max_step_retries)
-            wait_for_restarts(actors)
+            wait_for_restarts(actors, gpu_guard=gpu_guard)
             weight_sync.push()
             version = weight_sync.version
             prompts.load_state_dict(cursor)
 
 
-def wait_for_restarts(actors: Actors, timeout_s: float = 300.0) -> None:
-    """Until every restartable actor answers. One whose restart failed in its constructor will not come back, nor
-    will one that has used its restarts (a new call to it fails at once as dead, where a restarting one waits)."""
+def wait_for_restarts(actors: Actors, timeout_s: float = 300.0, gpu_guard=nullcontext()) -> None:
+    """Until every restartable actor answers; a restarted rollout actor's engine is started here, one at a time and
+    under `gpu_guard` (held while the learners train, where engines share their GPU: vLLM's start-up must see no
+    other allocation on it). One whose restart failed in its constructor will not come back, nor will one that has
+    used its restarts (a new call to it fails at once as dead, where a restarting one waits); one that dies again
+    meanwhile is waited for again."""
     deadline = time.time() + timeout_s
+    engines = {id(rollout) for rollout in actors.rollouts}
     for actor in filter(None, actors.stateless()):
         dead_answers = 0
         while True:
             try:
                 ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.time()))
+                if id(actor) in engines:
+                    with gpu_guard:
+                        ray.get(actor.start.remote(), timeout=max(1.0, deadline - time.time()))
                 break
             except ACTOR_DIED as err:
                 cause = build_failure(err)
@@ -348,6 +361,9 @@ def wait_for_restarts(actors: Actors, timeout_s: float = 300.0) -> None:
                 if dead_answers == 3 or time.time() > deadline:
                     raise
                 time.sleep(1.0)
+            except ray.exceptions.RayTaskError as err:  # the engine's own start raised
+                raise ActorBuildError(f"a rollout engine restarted after a crash could not start again: "
+                                      f"{type(err.cause).__name__}: {err.cause}") from err
 
 
 def make_experience(actors: Actors, groups: Groups, pad_id: int, timer: "PhaseTimer") -> Experience:

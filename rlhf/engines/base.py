@@ -65,6 +65,11 @@ class GenerationEngine(ABC):
     def join_nccl(self, host: str, port: int, rank: int, world: int, bucket_bytes: int) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot join an NCCL weight group; use rollout.weight_sync=shm")
 
+    def leave_nccl(self) -> None:
+        """Leave the NCCL weight group (it is formed again when an engine restarted: a new process cannot join an old
+        group)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot join an NCCL weight group; use rollout.weight_sync=shm")
+
     def receive_bucket(self, bucket: dict) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot join an NCCL weight group; use rollout.weight_sync=shm")
 

@@ -79,6 +79,10 @@ class HFEngine(GenerationEngine):
     def join_nccl(self, host: str, port: int, rank: int, world: int, bucket_bytes: int) -> None:
         self.weight_group, self.bucket_bytes = weight_transfer.join_nccl_group(host, port, rank, world), bucket_bytes
 
+    def leave_nccl(self) -> None:
+        self.weight_group.destroy()
+        self.weight_group = None
+
     def receive_bucket(self, bucket: dict) -> None:
         params = self.model.state_dict()
         for name, tensor in weight_transfer.receive_bucket(self.weight_group, bucket, self.bucket_bytes, self.device):

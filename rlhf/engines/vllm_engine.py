@@ -147,6 +147,10 @@ class VLLMEngine(GenerationEngine):
             "master_address": host, "master_port": port, "rank_offset": rank, "world_size": world, "packed": True,
             "packed_buffer_size_bytes": bucket_bytes, "packed_num_buffers": 1}})
 
+    def leave_nccl(self) -> None:
+        # releases the trainer connection only; the engine keeps serving (a new group can be joined after)
+        self.llm.collective_rpc("shutdown_weight_transfer_engine")
+
     def receive_bucket(self, bucket: dict) -> None:
         self.llm.collective_rpc("update_weights", kwargs={"update_info": bucket})
 

@@ -8,6 +8,8 @@ optimizer before its first step, gradients of every weight) the missing bytes ar
 """
 
 import resource
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -17,6 +19,16 @@ import torch
 from rlhf.devices import GIB, gpu_memory, placement_info
 
 DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
+# When this process built its model or engine (wall-clock seconds, [began, ended]): every actor holds one role, and the
+# pre-flight report shows the start-up order (engines sharing a GPU must start one after another)
+BUILD_WINDOW: list[float] = []
+
+
+@contextmanager
+def building():
+    began = time.time()
+    yield
+    BUILD_WINDOW[:] = [began, time.time()]
 
 
 def peak_rss_gib() -> float:
@@ -48,7 +60,8 @@ def report(role: str, peak_gib: float, device: torch.device | None = None, gpu_m
     reserved peak plus what the pre-flight could not touch, or the share vLLM takes up front when larger."""
     device = device or torch.device("cpu")
     row = {"role": role, "node": ray.get_runtime_context().get_node_id(), "peak_gib": peak_gib,
-           "node_gib": node_memory_gib(), **placement_info(device), **gpu_memory(device)}
+           "node_gib": node_memory_gib(), **placement_info(device), **gpu_memory(device),
+           "built": list(BUILD_WINDOW) or None}
     if torch.distributed.is_initialized():  # a DeepSpeed rank: gloo on the CPU, NCCL on GPUs
         row["dist_backend"] = torch.distributed.get_backend()
     if "gpu_uuid" in row:

@@ -153,6 +153,10 @@ class PolicyLearner:
         """NCCL route, rank 0: host the group's rendezvous as its rank 0."""
         self.weight_group = weight_transfer.join_nccl_group(host, port, rank, world)
 
+    def leave_weight_group(self) -> None:
+        self.weight_group.destroy()
+        self.weight_group = None
+
     def prepare_nccl_push(self, bucket_bytes: int) -> list[dict] | None:
         """Gather the full weights once and plan the buckets; rank 0 returns each bucket's update info."""
         state = full_state_dict(self.engine)

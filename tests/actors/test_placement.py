@@ -108,3 +108,20 @@ def test_eight_gpus_split_give_engines_gpus_of_their_own_and_the_reference_its_r
     assert len(engines) == 4 and len(learners) == 4 and not engines & learners
     assert all(ids[("reference", i)] == ids[("policy", i)] for i in range(4))
     assert ids[("reward", 0)] == []
+
+
+def test_engines_that_share_a_gpu_start_in_waves(ray_cluster):
+    def waves(cfg):
+        placement = Placement(cfg.placement.layout, role_demands(cfg, True), 30, cfg.placement.bundles,
+                              dict(cfg.placement.beside), cfg.placement.role_strategy)
+        try:
+            return placement.start_waves("rollout")
+        finally:
+            placement.remove()
+
+    # one GPU for two engines and the learner: one engine at a time, then the rest
+    assert waves(layout("single_gpu", "rollout.engines=2", "rollout.num_gpus=0.15", *FREE_CPUS)) == [[0], [1]]
+    # an engine beside a learner rank on each of 8 GPUs: all engines at once, then the rest
+    assert waves(layout("colocated_8gpu", *FREE_CPUS)) == [list(range(8))]
+    assert waves(layout("split_8gpu", *FREE_CPUS)) is None  # GPUs of their own: everything at once
+    assert waves(layout("colocated")) is None  # no GPU shares

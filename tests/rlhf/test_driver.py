@@ -11,6 +11,7 @@ from rlhf.config import compose_config
 from rlhf.config import load_config
 from rlhf.driver import run
 from rlhf.train import user_message
+from tests_ray_helpers import actor_state, back_after_restart, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -232,25 +233,34 @@ def run_killing(cfg, prefix: str, after_steps=(1,), restart: bool = True) -> lis
         ray.kill(actor, no_restart=not restart)
         killed.append(name)
         if restart:
-            wait_until(lambda: actor_state(actor)["State"] == "ALIVE" and actor_state(actor)["NumRestarts"] > restarts,
-                       f"{name} back after its kill at step {step}")
+            wait_until(lambda: back_after_restart(actor, restarts + 1), f"{name} back after its kill at step {step}")
 
     with mock.patch.object(rlhf.driver, "report", report_then_kill):
         run(cfg)
     return killed
 
 
-def actor_state(actor) -> dict:
-    return ray._private.state.actors(actor._actor_id.hex())  # Ray's actor table: State, NumRestarts, Pid
+def test_a_restarted_engine_is_built_only_when_the_driver_starts_it(ray_cluster, tiny_model):
+    from actors.launch import Actors
+    from actors.rollout import RolloutActor, StaleWeightsError
+    from rlhf.driver import wait_for_restarts
+    from rlhf.engines import SamplingSettings
+    from rlhf.engines.base import EngineSettings
 
-
-def wait_until(condition, what: str, timeout_s: float = 300.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout_s:g} s: {what}"
-        time.sleep(0.2)
+    settings = EngineSettings(dtype="auto", max_model_len=64, kv_cache_gib=0.1, block_size=32,
+                              gpu_memory_utilization=0.3, sleep_mode=False, weight_transfer=None)
+    rollout = RolloutActor.options(num_cpus=0, max_restarts=1).remote("hf", tiny_model, settings, 0)
+    sampling = SamplingSettings(max_new_tokens=4, temperature=1.0, top_p=1.0, seed=0)
+    assert ray.get(rollout.started.remote())
+    ray.kill(rollout, no_restart=False)  # a crash
+    wait_until(lambda: back_after_restart(rollout, 1), "the rollout actor back after its kill")
+    # back, but without an engine: where engines share a GPU it must start while nothing else there allocates
+    assert not ray.get(rollout.started.remote())
+    with pytest.raises(StaleWeightsError, match="waits for the driver to start it"):
+        ray.get(rollout.generate.remote([[1, 2, 3]], 2, sampling))
+    wait_for_restarts(Actors([rollout], None, {}, None, None, None))
+    assert ray.get(rollout.started.remote()) and len(ray.get(rollout.generate.remote([[1, 2, 3]], 2, sampling))[0]) == 2
+    ray.kill(rollout, no_restart=True)
 
 
 def test_a_rollout_actor_that_dies_is_restarted_and_the_run_completes(ray_cluster, tiny_model, tmp_path):
@@ -364,14 +374,22 @@ def test_a_critic_with_another_tokenizer_is_refused(tiny_model, tmp_path):
 
 def test_single_gpu_gives_every_role_its_share_of_one_gpu_and_runs_on_the_cpu(ray_cluster, tiny_model,
                                                                               tiny_reward_model, tmp_path):
-    # the test cluster declares GPUs that do not exist: Ray hands out GPU ids, torch sees no CUDA
+    # the test cluster declares GPUs that do not exist: Ray hands out GPU ids, torch sees no CUDA. Two vLLM engines
+    # share the GPU with every other role
     cfg = config(tiny_model, tmp_path, "placement=single_gpu", "steps=2", "algo=ppo", "algo.kl.reward_beta=0.01",
-                 "rollout.engine=hf", "critic.micro_batch_size=16", "logging.wandb_mode=disabled",
-                 "checkpoint.every=0", "save_final=false",
+                 "rollout.engines=2", "rollout.num_gpus=0.15", "rollout.num_cpus=0.5", "critic.micro_batch_size=16",
+                 "logging.wandb_mode=disabled", "checkpoint.every=0", "save_final=false",
                  f"reward.models=[{{label: rm, path: {tiny_reward_model}, weight: 1.0}}]")
     run(cfg)
-    reports = {r["role"]: r for r in json.loads((tmp_path / "run" / "preflight.json").read_text())}
-    shares = {"rollout": 0.3, "policy rank 0": 0.3, "reference": 0.2, "critic rank 0": 0.1, "reward model": 0.1}
+    rows = json.loads((tmp_path / "run" / "preflight.json").read_text())
+    # vLLM takes every drop of its GPU's free memory during its start-up for its own: engines sharing a GPU start one
+    # after another, and before anything else on it allocates
+    engines = sorted((r["built"] for r in rows if r["role"] == "rollout"))
+    assert len(engines) == 2 and engines[0][1] <= engines[1][0], engines
+    others = [r for r in rows if r["role"] in ("reference", "reward model", "policy rank 0", "critic rank 0")]
+    assert len(others) == 4 and all(r["built"][0] >= engines[1][1] for r in others), (engines, others)
+    reports = {r["role"]: r for r in rows}
+    shares = {"rollout": 0.15, "policy rank 0": 0.3, "reference": 0.2, "critic rank 0": 0.1, "reward model": 0.1}
     one_gpu = reports["rollout"]["gpu_ids"]
     assert len(one_gpu) == 1
     for role, share in shares.items():
