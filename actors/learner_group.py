@@ -88,14 +88,17 @@ class LearnerGroup:
     @staticmethod
     def reduce(per_rank: list[dict]) -> dict[str, float]:
         """One figure per metric: rank 0's for those every rank holds, the slowest rank's for times (the ranks
-        run side by side), the sum of the ranks' shares for the rest."""
+        run side by side), the ranks' max (min) of a `_max` (`_min`) metric, the sum of the ranks' shares for the
+        rest."""
         def combine(key: str) -> float:
-            values = [m[key] for m in per_rank]
+            values = [m[key] for m in per_rank if key in m]  # an extreme only where a rank had tokens
             if key in REPLICATED:
                 return values[0]
-            return max(values) if key.startswith("time/") else sum(values)
+            if key.startswith("time/") or key.endswith("_max"):
+                return max(values)
+            return min(values) if key.endswith("_min") else sum(values)
 
-        return {key: combine(key) for key in per_rank[0]}
+        return {key: combine(key) for key in dict.fromkeys(k for m in per_rank for k in m)}
 
     def kill(self) -> None:
         for rank in self.ranks:

@@ -12,6 +12,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from rlhf.algorithms import ADVANTAGE_ESTIMATORS, BATCH_TRANSFORMS, POLICY_LOSSES
 from rlhf.algorithms.advantages import SCALES
+from rlhf.algorithms.corrections import LEVELS, MODES
 from rlhf.algorithms.losses import AGGREGATION_MODES, KL_ESTIMATORS
 from rlhf.rewards.aggregation import REWARD_AGGREGATIONS
 
@@ -54,7 +55,6 @@ class LossConfig:
     dual_clip: Optional[float] = MISSING
     aggregation: str = MISSING
     ratio_against: str = MISSING
-    tis_cap: Optional[float] = MISSING
 
 
 @dataclass
@@ -70,8 +70,19 @@ class KLConfig:
 @dataclass
 class UpdateConfig:
     epochs: int = MISSING
-    mini_batch_size: Optional[int] = MISSING
+    mini_batches: int = MISSING  # optimizer steps per pass over the batch
     old_logprobs: str = MISSING
+
+
+@dataclass
+class CorrectionConfig:
+    """Rollout correction (rlhf/algorithms/corrections.py): the engine's samples reweighted or left out by
+    pi_old / pi_rollout."""
+    mode: str = MISSING  # none | truncate | mask | icepop
+    level: str = MISSING  # token | sequence | geometric
+    low: Optional[float] = MISSING
+    high: Optional[float] = MISSING
+    max_mismatch_kl: Optional[float] = MISSING
 
 
 @dataclass
@@ -85,7 +96,7 @@ class CriticAlgoConfig:
 class SamplingAlgoConfig:
     dynamic: bool = MISSING
     max_rounds: int = MISSING
-    overlong_buffer: Optional[int] = MISSING
+    overlong_fraction: Optional[float] = MISSING  # of rollout.max_new_tokens
     overlong_penalty: float = MISSING
 
 
@@ -99,6 +110,7 @@ class AlgoConfig:
     loss: LossConfig = MISSING
     kl: KLConfig = MISSING
     update: UpdateConfig = MISSING
+    correction: CorrectionConfig = MISSING
     critic: CriticAlgoConfig = MISSING
     sampling: SamplingAlgoConfig = MISSING
     transforms: list[str] = MISSING
@@ -383,21 +395,22 @@ def validate(c: Config) -> None:
     _positive("algo.sampling.max_rounds", c.algo.sampling.max_rounds)
     _positive("checkpoint.every", c.checkpoint.every, allow_zero=True)
     _positive("checkpoint.keep_last", c.checkpoint.keep_last)
-    if c.algo.sampling.overlong_buffer is not None and not 0 < c.algo.sampling.overlong_buffer <= c.rollout.max_new_tokens:
-        raise ValueError(f"algo.sampling.overlong_buffer={c.algo.sampling.overlong_buffer} must be in (0, rollout.max_new_tokens="
-                         f"{c.rollout.max_new_tokens}]: the punishment ramps over the budget's last tokens")
+    if c.algo.sampling.overlong_fraction is not None and not 0 < c.algo.sampling.overlong_fraction <= 1:
+        raise ValueError(f"algo.sampling.overlong_fraction={c.algo.sampling.overlong_fraction} must be in (0, 1]: the "
+                         "punishment ramps over that fraction of rollout.max_new_tokens, the budget's last tokens")
     batch = c.prompts_per_step * c.algo.group_size
-    mini = c.algo.update.mini_batch_size or batch
-    if batch % mini:
-        raise ValueError(f"algo.update.mini_batch_size={mini} does not divide the batch of {batch} sequences "
-                         f"(prompts_per_step x algo.group_size)")
+    _positive("algo.update.mini_batches", c.algo.update.mini_batches)
+    if batch % c.algo.update.mini_batches:
+        raise ValueError(f"algo.update.mini_batches={c.algo.update.mini_batches} does not divide the batch of {batch} "
+                         "sequences (prompts_per_step x algo.group_size)")
+    mini = batch // c.algo.update.mini_batches
     for role in ("train", "critic") if c.algo.critic.enabled else ("train",):
         micro, ranks = _get(c, f"{role}.micro_batch_size"), _get(c, f"{role}.ranks")
         _positive(f"{role}.ranks", ranks)
-        if mini % ranks or (mini // ranks) % micro:
-            raise ValueError(f"{role}.micro_batch_size={micro} x {role}.ranks={ranks} does not divide the batch of "
-                             f"{mini} sequences per optimizer step (algo.update.mini_batch_size, or prompts_per_step x "
-                             "algo.group_size): each rank takes an equal share, cut into micro-batches")
+        if mini % ranks or (mini // ranks) % micro_batch(micro, mini, ranks):
+            raise ValueError(f"{role}.micro_batch_size={micro} x {role}.ranks={ranks} does not divide the "
+                             f"mini-batch of {mini} sequences per optimizer step (prompts_per_step x algo.group_size "
+                             "/ algo.update.mini_batches): each rank takes an equal share, cut into micro-batches")
     _positive("reference.ranks", c.reference.ranks)
     if batch % c.reference.ranks:
         raise ValueError(f"reference.ranks={c.reference.ranks} does not divide the batch of {batch} sequences "
@@ -442,12 +455,17 @@ def validate(c: Config) -> None:
                              "would need a gather per layer); with LoRA the optimizer state is small: use zero_stage <= 2")
         if lora.rank and not lora.target_modules:
             raise ValueError(f"{role}.lora.target_modules is empty: name the layers the adapter wraps")
+        if role == "train" and lora.rank and lora.dropout > 0:
+            raise ValueError(f"train.lora.dropout={lora.dropout}: the policy's every forward runs without dropout (an "
+                             "RL loss compares logprobs of one policy: with dropout the loss's forward and the old "
+                             "logprobs differ on the same weights, up to 0.87 nats at 0.1); set it to 0")
         if _get(c, f"{role}.offload_optimizer") and _get(c, f"{role}.zero_stage") == 0:
             raise ValueError(f"{role}.offload_optimizer needs {role}.zero_stage >= 1 (DeepSpeed offloads ZeRO's "
                              "optimizer partitions)")
-    if c.rollout.async_one_step and c.algo.loss.tis_cap is None:
-        raise ValueError("rollout.async_one_step trains on samples of the previous weights: set algo.loss.tis_cap "
-                         "(e.g. 2.0) for the truncated importance-sampling correction")
+    if c.rollout.async_one_step and c.algo.correction.mode == "none":
+        raise ValueError("rollout.async_one_step trains on samples of the previous weights: choose a rollout "
+                         "correction, e.g. algo/correction=tis (truncated importance sampling)")
+    validate_correction(c.algo.correction)
     _choice("omp_wait_policy", c.omp_wait_policy, {"auto", "default", "passive", "active"})
     _choice("placement.layout", c.placement.layout, {"colocated", "split"})
     _positive("placement.bundles", c.placement.bundles)
@@ -475,6 +493,30 @@ def validate(c: Config) -> None:
     _positive("reward.max_unscorable_steps", c.reward.max_unscorable_steps)
     validate_eval(c)
     check_combinations(c)
+
+
+def micro_batch(micro_batch_size: int, mini_batch: int, ranks: int) -> int:
+    """The sequences of one forward/backward: `train.micro_batch_size`, or a rank's whole share of the mini-batch
+    when that is smaller (presets that split the batch into mini-batches need no micro-batch override)."""
+    return min(micro_batch_size, max(1, mini_batch // ranks))
+
+
+def validate_correction(k: CorrectionConfig) -> None:
+    _choice("algo.correction.mode", k.mode, MODES)
+    _choice("algo.correction.level", k.level, LEVELS)
+    if k.max_mismatch_kl is not None:
+        _positive("algo.correction.max_mismatch_kl", k.max_mismatch_kl)
+    if k.mode == "none":
+        return
+    if k.high is None:
+        raise ValueError(f"algo.correction.mode={k.mode} needs algo.correction.high (the cap, or the upper bound)")
+    if k.mode == "truncate" and k.low is not None:
+        raise ValueError("algo.correction.low has no meaning for mode=truncate (the weight is only capped): set it to "
+                         "null, or use mode=mask")
+    if k.mode == "icepop" and k.level != "token":
+        raise ValueError(f"algo.correction.mode=icepop is a token-level mask: level={k.level} is not one")
+    if k.low is not None and not 0 <= k.low <= k.high:
+        raise ValueError(f"algo.correction.low={k.low} must be in [0, high={k.high}]")
 
 
 def validate_eval(c: Config) -> None:
@@ -518,6 +560,12 @@ def check_combinations(c: Config) -> None:
                         "PAMA's ratio would all be off; train with rollout.top_p=1")
     if algo.loss.dual_clip is not None and algo.loss.dual_clip <= 1:
         problems.append(f"algo.loss.dual_clip={algo.loss.dual_clip} must be > 1 (the bound -c A lies below PPO's own only then)")
+    if algo.loss.dual_clip is not None and algo.loss.name == "cispo":
+        problems.append("algo.loss.dual_clip with algo.loss.name=cispo: CISPO's weight is clipped already (at most "
+                        "1 + clip_eps_high), so -c A bounds nothing; set algo.loss.dual_clip=null")
+    if algo.kl.target is not None and algo.kl.reward_beta == 0:
+        problems.append("algo.kl.target with algo.kl.reward_beta=0: the adaptive controller multiplies the KL weight, "
+                        "so from 0 it stays 0; start it at algo.kl.reward_beta > 0")
     if algo.kl.beta > 0 and algo.kl.estimator == "k1":
         problems.append("algo.kl.estimator=k1 with algo.kl.beta > 0: k1's gradient in the loss has expectation zero "
                         "(no pull toward the reference); use k2 or k3 (k1 suits the reward: algo.kl.reward_estimator)")
@@ -531,7 +579,7 @@ def check_combinations(c: Config) -> None:
     if per_objective:
         total_reward_settings = [f"{name} in algo.transforms" for name in algo.transforms
                                  if getattr(BATCH_TRANSFORMS.get(name), "total_reward_only", False)]
-        total_reward_settings += [key for key, on in (("algo.sampling.overlong_buffer", algo.sampling.overlong_buffer),
+        total_reward_settings += [key for key, on in (("algo.sampling.overlong_fraction", algo.sampling.overlong_fraction),
                                                       ("algo.sampling.dynamic", algo.sampling.dynamic)) if on]
         for setting in total_reward_settings:
             problems.append(f"{setting} with reward.aggregation={c.reward.aggregation}: it works on the total reward, "
@@ -540,6 +588,28 @@ def check_combinations(c: Config) -> None:
         problems.append("reward.aggregation=normalized_sum with algo.group_size=1: a group of one z-scores to 0")
     if problems:
         raise ValueError("these settings do not work together:\n- " + "\n- ".join(problems))
+
+
+def settings_that_cannot_act(c: Config) -> list[str]:
+    """Settings that are valid but, with the rest of the config, can never change anything: the driver warns once,
+    naming them."""
+    algo, warnings = c.algo, []
+    on_policy = algo.update.epochs == 1 and algo.update.mini_batches == 1
+    if on_policy and algo.loss.ratio_against == "rollout":
+        # GRPO's symmetric clip doing nothing on-policy is TRL's num_iterations=1; a clip a preset chose on purpose
+        # (DAPO's clip-higher, GSPO's and CISPO's own) is what this is about
+        asymmetric = algo.loss.clip_eps_low != algo.loss.clip_eps_high
+        clips = {"clipped": "the clip-higher range (clip_eps_low != clip_eps_high)" if asymmetric else None,
+                 "gspo": "the sequence-ratio clip (clip_eps_low / clip_eps_high)",
+                 "cispo": "the IS-weight clip (clip_eps_low / clip_eps_high)"}.get(algo.loss.name)
+        if algo.loss.dual_clip is not None:
+            clips = f"{clips or 'the clip'} and algo.loss.dual_clip"
+        if clips:
+            warnings.append(f"algo.loss.name={algo.loss.name}: {clips} can never act: with one optimizer step per "
+                            "rollout batch (algo.update.epochs=1, algo.update.mini_batches=1) every ratio pi / pi_old "
+                            "is exactly 1 (pi_old is the policy being trained); set algo.update.mini_batches > 1 or "
+                            "algo.update.epochs > 1 for off-policy updates")
+    return warnings
 
 
 def _get(c: Config, dotted: str):

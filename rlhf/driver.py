@@ -31,7 +31,7 @@ from rlhf.checkpoint import (
     remove_unfinished,
     save_checkpoint,
 )
-from rlhf.config import Config
+from rlhf.config import Config, settings_that_cannot_act
 from rlhf.data import PromptStream, prompt_sets
 from rlhf.engines.base import SamplingSettings
 from rlhf.evaluation import Evaluator
@@ -54,6 +54,19 @@ class UnscorableRewardsError(RuntimeError):
     """Every sample of several steps in a row had no reward."""
 
 
+class RolloutMismatchError(RuntimeError):
+    """The engine's logprobs are further from the learner's than `algo.correction.max_mismatch_kl` allows."""
+
+
+def check_mismatch(step: int, metrics: dict, max_kl: float | None) -> None:
+    if max_kl is not None and metrics.get("mismatch_kl", 0.0) > max_kl:
+        raise RolloutMismatchError(
+            f"step {step}: the rollout engine's logprobs are KL {metrics['mismatch_kl']:.4g} (k3, per token) from the "
+            f"learner's, over algo.correction.max_mismatch_kl={max_kl:g} (mean |difference| "
+            f"{metrics['logprob_gap']:.4g}): the engine samples another policy than the one trained (precision, "
+            "stale weights); the run stops")
+
+
 def run(cfg: Config) -> dict[str, float]:
     """Train for `cfg.steps` steps; return the last step's metrics."""
     trainer = Trainer(cfg)
@@ -74,7 +87,7 @@ class Trainer:
         self.model_path = resolve_model_path(cfg.model.source, cfg.model.path)
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.pad_id = tokenizer.pad_token_id
-        check_context_length(self.model_path, cfg)
+        check_model_fits(self.model_path, cfg)
         if cfg.algo.critic.enabled and cfg.critic.model_path:
             check_same_tokenizer(tokenizer, cfg.critic.model_path)
         self.prompts, self.eval_prompts = prompt_sets(cfg, tokenizer)
@@ -109,6 +122,8 @@ class Trainer:
             if self.started_ray:  # the actors go with the Ray instance this run started
                 ray.shutdown()
             raise
+        for warning in settings_that_cannot_act(cfg):
+            log.warning(warning)
         self.estimate_advantages = ADVANTAGE_ESTIMATORS.get(cfg.algo.estimator.name)
         self.aggregation = REWARD_AGGREGATIONS.get(cfg.reward.aggregation)(cfg.reward)
         self.kl_control = KLController(cfg.algo.kl.reward_beta, cfg.algo.kl.target, cfg.algo.kl.horizon)
@@ -149,14 +164,14 @@ class Trainer:
                         f"step {step}: {unscorable_steps} steps in a row in which the rewards "
                         f"{cfg.reward.objective_labels()} left every sample unscorable (None or NaN): nothing was "
                         "learned; the run stops (reward.max_unscorable_steps)")
-                if cfg.checkpoint.every and ((step + 1) % cfg.checkpoint.every == 0 or step == cfg.steps - 1):
+                if checkpoint_due(step, cfg):
                     self.save(step, cursor)
         except (*ACTOR_DIED, RankDied) as err:
             raise RuntimeError(f"step {step}: a learner rank died (or a rank of a sharded reference, or another actor "
                                f"could not be brought back: {type(err).__name__}); the run stops. Checkpoints in "
                                f"{self.checkpoints} are intact: rerun the same command with resume=auto") from err
         final_eval = self.evaluate(cfg.steps, PhaseTimer())
-        if final_eval:  # the weights after the last update, logged as the step that would come next
+        if final_eval:  # the weights after the last update (always evaluated), logged as the step that would come next
             self.metrics_log.log(cfg.steps, final_eval)
             prune_checkpoints(self.checkpoints, cfg.checkpoint.keep_last, self.best_checkpoint())
             metrics = {**metrics, **final_eval}
@@ -236,6 +251,7 @@ class Trainer:
             batch = training_batch(experience, topped_up * cfg.algo.group_size, self.transforms["training"], context)
             with self.gpu_guard:
                 metrics.update(train(self.actors, batch, train_policy))
+            check_mismatch(step, metrics, cfg.algo.correction.max_mismatch_kl)
         if train_policy:
             with timer("weight_sync"):
                 self.weight_sync.push()
@@ -258,6 +274,15 @@ class Trainer:
         self.actors.kill()
         if self.started_ray:
             ray.shutdown()
+
+
+def checkpoint_due(step: int, cfg: Config) -> bool:
+    """Whether a checkpoint is written after `step`: every `checkpoint.every` steps and after the last, and with
+    `checkpoint.keep_best` before every evaluation too (the eval at step k ranks the weights saved after step k - 1:
+    without that checkpoint the best could not be kept)."""
+    every = cfg.checkpoint.every
+    regular = every > 0 and ((step + 1) % every == 0 or step == cfg.steps - 1)
+    return regular or (cfg.checkpoint.keep_best is not None and evaluation_due(step + 1, cfg))
 
 
 def save_learners(actors: Actors, folder: Path) -> None:
@@ -393,8 +418,9 @@ def add_advantages(experience: Experience, estimate, algo, kl_coef: float, aggre
                                  algo.estimator, kl_coef, algo.kl.reward_estimator)
         advantages = estimate(inputs)
         returns = (advantages + values) * experience.mask if values is not None else None
+        scorable = experience.mask * ~torch.isnan(rewards)[:, None]  # unscorable rows stay out of the whitening
         for transform in transforms:
-            advantages = transform(advantages, experience.mask, context)
+            advantages = transform(advantages, scorable, context)
         return advantages, returns
 
     metrics = {}
@@ -449,10 +475,16 @@ def report(step: int, metrics: dict, groups: Groups, metrics_log: MetricsLog, ba
         metrics_log.plot()
 
 
-def check_context_length(model_path: str, cfg: Config) -> None:
+def check_model_fits(model_path: str, cfg: Config) -> None:
+    """What the policy model's config rules out: a token budget over its context, LoRA on tied embeddings."""
     from transformers import AutoConfig
 
-    context = AutoConfig.from_pretrained(model_path).max_position_embeddings
+    from rlhf.training.lora import check_tied_targets
+
+    model_config = AutoConfig.from_pretrained(model_path)
+    if cfg.train.lora.rank:
+        check_tied_targets(cfg.train.lora.target_modules, getattr(model_config, "tie_word_embeddings", False))
+    context = model_config.max_position_embeddings
     needed = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
     if needed > context:
         raise ValueError(f"data.max_prompt_tokens + rollout.max_new_tokens = {needed} exceeds the model's context "

@@ -29,8 +29,9 @@ def pass_at_k(n: int, correct: int, k: int) -> float:
 
 
 def due(step: int, cfg: Config) -> bool:
-    """Whether the weights of `step` (the ones its rollout samples; `steps`: the final ones) are evaluated."""
-    return cfg.eval.every > 0 and step % cfg.eval.every == 0 and step <= cfg.steps
+    """Whether the weights of `step` (the ones its rollout samples; `steps`: the final ones, always evaluated: the
+    figure a user reads last) are evaluated."""
+    return cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == cfg.steps) and step <= cfg.steps
 
 
 class Evaluator:

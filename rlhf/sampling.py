@@ -49,7 +49,7 @@ class Sampler:
                 samples = generate(self.actors, batch.token_ids, size, replace(self.settings, seed=seed), version)
             with timer("reward"):
                 groups = Groups(batch, samples, self.rewards(batch, [s.text for g in samples for s in g]))
-                if cfg.algo.sampling.overlong_buffer:
+                if cfg.algo.sampling.overlong_fraction:
                     add_overlong_punishment(groups, cfg)
             if not cfg.algo.sampling.dynamic:
                 return groups, {}
@@ -152,7 +152,8 @@ def add_overlong_punishment(groups: Groups, cfg: Config) -> None:
     """DAPO's soft overlong punishment, added to the total and logged on its own (a shaping term, not an
     objective)."""
     lengths = torch.tensor([len(s.completion_ids) for s in groups.completions])
-    penalty = soft_overlong_punishment(lengths, cfg.rollout.max_new_tokens, cfg.algo.sampling.overlong_buffer,
-                                       cfg.algo.sampling.overlong_penalty).tolist()
+    budget = cfg.rollout.max_new_tokens
+    buffer = max(1, round(cfg.algo.sampling.overlong_fraction * budget))  # the last tokens of the budget
+    penalty = soft_overlong_punishment(lengths, budget, buffer, cfg.algo.sampling.overlong_penalty).tolist()
     groups.rewards.shaping["overlong"] = penalty
     groups.rewards.total = [t + p for t, p in zip(groups.rewards.total, penalty)]

@@ -22,7 +22,8 @@ def summarise(sweep_dir: Path) -> list[dict]:
         metrics = member / "metrics.jsonl"
         history = []
         if metrics.exists():
-            history = [json.loads(line) for line in metrics.read_text().splitlines() if line.endswith("}")]
+            lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.endswith("}")]
+            history = [h for h in lines if "reward" in h]  # training steps: the final evaluation's line is none
         row["steps"] = len(history)
         row["status"] = "finished" if (member / "final").exists() or history else "no steps logged"
         for key in COLUMNS:

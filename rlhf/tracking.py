@@ -101,15 +101,23 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_comparison(curves: dict[str, list[float]], path: Path) -> Path:
-    """Several runs' reward against the step, on one axis."""
-    fig, ax = _pyplot().subplots(figsize=(7, 4))
+def plot_comparison(curves: dict[str, list[float]], path: Path,
+                    clipped: dict[str, list[float]] | None = None) -> Path:
+    """Several runs' reward against the step, on one axis; with `clipped`, each run's clip fraction (the share of
+    tokens, or of GSPO's sequences, its clip acted on) in a panel below."""
+    fig, axes = _pyplot().subplots(2 if clipped else 1, 1, figsize=(7, 6.5 if clipped else 4), sharex=True,
+                                   squeeze=False)
     for name, rewards in curves.items():
-        ax.plot(range(len(rewards)), rewards, label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("mean reward")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        axes[0, 0].plot(range(len(rewards)), rewards, label=name)
+    axes[0, 0].set_ylabel("mean reward")
+    axes[0, 0].legend()
+    for name, fractions in (clipped or {}).items():
+        axes[1, 0].plot(range(len(fractions)), fractions, label=name)
+    if clipped:
+        axes[1, 0].set_ylabel("clip fraction")
+    axes[-1, 0].set_xlabel("step")
+    for ax in axes[:, 0]:
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
 

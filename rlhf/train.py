@@ -20,12 +20,12 @@ def user_message(err: BaseException) -> str | None:
     from actors.launch import ActorBuildError
     from actors.placement import PlacementError
     from rlhf.checkpoint import CheckpointWriteError
-    from rlhf.driver import UnscorableRewardsError
+    from rlhf.driver import RolloutMismatchError, UnscorableRewardsError
     from rlhf.rewards.scoring import RewardFunctionError
     from rlhf.training.policy import NonFiniteLossError
 
     user_errors = (ValueError, FileNotFoundError, FileExistsError, MemoryError, ActorBuildError, PlacementError, CheckpointWriteError,
-                   UnscorableRewardsError, RewardFunctionError, NonFiniteLossError)
+                   UnscorableRewardsError, RolloutMismatchError, RewardFunctionError, NonFiniteLossError)
     if not isinstance(err, user_errors):
         return None
     # an error raised in an actor reaches the driver wrapped, with the actor's traceback in its text

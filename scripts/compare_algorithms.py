@@ -5,7 +5,9 @@
     python scripts/compare_algorithms.py --task default --steps 20 --out /abs/folder   # SmolLM2 on gsm_symbolic
     python scripts/compare_algorithms.py --async-vs-sync      # GRPO synchronous vs one-step-off-policy
 
-Everything after `--` is passed to every run as Hydra overrides. Prints a table of first/last rewards.
+Everything after `--` is passed to every run as Hydra overrides. Prints a table of first/last rewards, each run's mean
+clip fraction and the range of its loss's ratio pi / pi_old over all steps (exactly 1 - 1 when its updates are
+on-policy: then no clip can act), and draws reward and clip fraction against the step (reward_curves.png).
 """
 
 import argparse
@@ -49,13 +51,13 @@ def kl_override(algo: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algos", nargs="+", default=["grpo", "ppo", "rloo", "reinforce_pp", "gspo", "cispo"])
+    parser.add_argument("--algos", nargs="+", default=["grpo", "ppo", "rloo", "reinforce_pp", "dapo", "gspo", "cispo"])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--task", choices=["synthetic", "default"], default="synthetic",
                         help="synthetic: tiny model and BLEU task; default: the default experiment's model and data")
     parser.add_argument("--out", type=Path, default=Path("outputs/compare_algorithms").absolute())
     parser.add_argument("--async-vs-sync", action="store_true",
-                        help="instead of algorithms: GRPO synchronous against one-step-off-policy (algo.loss.tis_cap=2)")
+                        help="instead of algorithms: GRPO synchronous against one-step-off-policy (algo/correction=tis)")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -65,22 +67,31 @@ def main() -> None:
     runs = {algo: [f"algo={algo}", *(kl_override(algo) if synthetic else [])] for algo in args.algos}
     if args.async_vs_sync:
         runs = {"grpo sync": ["algo=grpo"],
-                "grpo one-step-off-policy": ["algo=grpo", "rollout.async_one_step=true", "algo.loss.tis_cap=2"]}
-    curves, seconds = {}, {}
+                "grpo one-step-off-policy": ["algo=grpo", "rollout.async_one_step=true", "algo/correction=tis"]}
+    curves, clipped, spread, seconds = {}, {}, {}, {}
     for name, extra in runs.items():
         run_dir = args.out / name.replace(" ", "_")
         cfg = load_config(compose_config(*base, *extra, f"steps={args.steps}", f"output_dir={run_dir}",
                                          "logging.wandb_mode=disabled", "save_final=false",
                                          "checkpoint.every=0"))
         run(cfg)
-        history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        history = [h for h in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "reward" in h]
         curves[name] = [h["reward"] for h in history]
+        clipped[name] = [h.get("clip_fraction", 0.0) for h in history]
+        # the loss's ratio (pi / pi_old; GSPO's per sequence) over every step: exactly 1 when the updates are on-policy
+        lows = [v for h in history for k, v in h.items() if k.endswith("ratio_min") and not k.startswith("correction")]
+        highs = [v for h in history for k, v in h.items() if k.endswith("ratio_max") and not k.startswith("correction")]
+        spread[name] = (min(lows), max(highs)) if lows else (float("nan"), float("nan"))
         seconds[name] = sorted(h["time/step"] for h in history[2:])[len(history[2:]) // 2] if len(history) > 2 else None
 
-    picture = plot_comparison(curves, args.out / "reward_curves.png")
-    print(f"\n{'run':<28}{'first 5 steps':>14}{'last 5 steps':>14}{'median s/step':>14}")
+    picture = plot_comparison(curves, args.out / "reward_curves.png", clipped)
+    print(f"\n{'run':<28}{'first 5 steps':>14}{'last 5 steps':>14}{'clip fraction':>14}{'ratio range':>20}"
+          f"{'median s/step':>14}")
     for name, rewards in curves.items():
-        print(f"{name:<28}{sum(rewards[:5]) / 5:>14.3f}{sum(rewards[-5:]) / 5:>14.3f}{seconds[name] or float('nan'):>14.2f}")
+        low, high = spread[name]
+        print(f"{name:<28}{sum(rewards[:5]) / 5:>14.3f}{sum(rewards[-5:]) / 5:>14.3f}"
+              f"{sum(clipped[name]) / len(clipped[name]):>14.4f}{f'{low:.4f} - {high:.4f}':>20}"
+              f"{seconds[name] or float('nan'):>14.2f}")
     print(f"plot: {picture}")
 
 

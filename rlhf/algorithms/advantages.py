@@ -142,9 +142,14 @@ def reinforce_pp_baseline(inputs: AdvantageInputs) -> torch.Tensor:
 
 
 def _reinforce_pp(inputs: AdvantageInputs, scores: torch.Tensor) -> torch.Tensor:
-    mask = inputs.experience.mask
+    mask = scorable_mask(inputs.experience)  # an unscorable sequence takes no part in the whitening: advantage 0
     rewards = token_rewards(scores, mask, kl_in_reward(inputs), inputs.kl_coef)
     return masked_whiten(discounted_returns(rewards, mask, inputs.cfg.gamma), mask)
+
+
+def scorable_mask(experience) -> torch.Tensor:
+    """[B, T] the completion mask without the rows whose reward is NaN (unscorable)."""
+    return experience.mask * ~torch.isnan(experience.rewards)[:, None]
 
 
 def kl_in_reward(inputs: AdvantageInputs) -> torch.Tensor | None:
@@ -161,6 +166,7 @@ def gae_estimator(inputs: AdvantageInputs) -> torch.Tensor:
     experience = inputs.experience
     if experience.values is None:
         raise ValueError("the gae advantage estimator needs a critic's values: set algo.critic.enabled=true")
-    rewards = token_rewards(experience.rewards, experience.mask, kl_in_reward(inputs), inputs.kl_coef)
-    advantages, _ = gae(rewards, experience.values, experience.mask, inputs.cfg.gamma, inputs.cfg.lam)
+    mask = scorable_mask(experience)  # an unscorable sequence: advantage 0 (its values pass nothing back)
+    rewards = token_rewards(experience.rewards, mask, kl_in_reward(inputs), inputs.kl_coef)
+    advantages, _ = gae(rewards, experience.values, mask, inputs.cfg.gamma, inputs.cfg.lam)
     return advantages

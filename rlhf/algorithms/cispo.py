@@ -10,18 +10,19 @@ from rlhf.algorithms.registry import POLICY_LOSSES
 
 
 def cispo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, eps_low: float,
-               eps_high: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token CISPO losses and the clipped (stop-gradient) IS weights."""
+               eps_high: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token CISPO losses, the clipped (stop-gradient) IS weights, and the ratios before the clip."""
     ratio = torch.exp(log_ratio(logp.detach(), old_logp))
     weight = ratio.clamp(1 - eps_low, 1 + eps_high)
-    return -weight * advantages * logp, weight
+    return -weight * advantages * logp, weight, ratio
 
 
 @POLICY_LOSSES.register("cispo")
 def cispo(inputs: LossInputs) -> LossOutput:
     cfg = inputs.cfg
-    losses, weight = cispo_loss(inputs.logp, inputs.ratio_denominator(), inputs.advantages,
-                                cfg.clip_eps_low, cfg.clip_eps_high)
+    losses, weight, ratio = cispo_loss(inputs.logp, inputs.ratio_denominator(), inputs.advantages,
+                                       cfg.clip_eps_low, cfg.clip_eps_high)
     # a clipped weight equals its bound exactly (clamp returns it)
     clipped = (weight == 1 - cfg.clip_eps_low) | (weight == 1 + cfg.clip_eps_high)
-    return LossOutput(losses, {"clip_fraction": clipped.float(), "is_weight": weight})
+    return LossOutput(losses, {"clip_fraction": clipped.float(), "is_weight": weight, "ratio": ratio},
+                      extremes=("ratio",))

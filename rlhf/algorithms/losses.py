@@ -1,9 +1,9 @@
 """Per-token policy losses, KL estimators and loss aggregation (spec §0, §3, §4.5). Pure tensor math.
 
 The loss contract: a registered policy loss takes one `LossInputs` and returns a `LossOutput`, its per-token
-losses and its metrics (per-token values the learner averages over the valid tokens). `policy_objective` adds
-the corrections the config asks for (truncated importance sampling, the KL term), each a function of the same
-shape; the learner calls only `policy_objective`.
+losses and its metrics (per-token values the learner averages over the valid tokens).
+`rlhf/algorithms/objective.py::policy_objective` adds the corrections the config asks for; the learner calls only
+that.
 """
 
 from dataclasses import dataclass, field
@@ -115,6 +115,8 @@ class LossInputs:
 class LossOutput:
     token_losses: torch.Tensor  # [B, T]
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> per-token values [B, T]
+    sequence_metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> per-sequence values [B]
+    extremes: tuple[str, ...] = ()  # metrics whose max and min over the valid tokens are logged too (name_max, _min)
 
 
 @POLICY_LOSSES.register("clipped")
@@ -125,32 +127,7 @@ def clipped(inputs: LossInputs) -> LossOutput:
     losses = clipped_surrogate(ratio, inputs.advantages, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip)
     ratio = ratio.detach()
     clipped_tokens = (ratio < 1 - cfg.clip_eps_low) | (ratio > 1 + cfg.clip_eps_high)
-    return LossOutput(losses, {"clip_fraction": clipped_tokens.float(), "ratio": ratio})
-
-
-def truncated_importance_weight(inputs: LossInputs, output: LossOutput, cap: float) -> LossOutput:
-    """Scale each token's loss by min(pi_old / pi_rollout, cap): the batch came from the engine, which may lag
-    pi_old by a step (rollout.async_one_step) or differ numerically (bf16 engines). Against pi_old, not the
-    policy being trained: the loss's own ratio already covers pi_theta / pi_old."""
-    weight = torch.exp(log_ratio(inputs.old_logp, inputs.rollout_logp)).clamp(max=cap)
-    return LossOutput(output.token_losses * weight, {**output.metrics, "tis_weight": weight})
-
-
-def kl_penalty(inputs: LossInputs, output: LossOutput, beta: float, estimator: str) -> LossOutput:
-    """Add beta * KL(pi || pi_ref) per token (GRPO's loss term)."""
-    kl = kl_estimate(inputs.logp, inputs.ref_logp, estimator)
-    return LossOutput(output.token_losses + beta * kl, {**output.metrics, "kl": kl.detach()})
-
-
-def policy_objective(inputs: LossInputs, kl_beta: float = 0.0, kl_estimator: str = "k3") -> LossOutput:
-    """The configured policy loss (`inputs.cfg.name`) with its corrections: the truncated IS weight
-    (`inputs.cfg.tis_cap`) and the KL term (algo.kl.beta, algo.kl.estimator). What the learner aggregates."""
-    output = POLICY_LOSSES.get(inputs.cfg.name)(inputs)
-    if inputs.cfg.tis_cap is not None:
-        output = truncated_importance_weight(inputs, output, inputs.cfg.tis_cap)
-    if kl_beta > 0:
-        output = kl_penalty(inputs, output, kl_beta, kl_estimator)
-    return output
+    return LossOutput(losses, {"clip_fraction": clipped_tokens.float(), "ratio": ratio}, extremes=("ratio",))
 
 
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,

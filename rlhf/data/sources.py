@@ -58,8 +58,6 @@ def jsonl_rows(file: Path, bad_rows: BadRows) -> list[dict]:
 
 def file_rows(path: str, bad_rows: BadRows | None = None) -> list[dict]:
     """Rows of a local JSONL (read here, line by line) or JSON / parquet / CSV file (read through `datasets`)."""
-    from datasets import load_dataset
-
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"data.path={path!r} does not exist")
@@ -69,6 +67,8 @@ def file_rows(path: str, bad_rows: BadRows | None = None) -> list[dict]:
         return []
     if file.suffix == ".jsonl":
         return jsonl_rows(file, bad_rows or BadRows("error"))
+    from datasets import load_dataset
+
     try:
         dataset = load_dataset(FILE_FORMATS[file.suffix], data_files=str(file), split="train")
     except Exception as err:  # datasets raises many kinds; the user needs the file's name

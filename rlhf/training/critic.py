@@ -9,6 +9,7 @@ import math
 import torch
 
 from rlhf.algorithms import aggregate_loss
+from rlhf.config import micro_batch
 from rlhf.devices import resolve_device
 from rlhf.models.loading import load_model
 from rlhf.algorithms.losses import clipped_value_loss
@@ -36,8 +37,8 @@ class CriticLearner:
         torch.manual_seed(seed)
         self.device = resolve_device(f"critic rank {rank}")
         self.algo = algo_cfg
-        self.mini_batch_size = algo_cfg.update.mini_batch_size or batch_size
-        self.micro_batch_size = critic_cfg.micro_batch_size
+        self.mini_batch_size = batch_size // algo_cfg.update.mini_batches
+        self.micro_batch_size = micro_batch(critic_cfg.micro_batch_size, self.mini_batch_size, world)
         model = load_model(AutoModelForTokenClassification, model_path, torch.float32, critic_cfg.attn_implementation,
                            self.device, num_labels=heads)
         if critic_cfg.lora.rank:  # the value head trains whole (peft keeps it beside the adapter)

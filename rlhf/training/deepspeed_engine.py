@@ -2,12 +2,13 @@
 
 import torch
 
+from rlhf.config import micro_batch
 from rlhf.devices import resolve_bf16
 from rlhf.training.lora import is_adapted, merged_state_dict
 
 
 def deepspeed_config(train_cfg, batch_size: int, world_size: int, bf16: bool, on_gpu: bool) -> dict:
-    micro = train_cfg.micro_batch_size
+    micro = micro_batch(train_cfg.micro_batch_size, batch_size, world_size)
     zero = {"stage": train_cfg.zero_stage}
     if train_cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}

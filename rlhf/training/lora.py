@@ -15,6 +15,33 @@ def add_adapter(model, lora_cfg, task_type: str):
     return get_peft_model(model, config)
 
 
+TIED_NAMES = ("embed_tokens", "lm_head")
+
+
+def check_tied_targets(target_modules: list[str], tied_embeddings: bool) -> None:
+    """LoRA on one of two tied matrices cannot be merged into both: the merged weights would differ from the live
+    adapted model (a tiny tied Llama's logits by up to 12), and vLLM, which loads no lm_head for tied models, would
+    sample from yet another model. Refused with the reason."""
+    tied = [t for t in target_modules if t.split(".")[-1] in TIED_NAMES]
+    if tied_embeddings and tied:
+        raise ValueError(f"train.lora.target_modules names {tied}, but the model ties its input embeddings to its "
+                         "output layer (tie_word_embeddings): an adapter on one of them cannot be merged into both, "
+                         "so the engines would sample another model than the one trained; leave them out of "
+                         "train.lora.target_modules")
+
+
+def disable_dropout(model) -> None:
+    """Every dropout of the model at 0 (TRL's disable_dropout, and the rates attention layers keep as numbers, e.g.
+    Llama's `attention_dropout`): an RL loss compares logprobs of one policy, and the loss's forward (train mode)
+    must compute what the old, reference and engine logprobs (eval mode) did."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+
+
 def is_adapted(model) -> bool:
     from peft import PeftModel
 

@@ -1,11 +1,11 @@
 """The policy learner: a causal LM trained by DeepSpeed (ZeRO over gloo on CPU, NCCL on GPU).
 
-`train_step` runs `algo.update.epochs` passes over the batch in mini-batches of `algo.update.mini_batch_size`
-sequences, one optimizer step per mini-batch. With several ranks each takes a contiguous share of every mini-batch.
+`train_step` runs `algo.update.epochs` passes over the batch, each split into `algo.update.mini_batches`
+mini-batches, one optimizer step per mini-batch. With several ranks each takes a contiguous share of every mini-batch.
 Each share is cut into micro-batches whose losses are each a share of the mini-batch's loss (see
 `aggregate_loss`), so the accumulated, rank-averaged gradient is the mini-batch's. Metrics a rank returns
-are its share of the whole (summed over ranks), except `grad_norm` and `lr`, which every rank holds, and
-times (`time/...`), of which the slowest rank's counts.
+are its share of the whole (summed over ranks), except `grad_norm` and `lr`, which every rank holds, times
+(`time/...`), of which the slowest rank's counts, and extremes (`..._max`, `..._min`) over the ranks' own.
 """
 
 import math
@@ -15,7 +15,8 @@ import time
 import torch
 
 from rlhf.algorithms import aggregate_loss
-from rlhf.algorithms.losses import LossInputs, policy_objective
+from rlhf.algorithms import LossInputs, kl_estimate, policy_objective
+from rlhf.config import micro_batch
 from rlhf.devices import resolve_device
 from rlhf.experience import Experience
 from rlhf.models.folders import write_atomically
@@ -29,7 +30,7 @@ from rlhf.training.deepspeed_engine import (
 )
 from rlhf.training.logprobs import batch_logprobs, completion_logprobs
 from rlhf.training import weight_transfer
-from rlhf.training.lora import add_adapter, is_adapted, plain_model
+from rlhf.training.lora import add_adapter, disable_dropout, is_adapted, plain_model
 from rlhf.training.memory import learner_preflight
 from rlhf.training.weight_file import write_weights
 
@@ -46,11 +47,12 @@ class PolicyLearner:
         torch.manual_seed(seed)
         self.device = resolve_device(f"policy rank {rank}")
         self.algo, self.max_new_tokens, self.temperature = algo_cfg, max_new_tokens, temperature
-        self.mini_batch_size = algo_cfg.update.mini_batch_size or batch_size
-        self.micro_batch_size = train_cfg.micro_batch_size
+        self.mini_batch_size = batch_size // algo_cfg.update.mini_batches
+        self.micro_batch_size = micro_batch(train_cfg.micro_batch_size, self.mini_batch_size, world)
         self.rank, self.world = rank, world
         # fp32 weights: under bf16 DeepSpeed keeps them as the optimizer's master copy and computes in bf16
         model = load_model(AutoModelForCausalLM, model_path, torch.float32, train_cfg.attn_implementation, self.device)
+        disable_dropout(model)
         if train_cfg.lora.rank:
             model = add_adapter(model, train_cfg.lora, "CAUSAL_LM")
         self.engine = make_engine(model, train_cfg, self.mini_batch_size, world)
@@ -63,18 +65,19 @@ class PolicyLearner:
         # With one optimizer step per batch the sampling policy is the one being trained: the ratio is 1 in
         # value and carries the gradient of logp (TRL's num_iterations=1); no forward pass is spent on it.
         on_policy = self.algo.update.epochs == 1 and self.mini_batch_size >= experience.size
-        totals = {"loss": 0.0, "kl": 0.0, "logprob_gap": 0.0, "clip_fraction": 0.0, "time/old_logprobs": 0.0}
+        totals = {"loss": 0.0, "kl": 0.0, "logprob_gap": 0.0, "mismatch_kl": 0.0, "clip_fraction": 0.0,
+                  "time/old_logprobs": 0.0}
         if not on_policy:
             start = time.perf_counter()
             experience.old_logp = (experience.rollout_logp if self.algo.update.old_logprobs == "rollout"
                                    else self.logprobs(experience))
             totals["time/old_logprobs"] = time.perf_counter() - start  # part of the driver's time/train
             # how far the engine's logprobs are from the learner's on the same weights (0 by construction
-            # when the engine's are used as the old ones)
-            totals["logprob_gap"] = _masked_mean((experience.old_logp - experience.rollout_logp).abs(),
-                                                 experience.mask) / self.world  # every rank reports a share
+            # when the engine's are used as the old ones); every rank reports a share
+            for name, values in mismatch(experience.old_logp, experience.rollout_logp).items():
+                totals[name] = _masked_mean(values, experience.mask) / self.world
         self.engine.train()
-        updates = 0
+        updates, valid_rows = 0, max((experience.mask.sum(-1) > 0).sum().item(), 1)
         for _ in range(self.algo.update.epochs):
             for mini in experience.split(self.mini_batch_size):
                 num_tokens = mini.mask.sum().item()
@@ -85,7 +88,8 @@ class PolicyLearner:
                     output = policy_objective(LossInputs(
                         logp=logp, old_logp=logp.detach() if on_policy else part.old_logp,
                         rollout_logp=part.rollout_logp, ref_logp=part.ref_logp, advantages=part.advantages,
-                        mask=part.mask, cfg=self.algo.loss), self.algo.kl.beta, self.algo.kl.estimator)
+                        mask=part.mask, cfg=self.algo.loss), self.algo.kl.beta, self.algo.kl.estimator,
+                        self.algo.correction)
                     loss = aggregate_loss(output.token_losses, part.mask, self.algo.loss.aggregation,
                                           num_sequences=mini.size, num_tokens=num_tokens, max_len=self.max_new_tokens)
                     if not math.isfinite(loss.item()):
@@ -94,13 +98,20 @@ class PolicyLearner:
                     # DeepSpeed averages gradients over the ranks; each rank's loss is its share of the sum
                     backward_and_step(self.engine, loss * self.world, totals)
 
-                    share = part.mask.sum().item() / max(experience.mask.sum().item(), 1.0) / self.algo.update.epochs
+                    epochs = self.algo.update.epochs
+                    share = part.mask.sum().item() / max(experience.mask.sum().item(), 1.0) / epochs
                     totals["loss"] += loss.item()
-                    for name, values in output.metrics.items():  # the loss's own metrics, token means
+                    metrics = {**output.metrics, **(mismatch(logp.detach(), part.rollout_logp) if on_policy else {})}
+                    for name, values in metrics.items():  # the loss's own metrics, token means
                         totals[name] = totals.get(name, 0.0) + _masked_mean(values, part.mask) * share
-                    if on_policy:
-                        totals["logprob_gap"] += _masked_mean((logp.detach() - part.rollout_logp).abs(),
-                                                              part.mask) * share
+                    rows = part.mask.sum(-1) > 0
+                    for name, values in output.sequence_metrics.items():  # means over the sequences
+                        totals[name] = totals.get(name, 0.0) + values[rows].sum().item() / valid_rows / epochs
+                    for name in output.extremes:
+                        values = output.metrics[name][part.mask.bool()]
+                        if values.numel():
+                            totals[f"{name}_max"] = max(totals.get(f"{name}_max", -math.inf), values.max().item())
+                            totals[f"{name}_min"] = min(totals.get(f"{name}_min", math.inf), values.min().item())
                 updates += 1
         totals["loss"] /= updates
         totals["lr"] = self.engine.get_lr()[0]
@@ -205,6 +216,12 @@ class PolicyLearner:
 
             write_atomically(folder, write)
         return folder
+
+
+def mismatch(old_logp: torch.Tensor, rollout_logp: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per token, how far the engine that sampled (q) is from the learner's old policy (o): |o - q| (`logprob_gap`)
+    and KL(rollout || learner) by k3 from the sampled tokens (`mismatch_kl`; `algo.correction.max_mismatch_kl`)."""
+    return {"logprob_gap": (old_logp - rollout_logp).abs(), "mismatch_kl": kl_estimate(rollout_logp, old_logp, "k3")}
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:

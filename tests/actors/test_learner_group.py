@@ -28,28 +28,53 @@ def policy_group(model: str, ranks: int, zero_stage: int, batch_size: int = 8, *
     ])
 
 
-@pytest.mark.parametrize("zero_stage", [3])  # ZeRO-2 with two ranks runs in test_driver
-def test_two_ranks_step_like_one_and_stay_identical(ray_cluster, tiny_model, zero_stage):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    rollout = start_rollout("hf", tiny_model)
-    experience = rollout_batch(rollout, tokenizer)
-    probe = rollout_batch(rollout, tokenizer)
-    ray.kill(rollout)
+def varied_batch(vocab: int):
+    """8 sequences (2 prompts x 4) of 1 to 8 completion tokens: every aggregation mode weighs them differently."""
+    from rlhf.experience import Experience
 
-    single = policy_group(tiny_model, 1, zero_stage)
-    one = LearnerGroup.reduce(ray.get(single.call("train_step", experience)))
-    after_one = single.run("logprobs", probe)
-    single.kill()
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randint(3, vocab, (2, 5), generator=g).repeat_interleave(4, 0)
+    lengths = torch.tensor([8, 1, 5, 3, 2, 7, 4, 6])
+    mask = (torch.arange(8)[None] < lengths[:, None]).float()
+    experience = Experience(prompts, torch.ones_like(prompts), torch.randint(3, vocab, (8, 8), generator=g), mask,
+                            -torch.rand(8, 8, generator=g) * mask, torch.zeros(8, dtype=torch.bool))
+    experience.advantages = torch.randn(8, 1, generator=g).expand(8, 8) * mask
+    return experience
 
-    pair = policy_group(tiny_model, 2, zero_stage)
-    two = LearnerGroup.reduce(ray.get(pair.call("train_step", experience)))
-    after_two = ray.get(pair.call("logprobs", probe))
-    pair.kill()
 
-    torch.testing.assert_close(after_two[0], after_two[1], atol=0, rtol=0)  # the ranks hold the same weights
-    torch.testing.assert_close(after_two[0], after_one, atol=1e-5, rtol=0)  # ... and those of one rank
-    assert two["loss"] == pytest.approx(one["loss"], abs=1e-6)
-    assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
+def test_one_step_is_the_same_over_any_micro_batches_and_ranks_in_every_aggregation_mode(ray_cluster, tiny_model):
+    # the loss of each micro-batch is its share of the mini-batch's (aggregate_loss with the mini-batch's counts)
+    # and each rank's is scaled by the ranks (DeepSpeed averages their gradients): one optimizer step's gradient
+    # must not depend on how the batch is cut. ZeRO-3, so the ranks shard the weights too
+    from transformers import AutoConfig
+
+    from rlhf.algorithms.losses import AGGREGATION_MODES
+
+    experience = varied_batch(AutoConfig.from_pretrained(tiny_model).vocab_size)
+    layouts = {(1, 8): None, (1, 4): None, (1, 2): None, (2, 4): None, (2, 2): None}  # (ranks, micro-batch size)
+    for ranks, micro in layouts:
+        # a small step: AdamW turns float noise in a near-zero gradient into a step of the learning rate's size
+        layouts[(ranks, micro)] = policy_group(tiny_model, ranks, 3, 8, f"train.micro_batch_size={micro}",
+                                               "train.lr=1e-3")
+    try:
+        for mode in AGGREGATION_MODES:
+            steps = {}
+            for layout, group in layouts.items():
+                ray.get([rank.__ray_call__.remote(lambda self, m: setattr(self.learner.algo.loss, "aggregation", m), mode)
+                         for rank in group.ranks])
+                steps[layout] = LearnerGroup.reduce(ray.get(group.call("train_step", experience)))
+            one = steps[(1, 8)]
+            for layout, metrics in steps.items():
+                assert metrics["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4), (mode, layout)
+                assert metrics["loss"] == pytest.approx(one["loss"], rel=1e-4, abs=1e-6), (mode, layout)
+        # the same steps, so the same weights: every layout, and the ranks of each, hold what one rank does
+        after = {layout: ray.get(group.call("logprobs", experience)) for layout, group in layouts.items()}
+        for layout, per_rank in after.items():
+            for rank_logp in per_rank:
+                assert (rank_logp - after[(1, 8)][0]).abs().max() < 1e-5, (layout, (rank_logp - after[(1, 8)][0]).abs().max())
+    finally:
+        for group in layouts.values():
+            group.kill()
 
 
 def test_an_offloaded_optimizer_takes_the_same_step(ray_cluster, tiny_model):

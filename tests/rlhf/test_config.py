@@ -29,8 +29,13 @@ def test_unknown_key_is_refused():
     ("algo.loss.aggregation=mean", "algo.loss.aggregation='mean'"),
     ("algo.kl.estimator=k9", "algo.kl.estimator"),
     ("rollout.engine=sglang", "rollout.engine"),
-    ("train.micro_batch_size=3", "does not divide the batch of 8"),
-    ("algo.update.mini_batch_size=3", "algo.update.mini_batch_size=3 does not divide the batch of 8"),
+    ("train.micro_batch_size=3", "does not divide the mini-batch of 8"),
+    ("algo.update.mini_batches=3", "algo.update.mini_batches=3 does not divide the batch of 8"),
+    ("algo.update.mini_batches=0", "algo.update.mini_batches=0 must be > 0"),
+    ("algo.correction.mode=clip", "algo.correction.mode='clip' is not valid"),
+    ("algo.correction.level=word", "algo.correction.level='word' is not valid"),
+    ("algo.correction.mode=mask", "algo.correction.mode=mask needs algo.correction.high"),
+    ("algo/correction=icepop", "-"),
     ("reference.ranks=3", "reference.ranks=3 does not divide the batch of 8"),
     ("algo.update.old_logprobs=cached", "algo.update.old_logprobs"),
     ("algo.group_size=1", "one sample has no std"),
@@ -42,7 +47,7 @@ def test_unknown_key_is_refused():
     ("reward.lsc.quantile=1.5", "reward.lsc.quantile"),
     ("reward.functions=[]", "configure at least one objective"),
     ("reward.functions=[{name: bleu, weight: 1},{name: bleu, weight: 2}]", "distinct labels"),
-    ("algo.sampling.overlong_buffer=100", "algo.sampling.overlong_buffer=100 must be in"),
+    ("algo.sampling.overlong_fraction=1.5", "algo.sampling.overlong_fraction=1.5 must be in"),
     ("checkpoint.keep_last=0", "checkpoint.keep_last"),
     ("omp_wait_policy=sleep", "omp_wait_policy=.sleep."),
     ("rollout.block_size=48", "rollout.block_size=48 must be a multiple of 32"),
@@ -56,14 +61,43 @@ def test_unknown_key_is_refused():
     ("rollout.tensor_parallel_size=0", "rollout.tensor_parallel_size=0 must be > 0"),
 ])
 def test_bad_values_name_the_key(override, message):
+    if message == "-":  # a preset that must load
+        load_config(compose_config(override, "output_dir=/tmp/x"))
+        return
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         load_config(compose_config(override, "output_dir=/tmp/x"))
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["algo/correction=tis", "algo.correction.low=0.5"], "algo.correction.low has no meaning for mode=truncate"),
+    (["algo/correction=icepop", "algo.correction.level=sequence"], "mode=icepop is a token-level mask"),
+    (["algo/correction=mis", "algo.correction.low=3"], r"algo.correction.low=3.0 must be in \[0, high=2.0\]"),
+    (["rollout.async_one_step=true"], "choose a rollout correction, e.g. algo/correction=tis"),
+])
+def test_rollout_corrections_are_checked(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(compose_config(*overrides, "output_dir=/tmp/x"))
+
+
+def test_a_preset_whose_clip_can_never_act_says_so():
+    from rlhf.config import settings_that_cannot_act
+
+    # GSPO, CISPO and DAPO take their papers' off-policy mini-batches: their clips can act
+    for algo in ("gspo", "cispo", "dapo"):
+        cfg = load_config(compose_config(f"algo={algo}", "output_dir=/tmp/x"))
+        assert cfg.algo.update.mini_batches == 4 and settings_that_cannot_act(cfg) == []
+    on_policy = load_config(compose_config("algo=dapo", "algo.update.mini_batches=1", "output_dir=/tmp/x"))
+    [warning] = settings_that_cannot_act(on_policy)
+    assert "the clip-higher range (clip_eps_low != clip_eps_high) can never act" in warning
+    assert settings_that_cannot_act(load_config(compose_config("output_dir=/tmp/x"))) == []  # GRPO's symmetric clip
+
+
 def test_critic_settings_are_checked_only_when_there_is_a_critic():
-    load_config(compose_config("prompts_per_step=1", "train.micro_batch_size=4", "output_dir=/tmp/x"))  # no critic
-    with pytest.raises(ValueError, match="critic.micro_batch_size=8"):
-        load_config(compose_config("algo=ppo", "prompts_per_step=1", "train.micro_batch_size=4", "output_dir=/tmp/x"))
+    load_config(compose_config("prompts_per_step=1", "train.micro_batch_size=4", "critic.micro_batch_size=3",
+                               "output_dir=/tmp/x"))  # no critic
+    with pytest.raises(ValueError, match="critic.micro_batch_size=3"):
+        load_config(compose_config("algo=ppo", "prompts_per_step=1", "train.micro_batch_size=4",
+                                   "critic.micro_batch_size=3", "output_dir=/tmp/x"))
 
 
 def test_wrong_type_names_the_key():
@@ -91,7 +125,7 @@ def test_single_gpu_gives_every_role_a_share_of_one_gpu():
 
 def test_a_sleeping_engine_cannot_generate_behind_the_learner():
     with pytest.raises(ValueError, match="rollout.sleep_mode=true with rollout.async_one_step"):
-        load_config(compose_config("rollout.sleep_mode=true", "rollout.async_one_step=true", "algo.loss.tis_cap=2",
+        load_config(compose_config("rollout.sleep_mode=true", "rollout.async_one_step=true", "algo/correction=tis",
                                    "output_dir=/tmp/x"))
 
 
@@ -119,12 +153,14 @@ def test_a_reward_functions_weight_defaults_to_one():
     # against the learner's full-vocabulary ones (-0.387)
     (["rollout.top_p=0.9"], "rollout.top_p=0.9: the engine samples from the nucleus"),
     (["algo.loss.dual_clip=1.0"], "algo.loss.dual_clip=1.0 must be > 1"),
+    (["algo=cispo", "algo.loss.dual_clip=3"], "CISPO's weight is clipped already"),
+    (["algo=rloo", "algo.kl.target=0.1", "algo.kl.reward_beta=0"], "from 0 it stays 0; start it at algo.kl.reward_beta > 0"),
     (["algo.kl.estimator=k1"], "k1's gradient in the loss has expectation zero"),
     (["algo.kl.reward_beta=0.05"], "with the 'group' estimator, which puts no KL in the reward"),
     (["algo.reward_clip=5"], "algo.reward_clip clips normalised rewards: it needs normalize_rewards in algo.transforms"),
     (["experiment=pama", "algo.transforms=[normalize_rewards]"],
      "normalize_rewards in algo.transforms with reward.aggregation=pama"),
-    (["experiment=pama", "algo=dapo"], "algo.sampling.overlong_buffer with reward.aggregation=pama"),
+    (["experiment=pama", "algo=dapo"], "algo.sampling.overlong_fraction with reward.aggregation=pama"),
     (["experiment=pama", "algo=dapo"], "algo.sampling.dynamic with reward.aggregation=pama"),
     (["reward.aggregation=normalized_sum", "algo.group_size=1", "algo.estimator.scale=none",
       "train.micro_batch_size=2", "reference.micro_batch_size=2", "critic.micro_batch_size=2"],

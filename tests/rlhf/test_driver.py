@@ -60,7 +60,7 @@ def test_algorithm_learns_through_the_actor_stack(ray_cluster, tiny_model, tmp_p
     evaluation = []
     if algo == "grpo":  # evaluates every 8 steps on prompts of its own (the training stream is as without)
         evaluation = [f"eval.data={{path: {write_task(tmp_path / 'eval.jsonl', rows=4, first=100)}}}", "eval.every=8",
-                      "checkpoint.every=8", "checkpoint.keep_last=1", "checkpoint.keep_best=eval/bleu"]
+                      "checkpoint.every=100", "checkpoint.keep_last=1", "checkpoint.keep_best=eval/bleu"]
     if algo == "grpo_lora":
         from rlhf.models.tiny import build_tiny_model
 
@@ -101,7 +101,7 @@ def test_algorithm_learns_through_the_actor_stack(ray_cluster, tiny_model, tmp_p
     samples = [json.loads(line) for line in (out / "eval_samples.jsonl").read_text().splitlines()]
     assert [s["step"] for s in samples] == [32] * 4 and len(samples[0]["rewards"]["bleu"]) == 1
     # keep_last=1 keeps step 31; keep_best also the checkpoint whose weights the best evaluation saw (eval at step
-    # k saw the weights saved after step k - 1)
+    # k saw the weights saved after step k - 1, which keep_best has written though checkpoint.every is 100)
     best = max((s for s in evals if s > 0), key=lambda s: evals[s]["eval/bleu"])
     kept = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
     assert kept == sorted({f"step-{best - 1:06d}", "step-000031"}), (kept, {s: e["eval/bleu"] for s, e in evals.items()})
@@ -115,7 +115,7 @@ def test_algorithm_learns_through_the_actor_stack(ray_cluster, tiny_model, tmp_p
 
 def test_dapo_trains_only_on_groups_that_teach_something(ray_cluster, tiny_model, tmp_path):
     # 12-token budget: the last 4 tokens carry the overlong punishment
-    cfg = config(tiny_model, tmp_path, "steps=32", "seed=1", "algo=dapo", "algo.sampling.overlong_buffer=4", "rollout.engine=hf")
+    cfg = config(tiny_model, tmp_path, "steps=32", "seed=1", "algo=dapo", "algo.sampling.overlong_fraction=0.34", "rollout.engine=hf")
     run(cfg)
 
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -307,7 +307,7 @@ def test_a_learner_rank_that_dies_stops_the_run_with_how_to_resume(ray_cluster, 
 def test_one_step_off_policy_generates_on_the_previous_weights(ray_cluster, tiny_model, tmp_path):
     # evaluating every 2 steps: an eval asks the engines for the learner's current weights (an engine holding older
     # ones refuses), so it runs once the background rollout is collected and the push is in
-    cfg = config(tiny_model, tmp_path, "steps=4", "algo.kl.beta=0", "rollout.async_one_step=true", "algo.loss.tis_cap=2",
+    cfg = config(tiny_model, tmp_path, "steps=4", "algo.kl.beta=0", "rollout.async_one_step=true", "algo/correction=tis",
                  "logging.wandb_mode=disabled", "checkpoint.every=0", "save_final=false", "eval.every=2",
                  f"eval.data={{path: {write_task(tmp_path / 'eval.jsonl', rows=2, first=100)}}}")
     run(cfg)
@@ -325,7 +325,7 @@ def test_one_step_off_policy_generates_on_the_previous_weights(ray_cluster, tiny
 def test_an_overlapped_run_survives_its_engine_killed_three_times_with_every_push_whole(ray_cluster, tiny_model,
                                                                                        tmp_path):
     # the background rollout's retry pushes while the loop pushes too: one push at a time (the route's lock)
-    cfg = config(tiny_model, tmp_path, "steps=10", "algo.kl.beta=0", "rollout.async_one_step=true", "algo.loss.tis_cap=2",
+    cfg = config(tiny_model, tmp_path, "steps=10", "algo.kl.beta=0", "rollout.async_one_step=true", "algo/correction=tis",
                  "rollout.engine=hf", "rollout.engines=2", "rollout.num_cpus=0.5", "logging.wandb_mode=disabled",
                  "checkpoint.every=0", "save_final=false", "fault_tolerance.max_restarts=3")
     metrics_file = tmp_path / "run" / "metrics.jsonl"

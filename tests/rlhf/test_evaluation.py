@@ -35,6 +35,22 @@ def test_evaluations_come_before_the_first_step_and_at_every_multiple():
     cfg = load_config(compose_config("output_dir=/tmp/x", "steps=28"))
     assert cfg.eval.every == 7 and cfg.eval.held_out == 32  # the default experiment's
     assert [s for s in range(cfg.steps + 1) if due(s, cfg)] == [0, 7, 14, 21, 28]
+    # the weights after the last step are evaluated whether or not steps is a multiple of eval.every
+    uneven = load_config(compose_config("output_dir=/tmp/x", "steps=30"))
+    assert [s for s in range(uneven.steps + 1) if due(s, uneven)] == [0, 7, 14, 21, 28, 30]
+
+
+def test_keep_best_writes_a_checkpoint_before_every_evaluation_it_ranks():
+    from rlhf.driver import checkpoint_due
+
+    # the defaults: 28 steps, eval every 7, checkpoints every 10. The eval at step k ranks the weights saved after
+    # step k - 1: 6, 13, 20 had no checkpoint, so keep_best could only return the last one
+    plain = load_config(compose_config("output_dir=/tmp/x"))
+    assert [s for s in range(plain.steps) if checkpoint_due(s, plain)] == [9, 19, 27]
+    ranked = load_config(compose_config("output_dir=/tmp/x", "checkpoint.keep_best=eval/bleu"))
+    assert [s for s in range(ranked.steps) if checkpoint_due(s, ranked)] == [6, 9, 13, 19, 20, 27]
+    never = load_config(compose_config("output_dir=/tmp/x", "checkpoint.keep_best=eval/bleu", "checkpoint.every=0"))
+    assert [s for s in range(never.steps) if checkpoint_due(s, never)] == [6, 13, 20, 27]
 
 
 @pytest.mark.parametrize("overrides, message", [

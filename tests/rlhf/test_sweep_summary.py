@@ -8,8 +8,9 @@ def member(sweep, name, overrides, rewards):
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     if rewards is not None:
-        (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "reward": r, "time/step": 2.0}) + "\n"
-                                                      for i, r in enumerate(rewards)))
+        lines = [{"step": i, "reward": r, "time/step": 2.0} for i, r in enumerate(rewards)]
+        lines.append({"step": len(rewards), "eval/bleu": 0.3})  # the final weights' evaluation: not a step
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
 def test_every_member_gets_a_row_in_sweep_order(tmp_path):

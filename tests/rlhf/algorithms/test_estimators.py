@@ -80,3 +80,21 @@ def test_kl_in_the_reward_lowers_rloo_rewards_by_the_summed_kl():
 def test_unknown_estimator_lists_the_registered_ones():
     with pytest.raises(ValueError, match="group, reinforce_pp, reinforce_pp_baseline, rloo"):
         ADVANTAGE_ESTIMATORS.get("ppo2")
+
+
+@pytest.mark.parametrize("name", ["reinforce_pp", "reinforce_pp_baseline", "gae"])
+def test_an_unscorable_reward_gets_advantage_0_and_no_part_in_the_statistics(name):
+    # rewards (1, 0, NaN, 0.5): the NaN row got -0.866 per token from reinforce_pp and about -0.19 from gae (the NaN
+    # read as 0), and shifted the whitening of the others. Now: 0, and the others as if it were not there
+    lengths = [3, 2, 3, 1]
+    with_nan = experience([1.0, 0.0, float("nan"), 0.5], lengths)
+    without = experience([1.0, 0.0, 0.5], [3, 2, 1])
+    for exp in (with_nan, without):
+        exp.values = torch.full(exp.mask.shape, 0.2) * exp.mask
+    group = 4 if name == "reinforce_pp_baseline" else 1
+    inputs = AdvantageInputs(with_nan, group, ESTIMATOR, kl_coef=0.1, kl_estimator="k1")
+    adv = ADVANTAGE_ESTIMATORS.get(name)(inputs)
+    assert adv[2].tolist() == [0.0, 0.0, 0.0]
+    reference = ADVANTAGE_ESTIMATORS.get(name)(AdvantageInputs(without, group - (group > 1), ESTIMATOR, kl_coef=0.1,
+                                                              kl_estimator="k1"))
+    torch.testing.assert_close(adv[[0, 1, 3]], reference, atol=1e-6, rtol=0)

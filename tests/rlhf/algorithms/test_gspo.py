@@ -28,9 +28,28 @@ def test_the_ratio_and_its_clip_are_per_sequence():
 
 
 def test_the_registered_loss_reports_the_clipped_fraction_of_sequences():
-    cfg = SimpleNamespace(name="gspo", clip_eps_low=3e-4, clip_eps_high=4e-4, ratio_against="rollout", tis_cap=None)
+    cfg = SimpleNamespace(name="gspo", clip_eps_low=3e-4, clip_eps_high=4e-4, ratio_against="rollout", dual_clip=None)
     logp = torch.tensor([[0.1, -0.1, 0.3], [2e-4, 2e-4, 0.0]])
     mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]])
     out = policy_objective(LossInputs(logp, torch.zeros(2, 3), torch.zeros(2, 3), None, torch.ones(2, 3), mask, cfg))
     clipped = (out.metrics["clip_fraction"] * mask).sum() / mask.sum()
     assert clipped.item() == pytest.approx(3 / 5)  # sequence 0's three tokens of the five
+
+
+def test_the_sequence_log_ratio_is_bounded_at_the_sequence_level():
+    # a sequence whose token log-ratios average 15: s = e^10 (verl's bound), not e^15; a per-token clamp at 20 would
+    # have let it through
+    logp, old, mask = torch.full((1, 4), 15.0), torch.zeros(1, 4), torch.ones(1, 4)
+    _, ratio = gspo_loss(logp, old, -torch.ones(1, 4), mask, 3e-4, 4e-4)
+    assert ratio[0].tolist() == pytest.approx([math.exp(10.0)] * 4, rel=1e-6)
+
+
+def test_dual_clip_bounds_a_negative_advantage_sequence_as_the_token_level_one_does():
+    # A = -1, s = 4.95 (log 1.599): PPO's clip gives max(4.95, 1.0004) = 4.95; the dual clip c = 3 bounds it at 3.0
+    logp, old, mask, adv = torch.full((1, 2), math.log(4.95)), torch.zeros(1, 2), torch.ones(1, 2), -torch.ones(1, 2)
+    plain, _ = gspo_loss(logp, old, adv, mask, 3e-4, 4e-4)
+    dual, _ = gspo_loss(logp, old, adv, mask, 3e-4, 4e-4, dual_clip=3.0)
+    assert plain[0].tolist() == pytest.approx([4.95] * 2) and dual[0].tolist() == pytest.approx([3.0] * 2)
+    cfg = SimpleNamespace(name="gspo", clip_eps_low=3e-4, clip_eps_high=4e-4, ratio_against="rollout", dual_clip=3.0)
+    out = policy_objective(LossInputs(logp, old, old, None, adv, mask, cfg))  # the config's dual clip reaches it
+    assert out.token_losses[0].tolist() == pytest.approx([3.0] * 2)

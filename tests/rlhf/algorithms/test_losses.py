@@ -99,7 +99,13 @@ def loss_cfg(**overrides):
     from types import SimpleNamespace
 
     return SimpleNamespace(**{"name": "clipped", "clip_eps_low": 0.2, "clip_eps_high": 0.2, "dual_clip": None,
-                              "ratio_against": "rollout", "tis_cap": None, **overrides})
+                              "ratio_against": "rollout", **overrides})
+
+
+def correction_cfg(**overrides):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{"mode": "truncate", "level": "token", "low": None, "high": 2.0, **overrides})
 
 
 def test_the_truncated_is_weight_is_against_the_old_policy_not_the_one_trained():
@@ -111,13 +117,31 @@ def test_the_truncated_is_weight_is_against_the_old_policy_not_the_one_trained()
     # 1.5, would count the PPO ratio pi_theta / pi_old = 1.2 twice)
     logs = {name: torch.tensor([[math.log(p)]]) for name, p in (("rollout", 0.4), ("old", 0.5), ("theta", 0.6))}
     inputs = LossInputs(logs["theta"], logs["old"], logs["rollout"], None, torch.ones(1, 1), torch.ones(1, 1),
-                        loss_cfg(tis_cap=2.0))
-    out = policy_objective(inputs)
-    assert out.metrics["tis_weight"].item() == pytest.approx(1.25)
+                        loss_cfg())
+    out = policy_objective(inputs, correction=correction_cfg())
+    assert out.metrics["correction/weight"].item() == pytest.approx(1.25)
     assert out.token_losses.item() == pytest.approx(-1.2 * 1.25)  # ratio 1.2 (at the clip edge) x weight
     # with the engine's logprobs as the old ones the weight is 1: nothing is multiplied in again
     inputs.old_logp = logs["rollout"]
-    assert policy_objective(inputs).metrics["tis_weight"].item() == pytest.approx(1.0)
+    assert policy_objective(inputs, correction=correction_cfg()).metrics["correction/weight"].item() == pytest.approx(1.0)
+
+
+def test_a_mask_correction_leaves_tokens_out_of_the_loss_but_not_the_kl_term():
+    from rlhf.algorithms import LossInputs, policy_objective
+
+    # the spec's vector: ratios (1.221, 0.607, 3.004); [0.5, 2] leaves the third token out
+    old, rollout = torch.tensor([[-1.0, -1.5, -0.5]]), torch.tensor([[-1.2, -1.0, -1.6]])
+    logp, ref, mask, adv = old.clone(), torch.zeros(1, 3), torch.ones(1, 3), torch.ones(1, 3)
+    inputs = LossInputs(logp, old, rollout, ref, adv, mask, loss_cfg())
+    out = policy_objective(inputs, kl_beta=0.1, kl_estimator="k3", correction=correction_cfg(mode="mask", low=0.5))
+    kl = kl_estimate(logp, ref, "k3")[0].tolist()
+    assert out.token_losses[0].tolist() == pytest.approx([-1.221403 + 0.1 * kl[0], -0.606531 + 0.1 * kl[1],
+                                                          0.1 * kl[2]], abs=1e-5)
+    assert out.metrics["correction/tokens_dropped"][0].tolist() == [0.0, 0.0, 1.0]
+    assert out.sequence_metrics["correction/sequences_dropped"].tolist() == [1.0]  # it lost a token
+    assert "correction/ratio" in out.extremes
+    none = policy_objective(inputs, correction=correction_cfg(mode="none"))
+    assert "correction/weight" not in none.metrics
 
 
 def test_a_loss_returns_its_metrics_and_the_kl_term_is_a_correction():

@@ -126,3 +126,37 @@ def test_the_critics_value_head_trains_whole_beside_its_adapter(tiny_model):
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("score" in n and "lora_" not in n for n in trainable)
     assert all("lora_" in n or "score" in n for n in trainable)
+
+
+def test_lora_on_a_tied_embedding_is_refused_at_start_up(tiny_model, tmp_path):
+    from rlhf.driver import run
+    from rlhf.training.lora import check_tied_targets
+
+    # the tiny model (like SmolLM2, the default) ties its embeddings: merged weights would differ from the live
+    # adapted model (logits by up to 12 on it)
+    cfg = load_config(compose_config("model=path", f"model.path={tiny_model}", "train.lora.rank=4",
+                                     "train.lora.target_modules=[q_proj,embed_tokens]", f"output_dir={tmp_path}"))
+    with pytest.raises(ValueError, match=r"names \['embed_tokens'\], but the model ties its input embeddings"):
+        run(cfg)  # before any actor
+    with pytest.raises(ValueError, match=r"\['model.lm_head'\]"):
+        check_tied_targets(["model.lm_head", "q_proj"], tied_embeddings=True)
+    check_tied_targets(["lm_head", "embed_tokens"], tied_embeddings=False)  # untied: each merges into its own
+
+
+def test_the_policy_computes_without_dropout_and_lora_dropout_is_refused(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.training.lora import disable_dropout
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attention_dropout=0.5)
+    model = add_adapter(model, SimpleNamespace(**{**vars(LORA), "dropout": 0.3}), "CAUSAL_LM")
+    ids = torch.arange(3, 19)[None]
+    model.train()
+    torch.manual_seed(0)
+    assert not torch.equal(model(ids).logits, model(ids).logits)  # dropout: two forwards of one policy differ
+    disable_dropout(model)
+    train_mode = model(ids).logits
+    model.eval()
+    torch.testing.assert_close(train_mode, model(ids).logits, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="train.lora.dropout=0.1: the policy's every forward runs without dropout"):
+        load_config(compose_config("train.lora.rank=4", "train.lora.dropout=0.1", f"output_dir={tmp_path}"))
