@@ -169,7 +169,7 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
     rollout_env = {**_threads(cfg.rollout.threads, cfg),
                    **engine_environment(cfg.rollout.threads, cfg.rollout.tensor_parallel_size), **nccl_env}
     engine_settings = EngineSettings(
-        dtype=cfg.rollout.dtype, max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+        dtype=cfg.rollout.dtype, max_model_len=cfg.data.max_prompt_tokens + cfg.completion_budget(),
         kv_cache_gib=cfg.rollout.kv_cache_gib, block_size=cfg.rollout.block_size,
         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, sleep_mode=engine_sleeps(cfg),
         weight_transfer={"auto": "ipc", "cuda_ipc": "ipc", "nccl": "nccl"}.get(cfg.rollout.weight_sync),
@@ -222,7 +222,7 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
     batch_size = cfg.prompts_per_step * cfg.algo.group_size
     policy_ranks = [
         PolicyActor.options(**place("policy", i, {**_threads(cfg.train.threads, cfg), **extensions, **nccl_env}))
-        .remote(model_path, cfg.train, cfg.algo, batch_size, cfg.rollout.max_new_tokens, cfg.rollout.temperature,
+        .remote(model_path, cfg.train, cfg.algo, batch_size, cfg.completion_budget(), cfg.rollout.temperature,
                 cfg.seed)
         for i in range(cfg.train.ranks)
     ]

@@ -278,6 +278,28 @@ class EvalConfig:
 
 
 @dataclass
+class EnvConfig:
+    """Multi-turn episodes (rlhf/agents/): on when a factory or tools are named."""
+    factory: Optional[str] = MISSING  # import path of a TRL-style environment class, one instance per episode
+    tools: list[str] = MISSING  # import paths of tool functions (TRL's shape), shared by every episode
+    max_turns: int = MISSING
+    max_tool_calls: int = MISSING
+    tool_timeout_s: float = MISSING
+    max_tool_response_tokens: int = MISSING
+    max_episode_tokens: int = MISSING  # every token after the prompt: model and environment
+    tool_format: str = MISSING  # a vLLM tool parser (hermes, ...)
+    tools_prompt: str = MISSING  # auto | template | system
+    allow_unsandboxed_python: bool = MISSING
+    python_cpu_s: float = MISSING
+    python_memory_mb: int = MISSING
+    python_output_bytes: int = MISSING
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.factory or self.tools)
+
+
+@dataclass
 class PlacementConfig:
     layout: str = MISSING
     timeout_s: float = MISSING
@@ -321,6 +343,7 @@ class Config:
     ray: RayConfig = MISSING
     checkpoint: CheckpointConfig = MISSING
     eval: EvalConfig = MISSING
+    env: EnvConfig = MISSING
     placement: PlacementConfig = MISSING
     fault_tolerance: FaultToleranceConfig = MISSING
     preflight: PreflightConfig = MISSING
@@ -331,6 +354,10 @@ class Config:
     output_dir: str = MISSING
     save_final: bool = MISSING
     omp_wait_policy: str = MISSING
+
+    def completion_budget(self) -> int:
+        """Tokens after the prompt a sample may hold: a turn's budget, or a whole episode's."""
+        return self.env.max_episode_tokens if self.env.enabled else self.rollout.max_new_tokens
 
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -492,6 +519,7 @@ def validate(c: Config) -> None:
     _positive("reward.timeout_s", c.reward.timeout_s)
     _positive("reward.max_unscorable_steps", c.reward.max_unscorable_steps)
     validate_eval(c)
+    validate_env(c)
     check_combinations(c)
 
 
@@ -517,6 +545,21 @@ def validate_correction(k: CorrectionConfig) -> None:
         raise ValueError(f"algo.correction.mode=icepop is a token-level mask: level={k.level} is not one")
     if k.low is not None and not 0 <= k.low <= k.high:
         raise ValueError(f"algo.correction.low={k.low} must be in [0, high={k.high}]")
+
+
+def validate_env(c: Config) -> None:
+    e = c.env
+    for key in ("max_turns", "max_tool_calls", "tool_timeout_s", "max_tool_response_tokens", "max_episode_tokens",
+                "python_cpu_s", "python_memory_mb", "python_output_bytes"):
+        _positive(f"env.{key}", getattr(e, key), allow_zero=key == "max_tool_calls")
+    _choice("env.tools_prompt", e.tools_prompt, {"auto", "template", "system"})
+    if e.enabled and e.max_episode_tokens < c.rollout.max_new_tokens:
+        raise ValueError(f"env.max_episode_tokens={e.max_episode_tokens} is below rollout.max_new_tokens="
+                         f"{c.rollout.max_new_tokens}, one turn's budget: raise it (it holds every turn and every tool "
+                         "answer of an episode)")
+    uses_env_reward = any(f.name == "env" for f in [*c.reward.functions, *c.eval.rewards])
+    if uses_env_reward and not e.factory:
+        raise ValueError("reward.functions names `env` (the environment's get_reward), but env.factory is not set")
 
 
 def validate_eval(c: Config) -> None:

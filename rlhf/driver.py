@@ -40,7 +40,7 @@ from rlhf.experience import Experience
 from rlhf.groups import Groups
 from rlhf.rewards import REWARD_AGGREGATIONS
 from rlhf.rewards.aggregation import Aggregation
-from rlhf.sampling import Sampler
+from rlhf.sampling import Sampler, rollout_source
 from rlhf.models import resolve_model_path
 from rlhf.models.folders import write_text_atomically
 from rlhf.tracking import MetricsLog
@@ -129,8 +129,9 @@ class Trainer:
         self.kl_control = KLController(cfg.algo.kl.reward_beta, cfg.algo.kl.target, cfg.algo.kl.horizon)
         self.reward_moments = RunningMoments()
         self.transforms = transforms_by_stage(cfg.algo.transforms)
-        self.sampler = Sampler(self.actors, cfg, self.aggregation)
-        self.evaluator = Evaluator(self.actors, cfg, self.eval_prompts) if self.eval_prompts else None
+        self.source = rollout_source(self.actors, cfg, tokenizer)  # single turns, or multi-turn episodes
+        self.sampler = Sampler(self.actors, cfg, self.aggregation, self.source)
+        self.evaluator = Evaluator(self.actors, cfg, self.eval_prompts, self.source) if self.eval_prompts else None
         # one-step-off-policy (rollout.async_one_step): the next step's rollout runs on the previous weights
         # while this step trains; its phase times are merged into the step that uses it
         self.background = ThreadPoolExecutor(max_workers=1) if cfg.rollout.async_one_step else None
@@ -270,6 +271,7 @@ class Trainer:
         if self.background is not None:
             self.background.shutdown(wait=True, cancel_futures=True)
         self.weight_sync.close()
+        self.source.close()
         self.metrics_log.close()
         self.actors.kill()
         if self.started_ray:
@@ -305,13 +307,13 @@ def memory_preflight(actors: Actors, cfg: Config, prompts: PromptStream, output_
     with every role's number rather than when the OOM killer strikes mid-run. Writes preflight.json."""
     started = time.perf_counter()
     longest = max(prompts.token_ids, key=len)
-    sampling = SamplingSettings(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, seed=0,
+    sampling = SamplingSettings(cfg.completion_budget(), cfg.rollout.temperature, cfg.rollout.top_p, seed=0,
                                 ignore_eos=True)
     per_engine = math.ceil(cfg.prompts_per_step / len(actors.rollouts))
     pending = [engine.preflight.remote([longest] * per_engine, cfg.algo.group_size, sampling)
                for engine in actors.rollouts]
     pending += [actor.preflight.remote() for actor in [actors.reward, *actors.reward_models.values()] if actor]
-    lengths = (len(longest), cfg.rollout.max_new_tokens)
+    lengths = (len(longest), cfg.completion_budget())
     if actors.reference:
         pending += actors.reference.preflight(*lengths)
     for group in filter(None, (actors.policy, actors.critic)):
@@ -467,8 +469,11 @@ def report(step: int, metrics: dict, groups: Groups, metrics_log: MetricsLog, ba
         log.warning("step %d: %d of %d samples unscorable (a reward function returned None/NaN); "
                     "they get advantage 0", step, metrics["reward_unscorable"], len(groups.rewards.total))
     metrics_log.log(step, metrics)
-    metrics_log.log_samples(step, [{"prompt": groups.batch.texts[0], "completion": groups.samples[0][0].text,
-                                    "reward": groups.rewards.total[0]}])
+    first = groups.samples[0][0]
+    sample = {"prompt": groups.batch.texts[0], "completion": first.text, "reward": groups.rewards.total[0]}
+    if hasattr(first, "messages"):  # an episode: its prompt and every turn
+        sample.update(prompt=first.prompt, episode=first.messages, turns=first.turns, truncated=first.truncated)
+    metrics_log.log_samples(step, [sample])
     bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['rollout_kl']:.4f}",
                     len=f"{metrics['completion_length']:.0f}", s_per_step=f"{metrics['time/step']:.1f}")
     if step % 5 == 4:
@@ -485,9 +490,10 @@ def check_model_fits(model_path: str, cfg: Config) -> None:
     if cfg.train.lora.rank:
         check_tied_targets(cfg.train.lora.target_modules, getattr(model_config, "tie_word_embeddings", False))
     context = model_config.max_position_embeddings
-    needed = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    needed = cfg.data.max_prompt_tokens + cfg.completion_budget()
     if needed > context:
-        raise ValueError(f"data.max_prompt_tokens + rollout.max_new_tokens = {needed} exceeds the model's context "
+        budget = "env.max_episode_tokens" if cfg.env.enabled else "rollout.max_new_tokens"
+        raise ValueError(f"data.max_prompt_tokens + {budget} = {needed} exceeds the model's context "
                          f"of {context} tokens; lower one of them")
 
 

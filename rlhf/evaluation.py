@@ -15,7 +15,7 @@ from rlhf.config import Config
 from rlhf.data import PromptBatch
 from rlhf.engines.base import SamplingSettings
 from rlhf.models.folders import write_text_atomically
-from rlhf.sampling import generate, score
+from rlhf.sampling import NO_TIMER, score
 
 
 def pass_at_k(n: int, correct: int, k: int) -> float:
@@ -35,8 +35,9 @@ def due(step: int, cfg: Config) -> bool:
 
 
 class Evaluator:
-    def __init__(self, actors, cfg: Config, prompts: PromptBatch):
-        self.actors, self.cfg, self.prompts = actors, cfg, prompts
+    def __init__(self, actors, cfg: Config, prompts: PromptBatch, source):
+        """`source`: the run's rollout source (single turns or episodes, rlhf/sampling.py)."""
+        self.actors, self.cfg, self.prompts, self.source = actors, cfg, prompts, source
         e = cfg.eval
         self.labels = e.objective_labels(cfg.reward)
         self.pass_label = e.pass_objective or self.labels[0]
@@ -48,22 +49,24 @@ class Evaluator:
         Seeds depend only on (seed, step): a resumed run evaluates as the uninterrupted one did."""
         k, batch = self.cfg.eval.samples, self.prompts
         seed = random.Random(f"{self.cfg.seed}/eval/{step}").getrandbits(48)
-        groups = generate(self.actors, batch.token_ids, k, replace(self.settings, seed=seed), version)
-        completions = [s.text for group in groups for s in group]
+        groups = self.source.rollout(batch, k, replace(self.settings, seed=seed), version, NO_TIMER)
+        samples = [s for group in groups for s in group]
         if self.actors.eval_reward is not None:  # eval.rewards: its own functions
-            rewards = score(self.actors.eval_reward, {}, batch, completions, k)
+            rewards = score(self.actors.eval_reward, {}, batch, samples, k)
         else:
-            rewards = score(self.actors.reward, self.actors.reward_models, batch, completions, k)
+            rewards = score(self.actors.reward, self.actors.reward_models, batch, samples, k)
         rewards = {label: rewards[label] for label in self.labels}
         metrics = {f"eval/{label}": _mean(values) for label, values in rewards.items()}
         passed = [[value is not None and not math.isnan(value) and value >= self.cfg.eval.pass_threshold
                    for value in rewards[self.pass_label][i * k : (i + 1) * k]] for i in range(len(groups))]
         for at in sorted({1, k}):
             metrics[f"eval/pass@{at}"] = sum(pass_at_k(k, sum(p), at) for p in passed) / len(passed)
-        metrics["eval/length"] = sum(len(s.completion_ids) for g in groups for s in g) / len(completions)
+        metrics["eval/length"] = sum(len(s.completion_ids) for s in samples) / len(samples)
+        metrics.update({f"eval/{name.removeprefix('rollout/')}": value for name, value in self.source.metrics(groups).items()})
         rows = [{"step": step, "prompt": batch.texts[i], "completions": [s.text for s in group],
                  "rewards": {label: values[i * k : (i + 1) * k] for label, values in rewards.items()},
-                 "passed": sum(passed[i])} for i, group in enumerate(groups)]
+                 "passed": sum(passed[i]), **({"episodes": [s.messages for s in group]} if hasattr(group[0], "messages")
+                                              else {})} for i, group in enumerate(groups)]
         write_text_atomically(output_dir / "eval_samples.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
         return metrics
 

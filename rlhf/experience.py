@@ -17,7 +17,7 @@ class Experience:
     prompt_ids: torch.Tensor  # [B, P] long, left-padded
     prompt_mask: torch.Tensor  # [B, P] long
     completion_ids: torch.Tensor  # [B, T] long, right-padded
-    mask: torch.Tensor  # [B, T] float: 1 on real completion tokens
+    mask: torch.Tensor  # [B, T] float: 1 on the model's completion tokens, the ones trained on
     rollout_logp: torch.Tensor  # [B, T] the rollout engine's logprobs of its own samples
     truncated: torch.Tensor  # [B] bool: the completion hit the token budget
     rewards: torch.Tensor | None = None  # [B] total reward (NaN = unscorable)
@@ -27,6 +27,8 @@ class Experience:
     values: torch.Tensor | None = None  # [B, T] critic's value of the state before each token
     returns: torch.Tensor | None = None  # [B, T] critic targets (advantages + values, before any whitening)
     old_logp: torch.Tensor | None = None  # [B, T] the learner's logprobs before this batch's first update
+    # [B, T] float: 1 on an episode's environment tokens (tool answers, replies): context, never trained on
+    context_mask: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -38,7 +40,8 @@ class Experience:
 
     @property
     def attention_mask(self) -> torch.Tensor:
-        return torch.cat([self.prompt_mask, self.mask.long()], dim=1)
+        present = self.mask if self.context_mask is None else self.mask + self.context_mask
+        return torch.cat([self.prompt_mask, present.long()], dim=1)
 
     def to(self, device) -> "Experience":
         """The same batch with every tensor on `device` (a learner's GPU); a no-op where they already are."""
@@ -66,8 +69,11 @@ class Experience:
 
     @classmethod
     def from_samples(cls, prompts: list[list[int]], samples: list[list[Sample]], pad_id: int) -> "Experience":
-        """One row per sample; `samples[i]` are the completions of `prompts[i]`, groups kept contiguous."""
-        rows = [(prompt, sample) for prompt, group in zip(prompts, samples) for sample in group]
+        """One row per sample; `samples[i]` are the completions of `prompts[i]`, groups kept contiguous. An episode
+        (rlhf/agents/episodes.py) brings its own prompt tokens, and its `model_mask` splits its tokens into the
+        trained (`mask`) and the environment's (`context_mask`)."""
+        rows = [(getattr(sample, "prompt_ids", None) or prompt, sample)
+                for prompt, group in zip(prompts, samples) for sample in group]
         width_p = max(len(p) for p, _ in rows)
         width_t = max(1, max(len(s.completion_ids) for _, s in rows))
         batch = len(rows)
@@ -76,6 +82,8 @@ class Experience:
         completion_ids = torch.full((batch, width_t), pad_id, dtype=torch.long)
         mask = torch.zeros((batch, width_t))
         rollout_logp = torch.zeros((batch, width_t))
+        episodes = any(getattr(sample, "model_mask", None) is not None for _, sample in rows)
+        context_mask = torch.zeros((batch, width_t)) if episodes else None
         truncated = torch.tensor([sample.truncated for _, sample in rows], dtype=torch.bool)
         for i, (prompt, sample) in enumerate(rows):
             n, t = len(prompt), len(sample.completion_ids)
@@ -84,5 +92,8 @@ class Experience:
             if t:
                 completion_ids[i, :t] = torch.tensor(sample.completion_ids)
                 rollout_logp[i, :t] = torch.tensor(sample.logprobs)
-                mask[i, :t] = 1.0
-        return cls(prompt_ids, prompt_mask, completion_ids, mask, rollout_logp, truncated)
+                model = getattr(sample, "model_mask", None)
+                mask[i, :t] = torch.tensor(model, dtype=torch.float32) if model is not None else 1.0
+                if context_mask is not None:
+                    context_mask[i, :t] = 1.0 - mask[i, :t]
+        return cls(prompt_ids, prompt_mask, completion_ids, mask, rollout_logp, truncated, context_mask=context_mask)

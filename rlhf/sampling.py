@@ -1,6 +1,12 @@
-"""The rollout side of a step: draw prompts, generate groups on the rollout engines, score every objective,
-aggregate, and (DAPO) shape and filter. Produces `Groups`; the driver turns them into an `Experience`."""
+"""The rollout side of a step: draw prompts, take a group of samples for each from the rollout source, score every
+objective, aggregate, and (DAPO) shape and filter. Produces `Groups`; the driver turns them into an `Experience`.
 
+A rollout source turns a batch of prompt rows into G samples each: `rollout(batch, G, sampling, version, timer) ->
+list[list[Sample]]` and `metrics(groups) -> dict`. `SingleTurn` (one completion per sample, below) and
+`rlhf.agents.episodes.EpisodeRunner` (multi-turn episodes with tools and environments) are the two; the sampler and
+the evaluator take whichever `rollout_source` gives them."""
+
+import contextlib
 import json
 import logging
 import math
@@ -23,9 +29,45 @@ from rlhf.rewards.aggregation import Aggregation, reference_quantile
 log = logging.getLogger(__name__)
 
 
+class _NoTimer:
+    """A phase timer that times nothing (work outside a step)."""
+
+    def __call__(self, name: str):
+        return contextlib.nullcontext()
+
+
+NO_TIMER = _NoTimer()
+
+
+class SingleTurn:
+    """One completion per sample, shared among the engines."""
+
+    def __init__(self, actors):
+        self.actors = actors
+
+    def rollout(self, batch: PromptBatch, group_size: int, sampling: SamplingSettings, version: int | None, timer):
+        with timer("generate"):
+            return generate(self.actors, batch.token_ids, group_size, sampling, version)
+
+    def metrics(self, groups) -> dict[str, float]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def rollout_source(actors, cfg: Config, tokenizer):
+    """Episodes when `env` names a factory or tools, else single turns."""
+    if cfg.env.enabled:
+        from rlhf.agents.episodes import EpisodeRunner
+
+        return EpisodeRunner(actors, cfg, tokenizer)
+    return SingleTurn(actors)
+
+
 class Sampler:
-    def __init__(self, actors, cfg: Config, aggregation: Aggregation):
-        self.actors, self.cfg, self.aggregation = actors, cfg, aggregation
+    def __init__(self, actors, cfg: Config, aggregation: Aggregation, source):
+        self.actors, self.cfg, self.aggregation, self.source = actors, cfg, aggregation, source
         self.reference_rewards = None
         self.settings = SamplingSettings(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p)
         self.weights = torch.tensor(cfg.reward.objective_weights())
@@ -43,16 +85,15 @@ class Sampler:
         kept, dropped = [], []
         for rounds in range(1, cfg.algo.sampling.max_rounds + 1):
             batch = prompts.next_batch(wanted)
-            with timer("generate"):
-                # seeds depend only on (seed, step, round): a resumed run samples what the first one would have
-                seed = random.Random(f"{cfg.seed}/{step}/{rounds}").getrandbits(48)
-                samples = generate(self.actors, batch.token_ids, size, replace(self.settings, seed=seed), version)
+            # seeds depend only on (seed, step, round): a resumed run samples what the first one would have
+            seed = random.Random(f"{cfg.seed}/{step}/{rounds}").getrandbits(48)
+            samples = self.source.rollout(batch, size, replace(self.settings, seed=seed), version, timer)
             with timer("reward"):
-                groups = Groups(batch, samples, self.rewards(batch, [s.text for g in samples for s in g]))
+                groups = Groups(batch, samples, self.rewards(batch, [s for g in samples for s in g]))
                 if cfg.algo.sampling.overlong_fraction:
                     add_overlong_punishment(groups, cfg)
             if not cfg.algo.sampling.dynamic:
-                return groups, {}
+                return groups, self.source.metrics(groups.samples)
             informative = informative_groups(torch.tensor(groups.rewards.task()), size).tolist()
             kept.append(groups.take(i for i, keep in enumerate(informative) if keep))
             dropped.append(groups.take(i for i, keep in enumerate(informative) if not keep))
@@ -65,13 +106,14 @@ class Sampler:
                         wanted, rounds)
         groups = Groups.concat(kept + dropped).take(range(wanted))
         groups.topped_up = filled
-        return groups, {"sampling/rounds": rounds, "sampling/uninformative_in_batch": filled}
+        return groups, {"sampling/rounds": rounds, "sampling/uninformative_in_batch": filled,
+                        **self.source.metrics(groups.samples)}
 
-    def rewards(self, batch: PromptBatch, completions: list[str]) -> RewardResult:
+    def rewards(self, batch: PromptBatch, samples: list) -> RewardResult:
         """Every objective's rewards, then their aggregation into the total the estimator sees."""
-        size = len(completions) // len(batch.rows)
+        size = len(samples) // len(batch.rows)
         labels = self.cfg.reward.objective_labels()
-        per_objective = score(self.actors.reward, self.actors.reward_models, batch, completions, size)
+        per_objective = score(self.actors.reward, self.actors.reward_models, batch, samples, size)
         per_objective = {label: per_objective[label] for label in labels}
         objectives = objective_matrix(per_objective, labels)
         r_ref = None
@@ -97,9 +139,9 @@ class Sampler:
             batch = PromptBatch([prompts.rows[i] for i in rows], [prompts.token_ids[i] for i in rows],
                                 [prompts.texts[i] for i in rows])
             seed = random.Random(f"{self.cfg.seed}/r_ref/{start}").getrandbits(48)
-            samples = generate(self.actors, batch.token_ids, lsc.ref_samples, replace(self.settings, seed=seed), 0)
-            per_objective = score(self.actors.reward, self.actors.reward_models, batch, [s.text for g in samples for s in g],
-                                  lsc.ref_samples)
+            samples = self.source.rollout(batch, lsc.ref_samples, replace(self.settings, seed=seed), 0, NO_TIMER)
+            per_objective = score(self.actors.reward, self.actors.reward_models, batch,
+                                  [s for g in samples for s in g], lsc.ref_samples)
             objectives = objective_matrix(per_objective, labels)
             for text, block in zip(batch.texts, objectives.split(lsc.ref_samples)):
                 table[text] = reference_quantile(block, lsc.quantile, lsc.estimator)
@@ -134,15 +176,22 @@ def generate(actors, prompts: list[list[int]], n: int, sampling: SamplingSetting
     return [group for part in results for group in part]
 
 
-def score(reward, reward_models: dict, batch: PromptBatch, completions: list[str],
-          group_size: int) -> dict[str, list[float]]:
-    """Objective label -> rewards from the reward-function actor (`reward`, may be None) and the reward-model
-    actors (label -> actor), side by side; every row column is repeated for each sample of its group."""
+def score(reward, reward_models: dict, batch: PromptBatch, samples: list, group_size: int) -> dict[str, list[float]]:
+    """Objective label -> rewards of the (flat, group after group) `samples` from the reward-function actor
+    (`reward`, may be None) and the reward-model actors (label -> actor), side by side; every row column is repeated
+    for each sample of its group. An episode is scored as TRL scores one: its prompt (with the environment's
+    observation), its messages as the completion, and its environment's reward in the `env_reward` column;
+    reward models read its last assistant turn."""
     repeat = lambda values: [v for v in values for _ in range(group_size)]  # noqa: E731
     columns = {key: repeat([row.get(key) for row in batch.rows]) for key in batch.rows[0] if key != "prompt"}
     prompts = repeat([row["prompt"] for row in batch.rows])
+    texts = [s.text for s in samples]
+    completions = texts
+    if samples and hasattr(samples[0], "messages"):
+        prompts, completions = [s.prompt for s in samples], [s.messages for s in samples]
+        columns["env_reward"] = [s.env_reward for s in samples]
     from_functions = reward.score.remote(prompts, completions, columns) if reward else None
-    from_models = {label: actor.score.remote(prompts, completions) for label, actor in reward_models.items()}
+    from_models = {label: actor.score.remote(prompts, texts) for label, actor in reward_models.items()}
     per_objective = ray.get(from_functions) if from_functions else {}
     per_objective.update(zip(from_models, ray.get(list(from_models.values()))))
     return per_objective

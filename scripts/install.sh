@@ -8,8 +8,22 @@ cd "$(dirname "$0")/.."
 extras="${RLHF_EXTRAS:-cpu test}"
 stamp_dir="${RLHF_CACHE:-$HOME/.cache/rlhf}"
 stamp="$stamp_dir/install-$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)-${extras// /-}"
-if [ -f "$stamp" ] && python -c "import vllm, deepspeed, ray, hydra, transformers, reasoning_gym" 2>/dev/null; then
+if [ -f "$stamp" ] && command -v bwrap >/dev/null && \
+        python -c "import vllm, deepspeed, ray, hydra, transformers, reasoning_gym" 2>/dev/null; then
     exit 0
+fi
+
+# bubblewrap: the sandbox of the Python tool (rlhf/agents/sandbox.py), from Debian/Ubuntu
+if ! command -v bwrap >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    if command -v apt-get >/dev/null; then
+        $sudo apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+            { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q bubblewrap >/dev/null; } || \
+            echo "install.sh: could not install bubblewrap: the Python tool will refuse to run" >&2
+    else
+        echo "install.sh: no apt-get: install bubblewrap (bwrap) for the Python tool's sandbox" >&2
+    fi
 fi
 
 requirements="$(mktemp)"

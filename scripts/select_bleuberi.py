@@ -86,7 +86,7 @@ def scored_pool(cfg, args):
                                 stream.texts[start : start + chunk])
             samples = generate(actors, batch.token_ids, 1, replace(settings, seed=args.seed + start))
             texts = [group[0].text for group in samples]
-            per_objective = score(actors.reward, actors.reward_models, batch, texts, 1)
+            per_objective = score(actors.reward, actors.reward_models, batch, [group[0] for group in samples], 1)
             scores += weighted_sum(objective_matrix(per_objective, cfg.reward.objective_labels()), weights).tolist()
             completions += texts
     finally:

@@ -1,7 +1,11 @@
 """Advantage estimators (spec §3, §4.2, §6). Pure tensor math; registered estimators adapt them to a batch.
 
-Tensors are [B, T] with a 0/1 mask of real completion tokens; sequence-level rewards are [B] with groups of
+Tensors are [B, T] with a 0/1 mask of the model's completion tokens; sequence-level rewards are [B] with groups of
 `group_size` contiguous rows. NaN rewards (unscorable samples) are left out of group statistics, advantage 0.
+In a multi-turn episode the mask has holes (the environment's tokens, 0): the token-level estimators (REINFORCE++,
+GAE) run over each row's model tokens side by side (`on_model_tokens`), so the score sits on the last model token,
+returns and GAE bootstrap from one model token to the next across the environment's, and the environment's tokens
+get advantage 0.
 """
 
 from dataclasses import dataclass
@@ -143,8 +147,25 @@ def reinforce_pp_baseline(inputs: AdvantageInputs) -> torch.Tensor:
 
 def _reinforce_pp(inputs: AdvantageInputs, scores: torch.Tensor) -> torch.Tensor:
     mask = scorable_mask(inputs.experience)  # an unscorable sequence takes no part in the whitening: advantage 0
-    rewards = token_rewards(scores, mask, kl_in_reward(inputs), inputs.kl_coef)
-    return masked_whiten(discounted_returns(rewards, mask, inputs.cfg.gamma), mask)
+    kl = kl_in_reward(inputs)
+
+    def returns(mask, kl=None):
+        rewards = token_rewards(scores, mask, kl, inputs.kl_coef)
+        return masked_whiten(discounted_returns(rewards, mask, inputs.cfg.gamma), mask)
+
+    return on_model_tokens(returns, mask, *([kl] if kl is not None else []))
+
+
+def on_model_tokens(fn, mask: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
+    """`fn(mask, *tensors)` over each row's mask-1 positions moved side by side to the left (in order), its result
+    put back at those positions, 0 elsewhere. For a mask without holes this is `fn` itself."""
+    count = int(mask.sum(-1).max().item()) if mask.numel() else 0
+    if count == 0:
+        return torch.zeros_like(mask, dtype=torch.float32)
+    index = torch.argsort((mask == 0).to(torch.int8), dim=-1, stable=True)[:, :count]  # mask-1 positions first
+    packed_mask = mask.gather(1, index)
+    result = fn(packed_mask, *(t.gather(1, index) for t in tensors)) * packed_mask
+    return torch.zeros_like(mask, dtype=result.dtype).scatter(1, index, result)
 
 
 def scorable_mask(experience) -> torch.Tensor:
@@ -167,6 +188,10 @@ def gae_estimator(inputs: AdvantageInputs) -> torch.Tensor:
     if experience.values is None:
         raise ValueError("the gae advantage estimator needs a critic's values: set algo.critic.enabled=true")
     mask = scorable_mask(experience)  # an unscorable sequence: advantage 0 (its values pass nothing back)
-    rewards = token_rewards(experience.rewards, mask, kl_in_reward(inputs), inputs.kl_coef)
-    advantages, _ = gae(rewards, experience.values, mask, inputs.cfg.gamma, inputs.cfg.lam)
-    return advantages
+    kl = kl_in_reward(inputs)
+
+    def advantages(mask, values, kl=None):
+        rewards = token_rewards(experience.rewards, mask, kl, inputs.kl_coef)
+        return gae(rewards, values, mask, inputs.cfg.gamma, inputs.cfg.lam)[0]
+
+    return on_model_tokens(advantages, mask, experience.values, *([kl] if kl is not None else []))

@@ -23,8 +23,10 @@ def load_rows(cfg) -> list[dict]:
         rows = reasoning_gym_rows(cfg.task, cfg.size, cfg.seed)
     elif cfg.source == "file":
         rows = file_rows(cfg.path, bad_rows)
+    elif cfg.source == "env":  # the environment makes the task at reset: rows only number the episodes
+        rows = [{"prompt": cfg.task, "index": i} for i in range(cfg.size)]
     else:
-        raise ValueError(f"unknown data.source {cfg.source!r}; choose reasoning_gym or file")
+        raise ValueError(f"unknown data.source {cfg.source!r}; choose reasoning_gym, file or env")
     if not rows:
         bad_rows.report(0, what)
         raise ValueError(f"data source {cfg.source!r} produced no rows (path={cfg.path!r})")

@@ -94,3 +94,16 @@ def length(prompts, completions, scale: float = 140.0, low: float = 0.0, high: f
 def conciseness(prompts, completions, max_words: int = 64, **_) -> list[float]:
     """1 for an empty answer, falling linearly to 0 at `max_words` words and beyond."""
     return [max(0.0, 1.0 - len(c.split()) / max_words) for c in completions]
+
+
+@REWARD_FUNCTIONS.register("env")
+def env(prompts, completions, env_reward=None, **_) -> list[float | None]:
+    """The environment's own reward (`get_reward()` of each episode's environment, env.factory): the objective `env`."""
+    return list(_needs("env_reward", env_reward, "env (an env.factory whose class defines get_reward)"))
+
+
+def final_text(completion) -> str:
+    """What a built-in function reads of a completion: the text itself, or an episode's last assistant turn."""
+    if isinstance(completion, str):
+        return completion
+    return next((m.get("content") or "" for m in reversed(completion) if m.get("role") == "assistant"), "")

@@ -2,12 +2,12 @@
 
 import asyncio
 import concurrent.futures
-import importlib
 import inspect
 import math
 from pathlib import Path
 
-from rlhf.rewards.functions import REWARD_FUNCTIONS
+from rlhf.imports import import_object
+from rlhf.rewards.functions import REWARD_FUNCTIONS, final_text
 
 
 class RewardFunctionError(RuntimeError):
@@ -18,11 +18,10 @@ def resolve_function(name: str):
     """A built-in name (`bleu`) or an import path (`package.module:function`)."""
     if ":" not in name:
         return REWARD_FUNCTIONS.get(name)
-    module_name, _, attr = name.partition(":")
     try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"reward function {name!r} cannot be imported: {err}") from err
+        return import_object(name)
+    except ValueError as err:
+        raise ValueError(f"reward function {err}") from err
 
 
 def check_reward_sources(reward_cfg, key: str = "reward.functions") -> None:
@@ -49,6 +48,9 @@ class RewardScorer:
             if label in [f[0] for f in self.functions]:
                 raise ValueError(f"two reward functions are labelled {label!r}: give one a distinct `label`")
             self.functions.append((label, resolve_function(spec["name"]), dict(spec.get("kwargs") or {})))
+        # built-ins read text: an episode's completion (its messages) reaches them as its last assistant turn;
+        # functions of the user's get the messages, TRL's multi-turn shape
+        self.builtin = {label for label, spec in zip(self.labels, functions) if ":" not in spec["name"]}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 
     @property
@@ -58,14 +60,16 @@ class RewardScorer:
     def score(self, prompts: list, completions: list[str], columns: dict[str, list]) -> dict[str, list[float]]:
         """label -> one float per completion (NaN where the function returned None or NaN: unscorable)."""
         out = {}
+        texts = [final_text(c) for c in completions]
         for label, fn, kwargs in self.functions:
+            given = texts if label in self.builtin else completions
             try:
-                values = self._call(fn, prompts, completions, columns, kwargs)
+                values = self._call(fn, prompts, given, columns, kwargs)
             except TimeoutError as err:
                 raise RewardFunctionError(f"reward function {label!r} timed out after {self.timeout_s} s on a batch "
                                           f"of {len(completions)} (reward.timeout_s)") from err
             except Exception as err:
-                culprit = self._find_failing_sample(fn, prompts, completions, columns, kwargs)
+                culprit = self._find_failing_sample(fn, prompts, given, columns, kwargs)
                 raise RewardFunctionError(f"reward function {label!r} raised {err!r}{culprit}") from err
             out[label] = _check_values(label, values, len(completions))
         return out

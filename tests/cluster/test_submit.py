@@ -69,9 +69,10 @@ def test_smoke_experiment_as_a_ray_job(ray_head, tmp_path):
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     (run_dir,) = list((tmp_path / "runs").iterdir())  # outputs at the absolute path, not in the job's copy
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # two steps, then the final weights' evaluation as the line of step 2
+    assert [line["step"] for line in lines] == [0, 1, 2] and "reward" not in lines[2] and "eval/bleu" in lines[2]
     assert (run_dir / "final" / "config.json").exists()
-    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 1
 
 
 def test_submit_refuses_a_relative_output_root():
@@ -90,7 +91,7 @@ def test_a_sweep_as_one_ray_job(ray_head, tmp_path):
     members = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
     assert [m.name.split(",")[-1] for m in members] == ["train.lr=0.0001", "train.lr=0.001"], members
     for member in members:  # each its own metrics, checkpoint and wandb run
-        assert len((member / "metrics.jsonl").read_text().splitlines()) == 1
+        assert [json.loads(line)["step"] for line in (member / "metrics.jsonl").read_text().splitlines()] == [0, 1]
         assert list((member / "checkpoints").glob("step-*")) and list((member / "wandb").glob("offline-run-*"))
     summary = (sweep_dir / "summary.csv").read_text().splitlines()
     assert len(summary) == 3 and all(",finished," in row for row in summary[1:]), summary

@@ -23,3 +23,15 @@ def test_overlong_filtering_masks_only_truncated_completions():
     assert exp.truncated.tolist() == [False, True]
     assert exp.keeping(~exp.truncated).mask.tolist() == [[1, 1], [0, 0]]  # DAPO's overlong filtering
     assert exp.mask.tolist() == [[1, 1], [1, 1]]  # the original is left alone
+
+
+def test_an_episodes_environment_tokens_are_context_not_training():
+    from rlhf.agents.episodes import Episode
+
+    episode = Episode([5, 6, 7, 8], [-1.0, 0.0, 0.0, -2.0], "t", False, prompt_ids=[1, 2, 3], model_mask=[1, 0, 0, 1])
+    plain = Sample([9], [-0.5], "s", True)
+    exp = Experience.from_samples([[4]], [[episode, plain]], pad_id=0)
+    assert exp.prompt_ids.tolist() == [[1, 2, 3], [0, 0, 4]]  # an episode brings its own prompt
+    assert exp.mask.tolist() == [[1, 0, 0, 1], [1, 0, 0, 0]]
+    assert exp.context_mask.tolist() == [[0, 1, 1, 0], [0, 0, 0, 0]]
+    assert exp.attention_mask.tolist() == [[1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0, 0]]  # the model sees them

@@ -65,7 +65,8 @@ def test_a_parallel_sweep_gives_every_member_its_own_folder_and_wandb_run(tmp_pa
     assert [m.name.split("-")[0] for m in members] == ["0", "1"]
     assert all("train.lr=" in m.name for m in members)
     for member in members:
-        assert len((member / "metrics.jsonl").read_text().splitlines()) == 1
+        lines = [json.loads(line) for line in (member / "metrics.jsonl").read_text().splitlines()]
+        assert [line["step"] for line in lines] == [0, 1] and "reward" not in lines[1]  # a step, the final eval
         assert len(list((member / "wandb").glob("offline-run-*"))) == 1
         assert (member / "checkpoints" / "step-000000").is_dir()  # each member checkpoints into its own folder
     summary = (tmp_path / "summary.md").read_text()

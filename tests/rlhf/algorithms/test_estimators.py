@@ -98,3 +98,26 @@ def test_an_unscorable_reward_gets_advantage_0_and_no_part_in_the_statistics(nam
     reference = ADVANTAGE_ESTIMATORS.get(name)(AdvantageInputs(without, group - (group > 1), ESTIMATOR, kl_coef=0.1,
                                                               kl_estimator="k1"))
     torch.testing.assert_close(adv[[0, 1, 3]], reference, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["gae", "reinforce_pp"])
+def test_across_an_episodes_environment_tokens_the_advantage_bootstraps_from_model_token_to_model_token(name):
+    # an episode: model, environment, environment, model, model tokens. The environment's tokens get advantage 0,
+    # their values take no part, and the model's tokens get what the same tokens without the holes get
+    holes = SimpleNamespace(rewards=torch.tensor([1.0]), mask=torch.tensor([[1.0, 0.0, 0.0, 1.0, 1.0]]),
+                            values=torch.tensor([[0.5, 9.0, -9.0, 0.6, 0.7]]), rollout_logp=torch.full((1, 5), -1.0),
+                            ref_logp=torch.full((1, 5), -1.5))
+    packed = SimpleNamespace(rewards=torch.tensor([1.0]), mask=torch.ones(1, 3), values=torch.tensor([[0.5, 0.6, 0.7]]),
+                             rollout_logp=torch.full((1, 3), -1.0), ref_logp=torch.full((1, 3), -1.5))
+    estimator = SimpleNamespace(scale="std", eps=1e-4, gamma=0.9, lam=0.95)
+    estimate = ADVANTAGE_ESTIMATORS.get(name)
+    got = estimate(AdvantageInputs(holes, 1, estimator, kl_coef=0.1, kl_estimator="k1"))
+    want = estimate(AdvantageInputs(packed, 1, estimator, kl_coef=0.1, kl_estimator="k1"))
+    assert got[0, [1, 2]].tolist() == [0.0, 0.0]
+    torch.testing.assert_close(got[0, [0, 3, 4]], want[0], atol=1e-6, rtol=0)
+    if name == "gae":  # the GAE vector by hand: the score on the last model token, gamma 0.9, lambda 0.95
+        delta = [0.9 * 0.6 - 0.5 - 0.05, 0.9 * 0.7 - 0.6 - 0.05, 1.0 - 0.7 - 0.05]  # -0.1 x k1 (0.5) each
+        last = delta[2]
+        middle = delta[1] + 0.9 * 0.95 * last
+        assert got[0, 4].item() == pytest.approx(last) and got[0, 3].item() == pytest.approx(middle)
+        assert got[0, 0].item() == pytest.approx(delta[0] + 0.9 * 0.95 * middle)

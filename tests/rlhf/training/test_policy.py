@@ -1,6 +1,7 @@
 """The policy learner reports the time it spends on old logprobs (a phase of the issue-6 breakdown)."""
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -31,3 +32,32 @@ def test_old_logprobs_are_timed_only_when_computed(tiny_model, monkeypatch, epoc
     learner = PolicyLearner(tiny_model, cfg.train, cfg.algo, 4, 5, 1.0, 0)
     metrics = learner.train_step(batch(AutoConfig.from_pretrained(tiny_model).vocab_size))
     assert (metrics["time/old_logprobs"] > 0) == (epochs == 2)
+
+
+def test_an_episodes_environment_tokens_carry_no_gradient(tiny_model, monkeypatch):
+    # the same batch with the environment tokens' engine logprobs and advantages changed trains alike: they are
+    # context (attended to), never trained on; changing a model token's advantage does change the step
+    from transformers import AutoConfig
+
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29562", "RANK": "0", "WORLD_SIZE": "1",
+                       "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, os.environ.get(key, value))
+    cfg = load_config(compose_config("experiment=smoke", "algo.kl.beta=0", "train.lr=1e-12", "train.micro_batch_size=4",
+                                     "output_dir=/tmp/unused"))
+    learner = PolicyLearner(tiny_model, cfg.train, cfg.algo, 4, 5, 1.0, 0)
+    experience = batch(AutoConfig.from_pretrained(tiny_model).vocab_size)
+    environment = torch.tensor([[0.0, 1, 1, 0, 0]]).repeat(4, 1)  # tokens 1 and 2 of every row are the env's
+    experience.mask, experience.context_mask = 1.0 - environment, environment
+
+    def step(changed) -> dict:
+        return learner.train_step(changed)
+
+    base = step(experience)
+    perturbed = replace(experience, rollout_logp=experience.rollout_logp + 3.0 * environment,
+                        advantages=experience.advantages + 5.0 * environment)
+    again = step(perturbed)
+    assert again["loss"] == pytest.approx(base["loss"], abs=1e-7) and again["grad_norm"] == pytest.approx(base["grad_norm"], rel=1e-6)
+    model_token = torch.zeros(4, 5)
+    model_token[:, 0] = 1.0
+    other = step(replace(experience, advantages=experience.advantages + 5.0 * model_token))
+    assert other["grad_norm"] != pytest.approx(base["grad_norm"], rel=1e-3)
