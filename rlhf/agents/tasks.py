@@ -34,3 +34,14 @@ class GuessNumber:
 
     def get_reward(self) -> float:
         return max(0.0, 1.0 - 0.1 * (self.guesses - 1)) if self.solved else 0.0
+
+
+class GoOn:
+    """A benchmark environment: answers every turn with "Go on.", so an episode has exactly `env.max_turns` turns
+    (scripts/bench_agents.py)."""
+
+    def reset(self, **row) -> None:
+        return None
+
+    def respond(self, text: str) -> str:
+        return "Go on."
