@@ -11,8 +11,8 @@ episode goes on. A GRPO group is G episodes of one row from the same initial sta
 before each `reset`, so a self-sampling environment gives the group one task.
 """
 
+import json
 import random
-import time
 from dataclasses import dataclass, field, replace
 
 from rlhf.agents import sandbox
@@ -62,6 +62,7 @@ class EpisodeRunner:
         self.renderer = Renderer(tokenizer, schemas, env.tool_format, env.tools_prompt, cfg.data.system_prompt,
                                  read_chat_template(cfg.data.chat_template), dict(cfg.data.chat_template_kwargs or {}))
         self.runner = ToolRunner(env.tool_timeout_s, env.max_tool_response_tokens, tokenizer)
+        self.max_prompt_tokens = cfg.data.max_prompt_tokens  # what the engines' context was sized for
 
     def rollout(self, batch, group_size: int, sampling, version: int, timer) -> list[list[Episode]]:
         """G episodes for each row of `batch`, played to their end; seeds follow `sampling.seed`."""
@@ -81,11 +82,9 @@ class EpisodeRunner:
             for i, [sample] in zip(active, outputs):
                 episode, last = episodes[i], turn == self.env.max_turns - 1
                 stop = self._add_turn(episode, sample)
-                if episode.done:
-                    continue
                 content, calls, malformed = self.renderer.parse(sample.text)
                 episode.messages.append(assistant_message(content, calls, sample.text))
-                if last:
+                if episode.done or last:  # out of budget, or of turns: nothing is answered
                     episode.done = True
                 elif malformed:
                     pending.append((i, stop, "error", [ToolResult("tool_call", MALFORMED, error=True)]))
@@ -116,7 +115,12 @@ class EpisodeRunner:
                     if observation:
                         messages[-1] = {**messages[-1], "content": messages[-1]["content"] + observation}
                 prompt = messages if isinstance(row["prompt"], list) else messages[-1]["content"]
-                episodes.append(Episode([], [], "", False, prompt_ids=self.renderer.prompt(messages), prompt=prompt))
+                prompt_ids = self.renderer.prompt(messages)
+                if len(prompt_ids) > self.max_prompt_tokens:
+                    raise ValueError(f"an episode's prompt has {len(prompt_ids)} tokens (the tools' descriptions and "
+                                     "the environment's observation count), more than data.max_prompt_tokens="
+                                     f"{self.max_prompt_tokens}: raise it")
+                episodes.append(Episode([], [], "", False, prompt_ids=prompt_ids, prompt=prompt))
                 envs.append(env)
         return episodes, envs
 
@@ -180,8 +184,6 @@ def prompt_messages(prompt) -> list[dict]:
 
 def assistant_message(content: str, calls: list, text: str) -> dict:
     """An assistant turn in TRL's completions shape (tool calls with their arguments as objects)."""
-    import json
-
     message = {"role": "assistant", "content": content if calls else text}
     if calls:
         def arguments(call):

@@ -88,7 +88,7 @@ def test_a_turns_tool_calls_run_and_come_back_as_the_templates_tool_turns(engine
     from rlhf.agents.tools import ToolResult
 
     _, runner, tokenizer = run(engine, tiny_model, "env.tools=[tests_agent_helpers:add,tests_agent_helpers:explode]",
-                               "env.max_tool_calls=2", "env.max_turns=1")
+                               "env.max_tool_calls=2", "env.max_turns=1", "data.max_prompt_tokens=1024")
     runner.runner = type(runner.runner)(1.0, 32, tokenizer)
     text = ('<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>'
             '<tool_call>{"name": "explode", "arguments": {"reason": "x"}}</tool_call>'
