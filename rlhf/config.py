@@ -252,6 +252,7 @@ class CheckpointConfig:
     every: int = MISSING
     keep_last: int = MISSING
     keep_best: Optional[str] = MISSING
+    on_stop: bool = MISSING  # a SIGINT / SIGTERM stop writes a checkpoint of the last step
     dir: Optional[str] = MISSING
 
 

@@ -41,6 +41,7 @@ from rlhf.groups import Groups
 from rlhf.rewards import REWARD_AGGREGATIONS
 from rlhf.rewards.aggregation import Aggregation
 from rlhf.sampling import Sampler, rollout_source
+from rlhf.stopping import StopRequest
 from rlhf.models import resolve_model_path
 from rlhf.models.folders import write_text_atomically
 from rlhf.tracking import MetricsLog
@@ -67,9 +68,10 @@ def check_mismatch(step: int, metrics: dict, max_kl: float | None) -> None:
             "stale weights); the run stops")
 
 
-def run(cfg: Config) -> dict[str, float]:
-    """Train for `cfg.steps` steps; return the last step's metrics."""
-    trainer = Trainer(cfg)
+def run(cfg: Config, stop: StopRequest | None = None) -> dict[str, float]:
+    """Train for `cfg.steps` steps, or until `stop` is requested (SIGINT / SIGTERM: rlhf/stopping.py); return the last
+    step's metrics."""
+    trainer = Trainer(cfg, stop or StopRequest())
     try:
         return trainer.train()
     finally:
@@ -79,10 +81,10 @@ def run(cfg: Config) -> dict[str, float]:
 class Trainer:
     """One run: its actors, prompt stream, weight-sync route and loop state (KL controller, reward statistics)."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, stop: StopRequest):
         from transformers import AutoTokenizer
 
-        self.cfg = cfg
+        self.cfg, self.stop = cfg, stop
         self.output_dir = Path(cfg.output_dir).absolute()
         self.model_path = resolve_model_path(cfg.model.source, cfg.model.path)
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
@@ -106,6 +108,7 @@ class Trainer:
             check_reward_sources(replace(cfg.reward, functions=cfg.eval.rewards, models=[]), "eval.rewards")
         sync_folders.remove_orphans(cfg.rollout.sync_dir)
         self.started_ray = connect_ray(cfg)
+        self.stop.install()  # after ray.init, whose own SIGTERM handler aborts the process
         try:
             self.actors = launch_actors(cfg, self.model_path)
             self.weight_sync = make_route(
@@ -146,6 +149,8 @@ class Trainer:
         metrics, pending, step, unscorable_steps = {}, None, first_step, 0
         try:
             for step in bar:
+                if self.stop.requested:  # before the first step (the stop came during the start-up)
+                    break
                 timer = PhaseTimer()
                 groups, sampling_metrics, experience = self.rollout(step, pending, timer)
                 # the engines are idle now (a background rollout is collected): evaluate the weights this step
@@ -165,8 +170,12 @@ class Trainer:
                         f"step {step}: {unscorable_steps} steps in a row in which the rewards "
                         f"{cfg.reward.objective_labels()} left every sample unscorable (None or NaN): nothing was "
                         "learned; the run stops (reward.max_unscorable_steps)")
-                if checkpoint_due(step, cfg):
+                if checkpoint_due(step, cfg) or (self.stop.requested and cfg.checkpoint.on_stop):
                     self.save(step, cursor)
+                if self.stop.requested:  # close() waits for a background rollout already running
+                    self.stop.after_step = step
+                    log.warning("step %d: stopped by signal; resume with resume=auto", step)
+                    return metrics
         except (*ACTOR_DIED, RankDied) as err:
             raise RuntimeError(f"step {step}: a learner rank died (or a rank of a sharded reference, or another actor "
                                f"could not be brought back: {type(err).__name__}); the run stops. Checkpoints in "

@@ -37,9 +37,14 @@ def user_message(err: BaseException) -> str | None:
 def main(cfg: DictConfig) -> float:
     os.environ.setdefault("WANDB_SILENT", "true")
     from rlhf.driver import run
+    from rlhf.stopping import StopRequest
 
     try:
-        metrics = run(load_config(cfg))
+        with StopRequest() as stop:
+            metrics = run(load_config(cfg), stop)
+    except KeyboardInterrupt:  # a second Ctrl-C / SIGTERM: stopped at once, actors and Ray cleaned up
+        print("stopped at once: no checkpoint of the step in flight", file=sys.stderr)
+        sys.exit(130)
     except Exception as err:
         message = user_message(err)
         if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -47,7 +52,10 @@ def main(cfg: DictConfig) -> float:
         log.error("%s", message)
         print(f"Error: {message}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
         sys.exit(1)
-    log.info("finished: %s", {k: round(v, 4) for k, v in metrics.items() if "/" not in k})
+    if stop.requested:
+        print(f"stopped by signal after step {stop.after_step}: resume with resume=auto", file=sys.stderr)
+        sys.exit(stop.exit_code)
+    log.info("finished: %s", {k: f"{v:.4g}" for k, v in metrics.items() if "/" not in k})
     return metrics.get("reward", float("nan"))
 
 

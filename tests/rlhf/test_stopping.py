@@ -1,0 +1,65 @@
+"""Stopping a run by signal, as a researcher (Ctrl-C) or a scheduler (SIGTERM) does: it finishes the step in flight,
+writes a checkpoint of it, leaves no process and no shared-memory folder, exits 130 / 143, and resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.integration
+RUN = ["experiment=smoke", "steps=8", "checkpoint.every=100", "save_final=false", "logging.progress_bar=false",
+       "rollout.engine=hf", "preflight.enabled=false", "eval.every=0"]
+
+
+def start(out, *extra):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.Popen([sys.executable, "-m", "rlhf.train", *RUN, f"output_dir={out}", f"hydra.run.dir={out}",
+                             f"rollout.sync_dir={out.parent / 'sync'}", *extra], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def steps(out) -> list[int]:
+    metrics = out / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    return [json.loads(line)["step"] for line in lines if line.endswith("}")]
+
+
+def stop_when_logged(process, out, step: int, number: int) -> tuple[int, list[int], str]:
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None and step not in steps(out):
+        time.sleep(0.2)
+    assert process.poll() is None, process.stderr.read()[-3000:]
+    family = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
+    if number == signal.SIGINT:  # a terminal's Ctrl-C reaches the whole foreground process group, Ray's too
+        os.killpg(process.pid, number)
+    else:  # a scheduler's SIGTERM, to the driver
+        process.send_signal(number)
+    _, stderr = process.communicate(timeout=300)
+    return process.returncode, family, stderr
+
+
+@pytest.mark.parametrize("number, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_the_run_after_its_step_with_a_checkpoint_and_nothing_left(tmp_path, number, code):
+    out = tmp_path / "run"
+    returncode, family, stderr = stop_when_logged(start(out), out, 1, number)
+    assert returncode == code, stderr[-3000:]
+    assert "resume with resume=auto" in stderr and "Traceback" not in stderr
+    done = steps(out)
+    assert 1 <= done[-1] < 7 and done == list(range(done[-1] + 1))  # stopped early, every step it began logged
+    checkpoints = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
+    assert checkpoints == [f"step-{done[-1]:06d}"]  # checkpoint.every=100: this one is the stop's
+    time.sleep(2)
+    assert not [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert not list((tmp_path / "sync").glob("*"))  # the weight folder went with the run
+    if number == signal.SIGINT:  # and it resumes where it stopped
+        resumed = start(out, "resume=auto")
+        _, stderr = resumed.communicate(timeout=600)
+        assert resumed.returncode == 0, stderr[-3000:]
+        assert steps(out) == list(range(8))
