@@ -15,6 +15,7 @@ from actors.reward import RewardActor
 from actors.reward_model import RewardModelActor
 from actors.rollout import RolloutActor
 from rlhf.config import Config
+from rlhf.console import actor_environment
 from rlhf.engines.base import EngineSettings
 from rlhf.engines.vllm_engine import engine_environment
 from rlhf.models.resolve import cache_root
@@ -50,7 +51,8 @@ def wait_until_built(actors: dict[str, object], placement: Placement, every=None
                 cause = build_failure(err)
                 if cause is None:
                     raise
-                raise ActorBuildError(f"the {names[done[0]]} actor could not be built: {cause}") from err
+                raise ActorBuildError(f"the {names[done[0]]} actor could not be built: {cause} (every actor's output is "
+                                      "in <output_dir>/logs/)") from err
     except BaseException:
         for actor in every or actors.values():
             ray.kill(actor, no_restart=True)
@@ -161,6 +163,7 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
         demand = placement.demands[role]
         if not demand.num_gpus:
             env = {**env, **NO_GPU_ENV}
+        env = {**env, **actor_environment(str(cfg.output_dir), role, index, cfg.logging.console)}
         return {"num_cpus": demand.num_cpus, "num_gpus": demand.num_gpus, "runtime_env": {"env_vars": env},
                 "name": f"{role}-{index}-{run_tag}", "scheduling_strategy": placement.strategy(role, index)}
 

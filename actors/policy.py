@@ -5,6 +5,7 @@ import shutil
 import ray
 
 from actors.learner_group import LearnerRank
+from rlhf.console import capture_output
 from rlhf.experience import Experience
 from rlhf.training import sync_folders
 
@@ -13,6 +14,7 @@ from rlhf.training import sync_folders
 class PolicyActor(LearnerRank):
     def __init__(self, model_path: str, train_cfg, algo_cfg, batch_size: int, max_new_tokens: int,
                  temperature: float, seed: int):
+        capture_output()  # into <output_dir>/logs/<role>-<index>.log (rlhf/console.py)
         self.args = (model_path, train_cfg, algo_cfg, batch_size, max_new_tokens, temperature, seed)
 
     def build(self, rank: int, world: int):

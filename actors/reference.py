@@ -4,6 +4,7 @@ import ray
 import torch
 
 from actors.learner_group import LearnerGroup, LearnerRank, RankDied
+from rlhf.console import capture_output
 from rlhf.experience import Experience
 from rlhf.training.memory import building
 from rlhf.training.reference import ReferenceModel
@@ -13,6 +14,7 @@ from rlhf.training.reference import ReferenceModel
 class ReferenceActor(LearnerRank):
     def __init__(self, model_path: str, micro_batch_size: int, temperature: float, ranks: int, bf16: bool | None,
                  attn_implementation: str):
+        capture_output()  # into <output_dir>/logs/<role>-<index>.log (rlhf/console.py)
         self.args = (model_path, micro_batch_size, temperature, bf16, attn_implementation)
         if ranks == 1:  # built here, so that a Ray restart brings it back whole
             with building():

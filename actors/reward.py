@@ -2,12 +2,14 @@
 
 import ray
 
+from rlhf.console import capture_output
 from rlhf.rewards import RewardScorer
 
 
 @ray.remote
 class RewardActor:
     def __init__(self, functions: list[dict], timeout_s: float):
+        capture_output()  # into <output_dir>/logs/<role>-<index>.log (rlhf/console.py)
         self.scorer = RewardScorer(functions, timeout_s)
 
     def score(self, prompts: list, completions: list[str], columns: dict[str, list]) -> dict[str, list[float]]:

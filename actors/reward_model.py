@@ -2,6 +2,7 @@
 
 import ray
 
+from rlhf.console import capture_output
 from rlhf.rewards.reward_model import RewardModel
 from rlhf.training.memory import building
 
@@ -9,6 +10,7 @@ from rlhf.training.memory import building
 @ray.remote
 class RewardModelActor:
     def __init__(self, path: str, batch_size: int, max_length: int, chat_template_kwargs: dict | None = None):
+        capture_output()  # into <output_dir>/logs/<role>-<index>.log (rlhf/console.py)
         with building():
             self.model = RewardModel(path, batch_size, max_length, chat_template_kwargs)
 

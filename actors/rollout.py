@@ -2,6 +2,7 @@
 
 import ray
 
+from rlhf.console import capture_output
 from rlhf.engines.base import EngineSettings, Sample, SamplingSettings
 from rlhf.training.memory import building
 
@@ -18,6 +19,7 @@ class RolloutActor:
     the restart, at a moment when nothing else allocates on that GPU, then pushes the current weights."""
 
     def __init__(self, engine: str, model_path: str, settings: EngineSettings, seed: int):
+        capture_output()  # into <output_dir>/logs/<role>-<index>.log (rlhf/console.py)
         self.args = (engine, model_path, settings, seed)
         self.engine = None
         self.version = 0  # weight pushes received; 0 = the initial weights

@@ -245,6 +245,7 @@ class LoggingConfig:
     run_name: Optional[str] = MISSING
     plot: bool = MISSING
     progress_bar: bool = MISSING
+    console: str = MISSING  # quiet | normal | verbose (rlhf/console.py)
 
 
 @dataclass
@@ -406,6 +407,7 @@ def validate(c: Config) -> None:
         raise ValueError(f"algo.transforms={c.algo.transforms} names a transform twice")
     _choice("train.zero_stage", c.train.zero_stage, {0, 1, 2, 3})
     _choice("logging.wandb_mode", c.logging.wandb_mode, {"offline", "online", "disabled"})
+    _choice("logging.console", c.logging.console, {"quiet", "normal", "verbose"})
     _choice("data.bad_rows", c.data.bad_rows, {"error", "skip"})
     for key in ("steps", "prompts_per_step", "algo.group_size", "rollout.max_new_tokens", "train.lr",
                 "train.micro_batch_size", "reference.micro_batch_size", "rollout.threads", "train.threads"):

@@ -32,6 +32,7 @@ from rlhf.checkpoint import (
     save_checkpoint,
 )
 from rlhf.config import Config, settings_that_cannot_act
+from rlhf.console import configure_driver_logging, final_summary, startup_summary
 from rlhf.data import PromptStream, prompt_sets
 from rlhf.engines.base import SamplingSettings
 from rlhf.evaluation import Evaluator
@@ -71,6 +72,7 @@ def check_mismatch(step: int, metrics: dict, max_kl: float | None) -> None:
 def run(cfg: Config, stop: StopRequest | None = None) -> dict[str, float]:
     """Train for `cfg.steps` steps, or until `stop` is requested (SIGINT / SIGTERM: rlhf/stopping.py); return the last
     step's metrics."""
+    configure_driver_logging(cfg.logging.console)
     trainer = Trainer(cfg, stop or StopRequest())
     try:
         return trainer.train()
@@ -125,6 +127,7 @@ class Trainer:
             if self.started_ray:  # the actors go with the Ray instance this run started
                 ray.shutdown()
             raise
+        log.info("%s", startup_summary(cfg, self.actors.placement.demands, self.weight_sync.name))
         for warning in settings_that_cannot_act(cfg):
             log.warning(warning)
         self.estimate_advantages = ADVANTAGE_ESTIMATORS.get(cfg.algo.estimator.name)
@@ -142,6 +145,13 @@ class Trainer:
         self.gpu_guard = threading.Lock() if self.actors.engines_start_alone else nullcontext()
 
     def train(self) -> dict[str, float]:
+        started = time.perf_counter()
+        try:
+            return self._train()
+        finally:
+            log.info("%s", final_summary(self.metrics_log.history, time.perf_counter() - started, str(self.output_dir)))
+
+    def _train(self) -> dict[str, float]:
         cfg = self.cfg
         first_step = self.prepare()
         bar = tqdm(range(first_step, cfg.steps), desc="train", disable=not cfg.logging.progress_bar,
@@ -179,7 +189,8 @@ class Trainer:
         except (*ACTOR_DIED, RankDied) as err:
             raise RuntimeError(f"step {step}: a learner rank died (or a rank of a sharded reference, or another actor "
                                f"could not be brought back: {type(err).__name__}); the run stops. Checkpoints in "
-                               f"{self.checkpoints} are intact: rerun the same command with resume=auto") from err
+                               f"{self.checkpoints} are intact: rerun the same command with resume=auto. Each actor's "
+                               f"output is in {self.output_dir / 'logs'}") from err
         final_eval = self.evaluate(cfg.steps, PhaseTimer())
         if final_eval:  # the weights after the last update (always evaluated), logged as the step that would come next
             self.metrics_log.log(cfg.steps, final_eval)
@@ -520,11 +531,12 @@ def connect_ray(cfg: Config) -> bool:
         return False
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=cfg.logging.console != "quiet")
         return False
     # Workers import `rlhf` and `actors` from this checkout, wherever the driver was started from.
     repo = str(Path(__file__).resolve().parents[1])
     ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False,
+             log_to_driver=cfg.logging.console != "quiet",  # the actors' output is in their logs/ files
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}})
     return True
 

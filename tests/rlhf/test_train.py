@@ -33,6 +33,14 @@ def test_smoke_experiment_from_the_command_line(tmp_path):
     assert (out / "reward_curve.png").exists()
     assert list((out / "wandb").glob("offline-run-*"))
     assert (out / ".hydra" / "config.yaml").exists()
+    # the console: the driver's own lines (a start-up and a final summary), none of the actors' (logging.console=quiet)
+    console = result.stdout + result.stderr
+    assert "roles (colocated): rollout 1 x" in console and "3 steps in" in console
+    assert "pid=" not in console and "non-default args" not in console and "Loading weights" not in console
+    rollout_log = (out / "logs" / "rollout-0.log").read_text()
+    assert "non-default args" in rollout_log  # vLLM's INFO lines are in the engine's own log
+    assert {p.name for p in (out / "logs").iterdir()} == {"rollout-0.log", "reward-0.log", "policy-0.log",
+                                                          "reference-0.log"}
 
 
 def test_unknown_override_fails_fast_and_names_the_key(tmp_path):
