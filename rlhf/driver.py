@@ -326,7 +326,7 @@ def memory_preflight(actors: Actors, cfg: Config, prompts: PromptStream, output_
     token budget); if the peaks of the roles sharing a node exceed `preflight.memory_fraction` of it, stop now
     with every role's number rather than when the OOM killer strikes mid-run. Writes preflight.json."""
     started = time.perf_counter()
-    longest = max(prompts.token_ids, key=len)
+    longest = prompts.longest()
     sampling = SamplingSettings(cfg.completion_budget(), cfg.rollout.temperature, cfg.rollout.top_p, seed=0,
                                 ignore_eos=True)
     per_engine = math.ceil(cfg.prompts_per_step / len(actors.rollouts))

@@ -130,14 +130,14 @@ class Sampler:
         table = {}
         if cache.exists():
             table = {text: torch.tensor(v) for text, v in json.loads(cache.read_text()).items()}
-        needed = [i for i in self._reachable_rows(prompts) if prompts.texts[i] not in table]
+        reachable = self._reachable_rows(prompts)
+        needed = [i for i, text in zip(reachable, prompts.batch(reachable).texts) if text not in table]
         if needed:
             log.info("estimating LSC reference rewards for %d prompts (%d samples each)", len(needed), lsc.ref_samples)
         chunk = 8
         for start in tqdm(range(0, len(needed), chunk), desc="r_ref", disable=not self.cfg.logging.progress_bar):
             rows = needed[start : start + chunk]
-            batch = PromptBatch([prompts.rows[i] for i in rows], [prompts.token_ids[i] for i in rows],
-                                [prompts.texts[i] for i in rows])
+            batch = prompts.batch(rows)
             seed = random.Random(f"{self.cfg.seed}/r_ref/{start}").getrandbits(48)
             samples = self.source.rollout(batch, lsc.ref_samples, replace(self.settings, seed=seed), 0, NO_TIMER)
             per_objective = score(self.actors.reward, self.actors.reward_models, batch,
@@ -154,12 +154,12 @@ class Sampler:
         """Rows the run can draw from the stream's current cursor (all rows if it may go round the data)."""
         cfg = self.cfg
         draws = cfg.steps * cfg.prompts_per_step * (cfg.algo.sampling.max_rounds if cfg.algo.sampling.dynamic else 1)
-        if draws >= len(prompts.rows):
-            return list(range(len(prompts.rows)))
+        if draws >= len(prompts):
+            return list(range(len(prompts)))
         cursor = prompts.state_dict()
-        texts = set(prompts.next_batch(draws).texts)
+        reachable = sorted(set(prompts.draw(draws)))
         prompts.load_state_dict(cursor)
-        return [i for i, text in enumerate(prompts.texts) if text in texts]
+        return reachable
 
 
 def generate(actors, prompts: list[list[int]], n: int, sampling: SamplingSettings, version: int | None = None):

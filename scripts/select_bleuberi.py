@@ -62,7 +62,7 @@ def scored_pool(cfg, args):
     from transformers import AutoTokenizer
 
     from actors.launch import launch_actors
-    from rlhf.data import PromptBatch, PromptStream, load_rows, read_chat_template
+    from rlhf.data import PromptStream, load_rows, read_chat_template
     from rlhf.driver import connect_ray
     from rlhf.engines.base import SamplingSettings
     from rlhf.groups import objective_matrix
@@ -81,9 +81,8 @@ def scored_pool(cfg, args):
     weights = torch.tensor(cfg.reward.objective_weights())
     scores, completions, chunk = [], [], 16
     try:
-        for start in tqdm(range(0, len(stream.rows), chunk), desc="scoring the pool"):
-            batch = PromptBatch(stream.rows[start : start + chunk], stream.token_ids[start : start + chunk],
-                                stream.texts[start : start + chunk])
+        for start in tqdm(range(0, len(stream), chunk), desc="scoring the pool"):
+            batch = stream.batch(range(start, min(start + chunk, len(stream))))
             samples = generate(actors, batch.token_ids, 1, replace(settings, seed=args.seed + start))
             texts = [group[0].text for group in samples]
             per_objective = score(actors.reward, actors.reward_models, batch, [group[0] for group in samples], 1)
@@ -93,7 +92,7 @@ def scored_pool(cfg, args):
         actors.kill()
         if started:
             ray.shutdown()
-    return stream.rows, scores, completions
+    return stream.everything().rows, scores, completions
 
 
 def write(cfg, scored, args) -> None:

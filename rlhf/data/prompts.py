@@ -1,5 +1,16 @@
-"""Canonical prompt rows and the stream of tokenized prompt batches the driver consumes."""
+"""Canonical prompt rows and the stream of tokenized prompt batches the driver consumes.
 
+A table of rows is a list of dicts (generated data: reasoning-gym, an environment's task) or an Arrow table from
+`datasets` (files, any size: memory-mapped, never held in Python). Over an Arrow table the column mapping, the row
+checks, the chat template and the tokenizer run as batched `map`s (several processes for large tables), cached on
+disk by the data's fingerprint and the settings, so a second run or a resume reads them back in seconds; batches are
+drawn by index, so a draw costs the same whatever the size of the data.
+"""
+
+import hashlib
+import json
+import logging
+import os
 import random
 from dataclasses import dataclass, replace
 from functools import partial
@@ -8,15 +19,18 @@ from pathlib import Path
 from rlhf.data.bad_rows import BadRows
 from rlhf.data.sources import file_rows, reasoning_gym_rows
 
+log = logging.getLogger(__name__)
 CANONICAL = ("prompt", "references", "answer")
+PREPARED = ("_text", "_ids", "_length")  # the stream's own columns, beside the canonical ones
+PROCESSES_FROM = 50_000  # rows from which the map runs in several processes
+VERSION = "1"  # of the preparation below: a change makes every cache stale
 
 
-def load_rows(cfg) -> list[dict]:
-    """Load rows from `cfg.source` and rename columns per `cfg.columns` (canonical name -> column name).
-
-    Every row gets `prompt`; `references` (list of str) and `answer` when mapped; other columns pass through
-    unchanged so reward functions can use them. Rows the run cannot use stop it or are dropped (`cfg.bad_rows`).
-    """
+def load_rows(cfg):
+    """Rows from `cfg.source` with `cfg.columns` mapped (canonical name -> column name): a list of dicts, or an Arrow
+    table for files. Every row gets `prompt`; `references` (list of str) and `answer` when mapped; other columns pass
+    through unchanged so reward functions can use them. Rows the run cannot use stop it or are dropped
+    (`cfg.bad_rows`)."""
     bad_rows = BadRows(cfg.bad_rows)
     what = f"data.path={cfg.path!r}" if cfg.source == "file" else f"data.source={cfg.source!r}"
     if cfg.source == "reasoning_gym":
@@ -27,32 +41,71 @@ def load_rows(cfg) -> list[dict]:
         rows = [{"prompt": cfg.task, "index": i} for i in range(cfg.size)]
     else:
         raise ValueError(f"unknown data.source {cfg.source!r}; choose reasoning_gym, file or env")
-    if not rows:
+    if not len(rows):
         bad_rows.report(0, what)
         raise ValueError(f"data source {cfg.source!r} produced no rows (path={cfg.path!r})")
 
-    found = sorted(rows[0])
+    found = sorted(rows.column_names if hasattr(rows, "column_names") else rows[0])
     mapping = {k: v for k, v in cfg.columns.items() if v is not None}
     if "prompt" not in mapping:
         raise ValueError("data.columns.prompt must name the column that holds the prompt")
     for canonical, column in mapping.items():
         if canonical not in CANONICAL:
             raise ValueError(f"data.columns.{canonical}: unknown canonical column; choose from {CANONICAL}")
-        if column not in rows[0]:
+        if column not in found:
             raise ValueError(f"data.columns.{canonical}={column!r} is not a column of the data; found: {found}")
+    if isinstance(rows, list):
+        table = canonical_rows(rows, mapping, range(len(rows)))
+    else:
+        table = rows.map(lambda batch, indices: as_columns(canonical_rows(as_rows(batch), mapping, indices)),
+                         batched=True, with_indices=True, remove_columns=rows.column_names, desc="data rows",
+                         new_fingerprint=_fingerprint(rows, mapping), **_processes(len(rows)))
+    return keep_good(table, bad_rows, what)
 
+
+def canonical_rows(rows: list[dict], mapping: dict, numbers) -> list[dict]:
+    """Rows renamed to the canonical columns and checked; `_problem` says what makes one unusable ("" if nothing).
+    `numbers`: the rows' indices, which a problem names."""
     out = []
-    for index, row in enumerate(rows):
+    for number, row in zip(numbers, rows):
         mapped = {k: v for k, v in row.items() if k not in mapping.values()}
         for canonical, column in mapping.items():
             mapped[canonical] = row.get(column)
         problem = _row_problem(mapped)
-        if problem:
-            bad_rows.drop(f"data row {index}", problem)
-        else:
-            out.append(mapped)
-    bad_rows.report(len(out), what)
+        mapped["_problem"] = f"data row {number}: {problem}" if problem else ""
+        out.append(mapped)
     return out
+
+
+def as_rows(columns: dict) -> list[dict]:
+    return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+
+def as_columns(rows: list[dict]) -> dict:
+    return {key: [row.get(key) for row in rows] for key in dict.fromkeys(k for row in rows for k in row)}
+
+
+def _fingerprint(table, *settings) -> str:
+    """A derived table's cache key: its parent's, the settings, this module's version."""
+    return hashlib.sha256(json.dumps([table._fingerprint, VERSION, *settings], default=str).encode()).hexdigest()[:32]
+
+
+def keep_good(table, bad_rows: BadRows, what: str):
+    """The table without its rows that have a `_problem`: the first stops the run, or all are dropped and logged."""
+    if isinstance(table, list):
+        problems = [row["_problem"] for row in table if row["_problem"]]
+        kept = [{k: v for k, v in row.items() if k != "_problem"} for row in table if not row["_problem"]]
+    else:
+        flagged = table.filter(lambda ps: [bool(p) for p in ps], batched=True, input_columns="_problem")
+        problems = flagged["_problem"]
+        kept = table.filter(lambda ps: [not p for p in ps], batched=True, input_columns="_problem") if problems \
+            else table
+        kept = kept.remove_columns("_problem")
+    for problem in problems:
+        where, _, why = problem.partition(": ")
+        bad_rows.drop(where, why)
+    bad_rows.report(len(kept), what)
+    return kept
 
 
 def _row_problem(row: dict) -> str | None:
@@ -89,41 +142,56 @@ class PromptStream:
     """Endless shuffled epochs over the rows; its cursor (epoch, position) is all the state a resume needs.
     A prompt longer than `max_prompt_tokens` stops the run or is dropped (`bad_rows`, as `data.bad_rows`)."""
 
-    def __init__(self, rows: list[dict], tokenizer, system_prompt: str | None, max_prompt_tokens: int, seed: int,
+    def __init__(self, rows, tokenizer, system_prompt: str | None, max_prompt_tokens: int, seed: int,
                  bad_rows: str = "error", chat_template: str | None = None, chat_template_kwargs: dict | None = None):
-        """`chat_template`: Jinja text replacing the tokenizer's; `chat_template_kwargs` reach the template (e.g.
-        `enable_thinking: false` for Qwen3-style templates). A prompt given as a message list keeps its roles."""
-        self.rows, self.seed = [], seed
-        self.epoch, self.position = 0, 0
-        self.texts, self.token_ids = [], []
-        dropped = BadRows(bad_rows)
-        for index, row in enumerate(rows):
-            messages = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
-            if system_prompt:
-                messages = [{"role": "system", "content": system_prompt}, *messages]
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                                 chat_template=chat_template, **(chat_template_kwargs or {}))
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) > max_prompt_tokens:
-                dropped.drop(f"data row {index}", f"prompt has {len(ids)} tokens, more than data.max_prompt_tokens="
-                                                  f"{max_prompt_tokens}; raise the limit or drop the row")
-                continue
-            self.rows.append(row)
-            self.texts.append(text)
-            self.token_ids.append(ids)
-        dropped.report(len(self.rows), "the data (over-long prompts)")
+        """`rows`: a table from `load_rows`. `chat_template`: Jinja text replacing the tokenizer's;
+        `chat_template_kwargs` reach the template (e.g. `enable_thinking: false` for Qwen3-style templates). A prompt
+        given as a message list keeps its roles."""
+        self.seed, self.epoch, self.position = seed, 0, 0
+        render = Renderer(tokenizer, system_prompt, chat_template, dict(chat_template_kwargs or {}), max_prompt_tokens)
+        if isinstance(rows, list):
+            table = [{**row, **prepared} for row, prepared in zip(rows, render.rows(rows, range(len(rows))))]
+        else:
+            table = rows.map(lambda batch, indices: as_columns(render.rows(as_rows(batch), indices)), batched=True,
+                             with_indices=True, desc="templating and tokenizing",
+                             new_fingerprint=_fingerprint(rows, render.key()), **_processes(len(rows)))
+        self.table = keep_good(table, BadRows(bad_rows), "the data (over-long prompts)")
+        self.columns = [c for c in (self.table.column_names if not isinstance(self.table, list) else self.table[0])
+                        if c not in PREPARED]
         self._order = self._shuffled(0)
 
-    def everything(self) -> "PromptBatch":
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def batch(self, indices) -> PromptBatch:
+        """The rows at `indices` (of the table), prepared."""
+        indices = list(indices)
+        if isinstance(self.table, list):
+            picked = [self.table[i] for i in indices]
+        else:
+            columns = self.table[indices]  # one read of just these rows
+            picked = [dict(zip(columns, values)) for values in zip(*columns.values())]
+        return PromptBatch([{k: row[k] for k in self.columns} for row in picked], [row["_ids"] for row in picked],
+                           [row["_text"] for row in picked])
+
+    def everything(self) -> PromptBatch:
         """Every row, in the data's order (an eval set)."""
-        return PromptBatch(list(self.rows), list(self.token_ids), list(self.texts))
+        return self.batch(range(len(self)))
+
+    def longest(self) -> list[int]:
+        """The longest prompt's tokens (the memory pre-flight's case)."""
+        if isinstance(self.table, list):
+            lengths = [row["_length"] for row in self.table]
+            return self.batch([max(range(len(lengths)), key=lengths.__getitem__)]).token_ids[0]
+        return self.batch([int(self.table.with_format("numpy")["_length"].argmax())]).token_ids[0]
 
     def _shuffled(self, epoch: int) -> list[int]:
-        order = list(range(len(self.rows)))
+        order = list(range(len(self)))
         random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
         return order
 
-    def next_batch(self, size: int) -> PromptBatch:
+    def draw(self, size: int) -> list[int]:
+        """The indices of the next `size` rows, moving the cursor."""
         picked = []
         while len(picked) < size:
             if self.position == len(self._order):
@@ -131,11 +199,10 @@ class PromptStream:
                 self._order = self._shuffled(self.epoch)
             picked.append(self._order[self.position])
             self.position += 1
-        return PromptBatch(
-            rows=[self.rows[i] for i in picked],
-            token_ids=[self.token_ids[i] for i in picked],
-            texts=[self.texts[i] for i in picked],
-        )
+        return picked
+
+    def next_batch(self, size: int) -> PromptBatch:
+        return self.batch(self.draw(size))
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
@@ -145,13 +212,66 @@ class PromptStream:
         self._order = self._shuffled(self.epoch)
 
 
-def hold_out(rows: list[dict], count: int, seed: int) -> tuple[list[dict], list[dict]]:
+class Renderer:
+    """A row's prompt as its chat-templated text and tokens. A plain-string prompt under a template that only wraps
+    its content (checked with two probes) is wrapped directly, without Jinja per row."""
+
+    def __init__(self, tokenizer, system_prompt, chat_template, template_kwargs, max_prompt_tokens: int):
+        self.tokenizer, self.system_prompt = tokenizer, system_prompt
+        self.chat_template, self.kwargs, self.max_prompt_tokens = chat_template, template_kwargs, max_prompt_tokens
+        self.wrap = self._wrapping()  # (before, after) the content, or None: Jinja for every prompt
+
+    def key(self) -> list:
+        """What the prepared columns depend on (the cache's fingerprint)."""
+        return [getattr(self.tokenizer, "name_or_path", ""), len(self.tokenizer), self.system_prompt,
+                self.chat_template or self.tokenizer.chat_template, self.kwargs, self.max_prompt_tokens]
+
+    def template(self, prompt) -> str:
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        if self.system_prompt:
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                  chat_template=self.chat_template, **self.kwargs)
+
+    def _wrapping(self) -> tuple[str, str] | None:
+        # probes with white space around them: a template that trims or escapes the content gets Jinja for every row
+        first, second = " \n\u2063A<&\u2063 \n", "\tB\u2063\n"
+        rendered = self.template(first)
+        if rendered.count(first) != 1:
+            return None
+        before, after = rendered.split(first)
+        return (before, after) if self.template(second) == before + second + after else None
+
+    def rows(self, rows: list[dict], numbers) -> list[dict]:
+        """Each row's `_text`, `_ids`, `_length` and `_problem` (a prompt over the limit; `numbers` name rows)."""
+        texts = [self.wrap[0] + row["prompt"] + self.wrap[1] if self.wrap and isinstance(row["prompt"], str)
+                 else self.template(row["prompt"]) for row in rows]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        out = []
+        for number, text, tokens in zip(numbers, texts, ids):
+            problem = (f"data row {number}: prompt has {len(tokens)} tokens, more than data.max_prompt_tokens="
+                       f"{self.max_prompt_tokens}; raise the limit or drop the row"
+                       if len(tokens) > self.max_prompt_tokens else "")
+            out.append({"_text": text, "_ids": tokens, "_length": len(tokens), "_problem": problem})
+        return out
+
+
+def _processes(rows: int) -> dict:
+    """`map`'s num_proc: the cores for a large table, none for a small one (starting processes costs seconds)."""
+    return {"num_proc": min(os.cpu_count() or 1, 8)} if rows >= PROCESSES_FROM and (os.cpu_count() or 1) > 1 else {}
+
+
+def hold_out(rows, count: int, seed: int):
     """(training rows, `count` held-out rows): a fixed random choice, the same for every run of one data seed."""
     if count >= len(rows):
         raise ValueError(f"eval.held_out={count} leaves no training rows of the data's {len(rows)}: lower it, or give "
                          "the eval set its own data (eval.data)")
     chosen = set(random.Random(f"{seed}/eval").sample(range(len(rows)), count))
-    return [r for i, r in enumerate(rows) if i not in chosen], [r for i, r in enumerate(rows) if i in chosen]
+    train = [i for i in range(len(rows)) if i not in chosen]
+    held = sorted(chosen)
+    if isinstance(rows, list):
+        return [rows[i] for i in train], [rows[i] for i in held]
+    return rows.select(train), rows.select(held)
 
 
 def prompt_sets(cfg, tokenizer) -> tuple["PromptStream", PromptBatch | None]:

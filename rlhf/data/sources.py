@@ -1,5 +1,7 @@
 """Where prompt rows come from. Each source returns a list of dicts with the columns it has."""
 
+import glob
+import hashlib
 import json
 from pathlib import Path
 
@@ -56,21 +58,74 @@ def jsonl_rows(file: Path, bad_rows: BadRows) -> list[dict]:
     return [{key: row.get(key) for key in columns} for row in rows]
 
 
-def file_rows(path: str, bad_rows: BadRows | None = None) -> list[dict]:
-    """Rows of a local JSONL (read here, line by line) or JSON / parquet / CSV file (read through `datasets`)."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"data.path={path!r} does not exist")
-    if file.suffix not in FILE_FORMATS:
-        raise ValueError(f"data.path={path!r}: unsupported format {file.suffix!r}; use one of {sorted(FILE_FORMATS)}")
-    if file.stat().st_size == 0:
-        return []
-    if file.suffix == ".jsonl":
-        return jsonl_rows(file, bad_rows or BadRows("error"))
-    from datasets import load_dataset
+def file_rows(path: str, bad_rows: BadRows | None = None):
+    """The rows of local data: an Arrow table (`datasets`, memory-mapped, converted once and cached by the files'
+    fingerprint) of a JSONL / JSON / parquet / CSV file, a glob of them, a folder of shards of one format, or a
+    `save_to_disk` folder. JSONL is checked line by line first (Arrow would take invalid UTF-8 or a line that is no
+    object without a word), once per file version: a bad line stops the run naming file and line (`bad_rows=error`),
+    or the file is read by that checker instead, dropping the bad lines (`skip`), as a list of rows."""
+    from datasets import load_dataset, load_from_disk
 
+    bad_rows = bad_rows or BadRows("error")
+    if Path(path).is_dir() and (Path(path) / "dataset_info.json").exists():
+        return load_from_disk(path)
+    files = data_files(path)
+    if all(f.stat().st_size == 0 for f in files):
+        return []
+    suffixes = {f.suffix for f in files}
+    if len(suffixes) > 1:
+        raise ValueError(f"data.path={path!r} mixes formats {sorted(suffixes)}: give files of one format")
+    suffix = suffixes.pop()
+    if suffix == ".jsonl" and not all(jsonl_is_clean(f) for f in files):
+        return [row for f in files for row in jsonl_rows(f, bad_rows)]  # names or drops the bad lines
     try:
-        dataset = load_dataset(FILE_FORMATS[file.suffix], data_files=str(file), split="train")
+        return load_dataset(FILE_FORMATS[suffix], data_files=[str(f) for f in files], split="train")
     except Exception as err:  # datasets raises many kinds; the user needs the file's name
-        raise ValueError(f"data.path={path!r} could not be read as {FILE_FORMATS[file.suffix]}: {err!r}") from err
-    return list(dataset)
+        if suffix == ".jsonl":  # e.g. a column that is a list in one row and a string in another: rows, then
+            return [row for f in files for row in jsonl_rows(f, bad_rows)]
+        raise ValueError(f"data.path={path!r} could not be read as {FILE_FORMATS[suffix]}: {err!r}") from err
+
+
+def jsonl_is_clean(file: Path) -> bool:
+    """Every line is UTF-8 and a JSON object (blank lines allowed); remembered per file version (path, size, mtime)
+    under the project's cache, so a second run does not read the file again."""
+    from rlhf.models.resolve import cache_root
+
+    stat = file.stat()
+    key = hashlib.sha256(f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+    marker = cache_root() / "checked-jsonl" / key
+    if marker.exists():
+        return True
+    decoder = json.JSONDecoder()
+    with open(file, "rb") as f:
+        for raw in f:
+            try:
+                text = raw.decode("utf-8").strip()
+                if text and not isinstance(decoder.decode(text), dict):
+                    return False
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                return False
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return True
+
+
+def data_files(path: str) -> list[Path]:
+    """The files `data.path` names: itself, the files of a glob, or the data files of a folder (sorted)."""
+    if any(c in path for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(path) if Path(p).is_file())
+        if not files:
+            raise FileNotFoundError(f"data.path={path!r} matches no file")
+    elif Path(path).is_dir():
+        files = sorted(p for p in Path(path).iterdir() if p.suffix in FILE_FORMATS and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"data.path={path!r} is a folder without data files ({sorted(FILE_FORMATS)}) or a "
+                                    "save_to_disk folder")
+    elif Path(path).is_file():
+        files = [Path(path)]
+    else:
+        raise FileNotFoundError(f"data.path={path!r} does not exist")
+    for f in files:
+        if f.suffix not in FILE_FORMATS:
+            raise ValueError(f"data.path={str(f)!r}: unsupported format {f.suffix!r}; use one of {sorted(FILE_FORMATS)}")
+    return files

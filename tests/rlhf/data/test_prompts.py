@@ -28,7 +28,7 @@ def test_reasoning_gym_rows_have_references():
 def test_jsonl_with_column_mapping_and_string_reference(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"q": "hi", "ref": "hello", "extra": 1}])
     rows = load_rows(file_cfg(path, prompt="q", references="ref"))
-    assert rows == [{"prompt": "hi", "references": ["hello"], "extra": 1}]
+    assert list(rows) == [{"prompt": "hi", "references": ["hello"], "extra": 1}]
 
 
 def test_misnamed_column_is_named_with_those_found(tmp_path):
@@ -114,8 +114,8 @@ def test_jsonl_rows_get_every_column_and_skip_blank_lines(tmp_path):
 
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "a", "references": ["x"]}\n\n{"prompt": "b", "answer": "2"}\n')
-    assert file_rows(str(path)) == [{"prompt": "a", "references": ["x"], "answer": None},
-                                    {"prompt": "b", "references": None, "answer": "2"}]
+    assert list(file_rows(str(path))) == [{"prompt": "a", "references": ["x"], "answer": None},
+                                          {"prompt": "b", "references": None, "answer": "2"}]
 
 
 def test_bad_rows_skip_drops_each_kind_logs_them_and_keeps_the_rest(tmp_path, caplog, tiny_model):
@@ -137,8 +137,9 @@ def test_bad_rows_skip_drops_each_kind_logs_them_and_keeps_the_rest(tmp_path, ca
     with caplog.at_level("WARNING"):
         rows = load_rows(file_cfg(path, bad_rows="skip"))
         stream = PromptStream(rows, AutoTokenizer.from_pretrained(tiny_model), None, max_prompt_tokens=50, seed=0, bad_rows="skip")
-    assert [r["prompt"] for r in stream.rows] == ["good one", "good two"]
-    assert len(stream.token_ids) == len(stream.texts) == 2
+    everything = stream.everything()
+    assert [r["prompt"] for r in everything.rows] == ["good one", "good two"]
+    assert len(everything.token_ids) == len(everything.texts) == 2
     logged = caplog.text
     assert "dropped 5 of" in logged and "line 2: not valid UTF-8" in logged and "line 3: not valid JSON" in logged
     assert "prompt must be a non-empty string" in logged and "references must be" in logged
@@ -169,7 +170,7 @@ def test_a_chat_template_file_and_its_kwargs_reach_the_prompts_and_message_lists
     stream = PromptStream(rows, AutoTokenizer.from_pretrained(tiny_model), None, 200, 0,
                           chat_template=read_chat_template(str(template)),
                           chat_template_kwargs={"enable_thinking": False})
-    assert stream.texts == ["<user>hi<no-think><assistant>",
+    assert stream.everything().texts == ["<user>hi<no-think><assistant>",
                             "<system>be kind<user>hello<assistant>hey<user>again<no-think><assistant>"]
     with pytest.raises(FileNotFoundError, match="data.chat_template='/no/such.jinja' does not exist"):
         read_chat_template("/no/such.jinja")
@@ -188,6 +189,66 @@ def test_the_chat_template_kwargs_reach_the_eval_prompts_too(tiny_model, tmp_pat
                                      "data.chat_template_kwargs={flavour: salty}", "eval.held_out=2",
                                      "output_dir=/tmp/x"))
     train, held_out = prompt_sets(cfg, AutoTokenizer.from_pretrained(tiny_model))
+    train = train.everything()
     assert len(train.texts) == 4 and len(held_out.texts) == 2
     assert all(text.endswith("<salty>") for text in train.texts + held_out.texts)
     assert not set(train.texts) & set(held_out.texts)
+
+
+def test_shards_globs_and_save_to_disk_folders_read_as_one_arrow_table(tmp_path, tiny_model):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for k in range(3):
+        write_jsonl(shards / f"part-{k}.jsonl", [{"prompt": f"q{k}-{i}", "references": ["r"]} for i in range(4)])
+    from_folder, from_glob = load_rows(file_cfg(shards)), load_rows(file_cfg(shards / "part-*.jsonl"))
+    assert len(from_folder) == len(from_glob) == 12 and hasattr(from_folder, "column_names")  # Arrow, not Python
+    saved = tmp_path / "saved"
+    Dataset.from_list([{"prompt": "p1", "references": ["a"]}, {"prompt": "p2", "references": ["b"]}]).save_to_disk(saved)
+    assert [r["prompt"] for r in load_rows(file_cfg(saved))] == ["p1", "p2"]
+    stream = PromptStream(from_folder, AutoTokenizer.from_pretrained(tiny_model), None, 200, seed=0)
+    batch = stream.next_batch(3)
+    assert len(stream) == 12 and len(batch.rows) == 3 and batch.rows[0].keys() == {"prompt", "references"}
+    assert batch.texts[0].endswith("<|im_start|>assistant\n") and batch.token_ids[0]
+    with pytest.raises(ValueError, match="mixes formats"):
+        (shards / "extra.csv").write_text("prompt,references\nx,y\n")
+        load_rows(file_cfg(shards))
+
+
+def test_bad_rows_of_an_arrow_table_are_named_or_dropped(tmp_path, tiny_model, caplog):
+    from transformers import AutoTokenizer
+
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "fine", "references": ["x"]}, {"prompt": " ", "references": ["x"]},
+                                              {"prompt": "word " * 100, "references": ["x"]}])
+    with pytest.raises(ValueError, match="data row 1: prompt must be a non-empty string"):
+        load_rows(file_cfg(path))
+    rows = load_rows(file_cfg(path, bad_rows="skip"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    with pytest.raises(ValueError, match=r"data row 1: prompt has \d+ tokens, more than data.max_prompt_tokens=50"):
+        PromptStream(rows, tokenizer, None, max_prompt_tokens=50, seed=0)
+    with caplog.at_level("WARNING"):
+        stream = PromptStream(rows, tokenizer, None, max_prompt_tokens=50, seed=0, bad_rows="skip")
+    assert [r["prompt"] for r in stream.everything().rows] == ["fine"] and "dropped 1 of 2 rows" in caplog.text
+
+
+def test_a_second_stream_over_the_same_data_reads_its_tokens_from_the_cache(tmp_path, tiny_model, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from rlhf.data import prompts
+
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"question {i}", "references": ["x"]} for i in range(20)])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    first = PromptStream(load_rows(file_cfg(path)), tokenizer, None, 200, seed=0).everything()
+
+    def tokenize_again(*args, **kwargs):
+        raise AssertionError("the prepared rows were not read back from the cache")
+
+    monkeypatch.setattr(prompts.Renderer, "rows", tokenize_again)
+    second = PromptStream(load_rows(file_cfg(path)), tokenizer, None, 200, seed=0).everything()
+    assert second.token_ids == first.token_ids and second.texts == first.texts
+    changed = tmp_path / "changed.jsonl"
+    write_jsonl(changed, [{"prompt": "other", "references": ["x"]}])
+    with pytest.raises(AssertionError, match="not read back"):  # new data: prepared anew
+        PromptStream(load_rows(file_cfg(changed)), tokenizer, None, 200, seed=0)
