@@ -201,7 +201,7 @@ def add_overlong_punishment(groups: Groups, cfg: Config) -> None:
     """DAPO's soft overlong punishment, added to the total and logged on its own (a shaping term, not an
     objective)."""
     lengths = torch.tensor([len(s.completion_ids) for s in groups.completions])
-    budget = cfg.rollout.max_new_tokens
+    budget = cfg.completion_budget()  # a turn's, or an episode's (whose length counts the environment's tokens too)
     buffer = max(1, round(cfg.algo.sampling.overlong_fraction * budget))  # the last tokens of the budget
     penalty = soft_overlong_punishment(lengths, budget, buffer, cfg.algo.sampling.overlong_penalty).tolist()
     groups.rewards.shaping["overlong"] = penalty
