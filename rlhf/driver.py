@@ -159,8 +159,9 @@ class Trainer:
         metrics, pending, step, unscorable_steps = {}, None, first_step, 0
         try:
             for step in bar:
-                if self.stop.requested:  # before the first step (the stop came during the start-up)
-                    break
+                if self.stop.requested:  # the stop came during the start-up: no step, no final weights
+                    self.stop.after_step = step - 1
+                    return metrics
                 timer = PhaseTimer()
                 groups, sampling_metrics, experience = self.rollout(step, pending, timer)
                 # the engines are idle now (a background rollout is collected): evaluate the weights this step
