@@ -183,7 +183,8 @@ class PromptStream:
         if isinstance(self.table, list):
             lengths = [row["_length"] for row in self.table]
             return self.batch([max(range(len(lengths)), key=lengths.__getitem__)]).token_ids[0]
-        return self.batch([int(self.table.with_format("numpy")["_length"].argmax())]).token_ids[0]
+        lengths = self.table.with_format("numpy")["_length"][:]  # a lazy column: sliced, it is read at once
+        return self.batch([int(lengths.argmax())]).token_ids[0]
 
     def _shuffled(self, epoch: int) -> list[int]:
         order = list(range(len(self)))

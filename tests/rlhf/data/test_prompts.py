@@ -212,6 +212,7 @@ def test_shards_globs_and_save_to_disk_folders_read_as_one_arrow_table(tmp_path,
     batch = stream.next_batch(3)
     assert len(stream) == 12 and len(batch.rows) == 3 and batch.rows[0].keys() == {"prompt", "references"}
     assert batch.texts[0].endswith("<|im_start|>assistant\n") and batch.token_ids[0]
+    assert len(stream.longest()) == max(map(len, stream.everything().token_ids))  # the memory pre-flight's case
     with pytest.raises(ValueError, match="mixes formats"):
         (shards / "extra.csv").write_text("prompt,references\nx,y\n")
         load_rows(file_cfg(shards))
