@@ -1,9 +1,12 @@
 """Hosts one generation engine, and knows which weights it holds."""
 
+from contextlib import contextmanager
+
 import ray
 
 from rlhf.console import capture_output
 from rlhf.engines.base import EngineSettings, Sample, SamplingSettings
+from rlhf.engines.streaming import Request, RequestStream, StreamReport
 from rlhf.training.memory import building
 
 
@@ -24,6 +27,7 @@ class RolloutActor:
         self.engine = None
         self.version = 0  # weight pushes received; 0 = the initial weights
         self.in_group = False  # a member of the NCCL route's weight group
+        self.stream = None  # rollout.mode=async: the requests streamed through the engine (submit / advance)
         if not ray.get_runtime_context().was_current_actor_reconstructed:
             with building():
                 self.start()
@@ -57,22 +61,55 @@ class RolloutActor:
         engine = self._engine()
         if version is not None and self.version < version:
             raise StaleWeightsError(f"engine holds weights version {self.version}, the driver expects {version}")
-        return engine.generate(prompts, n, sampling)
+        with self._stream_held():
+            return engine.generate(prompts, n, sampling)
+
+    # rollout.mode=async: requests streamed through the engine, which the driver steps slice by slice
+    def submit(self, requests: list[Request], partial: bool) -> None:
+        if self.stream is None:
+            self.stream = RequestStream(self._engine(), partial)
+        self.stream.submit(requests, self.version)
+
+    def advance(self, seconds: float) -> StreamReport:
+        """Step the streamed requests for at most `seconds` (less once one finishes); what finished."""
+        if self.stream is None:
+            return StreamReport([], self.version, 0, 0.0, 0)
+        return self.stream.advance(seconds, self.version)
+
+    @contextmanager
+    def _stream_held(self):
+        """Nothing of the stream runs meanwhile (the weights change, or another generation runs); it goes on after,
+        on the version the engine then holds."""
+        if self.stream is not None:
+            self.stream.hold()
+        try:
+            yield
+        finally:
+            if self.stream is not None and self.engine is not None:
+                self.stream.release(self.version)
 
     def load_weights(self, folder: str, version: int | None = None) -> None:
-        self._engine().load_weights(folder)
-        self.version = self.version + 1 if version is None else version
+        engine = self._engine()
+        with self._stream_held():
+            engine.load_weights(folder)
+            self.version = self.version + 1 if version is None else version
 
     def load_state(self, exported: dict, version: int) -> None:
         """Object-store route: the learner's exported arrays (Ray fetches them to this node, read in place)."""
         from rlhf.training.weight_transfer import from_arrays
 
-        self._engine().load_state(from_arrays(exported))
-        self.version = version
+        engine = self._engine()
+        with self._stream_held():
+            engine.load_state(from_arrays(exported))
+            self.version = version
 
-    # CUDA-IPC route: begin, one load_bucket per bucket, finish (which sets the version)
+    # CUDA-IPC route: begin, one load_bucket per bucket, finish (which sets the version); the stream is held from
+    # begin to finish
     def begin_weight_update(self) -> None:
-        self._engine().begin_weight_update()
+        engine = self._engine()
+        if self.stream is not None:
+            self.stream.hold()
+        engine.begin_weight_update()
 
     def load_bucket(self, bucket: dict) -> None:
         self._engine().load_bucket(bucket)
@@ -80,6 +117,8 @@ class RolloutActor:
     def finish_weight_update(self, version: int) -> None:
         self._engine().finish_weight_update()
         self.version = version
+        if self.stream is not None:
+            self.stream.release(version)
 
     # NCCL route (UNTESTED: needs two GPUs): join once; per push begin, receive_bucket per bucket, finish
     def join_weight_group(self, host: str, port: int, rank: int, world: int, bucket_bytes: int) -> None:

@@ -186,7 +186,11 @@ class RolloutConfig:
     weight_sync: str = MISSING
     sync_timeout_s: float = MISSING
     sync_bucket_mb: float = MISSING
-    async_one_step: bool = MISSING
+    mode: str = MISSING  # sync | one_step_off | async (rlhf/schedules.py, rlhf/asynchronous.py)
+    max_staleness: int = MISSING  # async: the most policy updates a trained token's weights may lag the learner's
+    push_every: int = MISSING  # async: policy updates between weight pushes
+    partial_rollouts: bool = MISSING  # async: a push interrupts running requests, which go on with the new weights
+    advance_s: float = MISSING  # async: the longest slice an engine generates before the driver hears from it
 
 
 @dataclass
@@ -466,9 +470,7 @@ def validate(c: Config) -> None:
     _positive("rollout.sync_bucket_mb", c.rollout.sync_bucket_mb)
     if not 0 < c.rollout.gpu_memory_utilization < 1:
         raise ValueError(f"rollout.gpu_memory_utilization={c.rollout.gpu_memory_utilization} must be in (0, 1)")
-    if c.rollout.sleep_mode and c.rollout.async_one_step:
-        raise ValueError("rollout.sleep_mode=true with rollout.async_one_step: a sleeping engine cannot generate the next "
-                         "batch while the learner trains; set rollout.sleep_mode=false (or null)")
+    validate_mode(c)
     for role in ("rollout", "train", "critic", "reference", "reward_actor"):
         _positive(f"{role}.num_gpus", _get(c, f"{role}.num_gpus"), allow_zero=True)
         share = _get(c, f"{role}.num_gpus")
@@ -492,9 +494,6 @@ def validate(c: Config) -> None:
         if _get(c, f"{role}.offload_optimizer") and _get(c, f"{role}.zero_stage") == 0:
             raise ValueError(f"{role}.offload_optimizer needs {role}.zero_stage >= 1 (DeepSpeed offloads ZeRO's "
                              "optimizer partitions)")
-    if c.rollout.async_one_step and c.algo.correction.mode == "none":
-        raise ValueError("rollout.async_one_step trains on samples of the previous weights: choose a rollout "
-                         "correction, e.g. algo/correction=tis (truncated importance sampling)")
     validate_correction(c.algo.correction)
     _choice("omp_wait_policy", c.omp_wait_policy, {"auto", "default", "passive", "active"})
     _choice("placement.layout", c.placement.layout, {"colocated", "split"})
@@ -530,6 +529,38 @@ def micro_batch(micro_batch_size: int, mini_batch: int, ranks: int) -> int:
     """The sequences of one forward/backward: `train.micro_batch_size`, or a rank's whole share of the mini-batch
     when that is smaller (presets that split the batch into mini-batches need no micro-batch override)."""
     return min(micro_batch_size, max(1, mini_batch // ranks))
+
+
+def validate_mode(c: Config) -> None:
+    """rollout.mode and its asynchronous settings."""
+    r = c.rollout
+    _choice("rollout.mode", r.mode, {"sync", "one_step_off", "async"})
+    if r.mode == "sync":
+        return
+    if r.sleep_mode:
+        raise ValueError(f"rollout.sleep_mode=true with rollout.mode={r.mode}: a sleeping engine cannot generate while "
+                         "the learner trains; set rollout.sleep_mode=false (or null)")
+    off_policy = r.mode == "one_step_off" or r.max_staleness > 0 or r.partial_rollouts
+    if off_policy and c.algo.correction.mode == "none":
+        raise ValueError(f"rollout.mode={r.mode} trains on samples of earlier weights: choose a rollout correction, "
+                         "e.g. algo/correction=tis (truncated importance sampling)")
+    if r.mode != "async":
+        return
+    _positive("rollout.max_staleness", r.max_staleness, allow_zero=True)
+    _positive("rollout.push_every", r.push_every)
+    _positive("rollout.advance_s", r.advance_s)
+    if r.engine != "vllm":
+        raise ValueError("rollout.mode=async streams requests through vLLM's engine step by step (continuous batching, "
+                         f"interruptible requests); rollout.engine={r.engine} cannot: use rollout.engine=vllm")
+    if r.push_every > r.max_staleness + 1:
+        raise ValueError(f"rollout.push_every={r.push_every} with rollout.max_staleness={r.max_staleness}: between two "
+                         f"pushes the learner moves {r.push_every - 1} updates past the engines' weights, so every sample "
+                         f"would be too stale; use push_every <= max_staleness + 1")
+    if c.algo.update.old_logprobs == "rollout":
+        raise ValueError("rollout.mode=async uses the decoupled PPO objective: the clip is centred on the learner's "
+                         "weights when the batch's update begins (algo.update.old_logprobs=recompute) and the rollout "
+                         "correction covers the gap to the engines'; algo.update.old_logprobs=rollout would centre it on "
+                         "weights up to max_staleness updates old")
 
 
 def validate_correction(k: CorrectionConfig) -> None:

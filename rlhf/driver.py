@@ -6,8 +6,7 @@ import math
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -15,9 +14,8 @@ import ray
 import torch
 from tqdm import tqdm
 
-from actors.launch import ActorBuildError, Actors, build_failure, engine_sleeps, launch_actors
+from actors.launch import Actors, engine_sleeps, launch_actors
 from actors.learner_group import LearnerGroup, RankDied
-from actors.rollout import StaleWeightsError
 from actors.weight_sync import make_route
 from rlhf.algorithms import ADVANTAGE_ESTIMATORS, AdvantageInputs
 from rlhf.algorithms.reward_shaping import KLController, RunningMoments
@@ -42,6 +40,7 @@ from rlhf.groups import Groups
 from rlhf.rewards import REWARD_AGGREGATIONS
 from rlhf.rewards.aggregation import Aggregation
 from rlhf.sampling import Sampler, rollout_source
+from rlhf.schedules import ACTOR_DIED, ACTOR_RESTARTED, PhaseTimer, make_schedule
 from rlhf.stopping import StopRequest
 from rlhf.models import resolve_model_path
 from rlhf.models.folders import write_text_atomically
@@ -115,7 +114,7 @@ class Trainer:
             self.actors = launch_actors(cfg, self.model_path)
             self.weight_sync = make_route(
                 cfg.rollout.weight_sync, self.actors.policy, self.actors.rollouts, cfg.rollout.sync_dir,
-                overlap=cfg.rollout.async_one_step, timeout_s=cfg.rollout.sync_timeout_s,
+                overlap=cfg.rollout.mode != "sync", timeout_s=cfg.rollout.sync_timeout_s,
                 bucket_mb=cfg.rollout.sync_bucket_mb, sleep=engine_sleeps(cfg),
                 tensor_parallel_size=cfg.rollout.tensor_parallel_size)
             self.metrics_log = MetricsLog(
@@ -138,11 +137,11 @@ class Trainer:
         self.source = rollout_source(self.actors, cfg, tokenizer)  # single turns, or multi-turn episodes
         self.sampler = Sampler(self.actors, cfg, self.aggregation, self.source)
         self.evaluator = Evaluator(self.actors, cfg, self.eval_prompts, self.source) if self.eval_prompts else None
-        # one-step-off-policy (rollout.async_one_step): the next step's rollout runs on the previous weights
-        # while this step trains; its phase times are merged into the step that uses it
-        self.background = ThreadPoolExecutor(max_workers=1) if cfg.rollout.async_one_step else None
         # a background rollout's retry starts restarted engines; where they share a GPU, not while the learners train
         self.gpu_guard = threading.Lock() if self.actors.engines_start_alone else nullcontext()
+        # when batches are generated (rollout.mode): synchronous, one step off, or asynchronous
+        self.schedule = make_schedule(self.actors, cfg, self.sampler, self.prompts, self.pad_id, self.weight_sync,
+                                      self.gpu_guard)
 
     def train(self) -> dict[str, float]:
         started = time.perf_counter()
@@ -156,21 +155,19 @@ class Trainer:
         first_step = self.prepare()
         bar = tqdm(range(first_step, cfg.steps), desc="train", disable=not cfg.logging.progress_bar,
                    dynamic_ncols=True, initial=first_step, total=cfg.steps)
-        metrics, pending, step, unscorable_steps = {}, None, first_step, 0
+        metrics, step, unscorable_steps = {}, first_step, 0
         try:
             for step in bar:
                 if self.stop.requested:  # the stop came during the start-up: no step, no final weights
                     self.stop.after_step = step - 1
                     return metrics
                 timer = PhaseTimer()
-                groups, sampling_metrics, experience = self.rollout(step, pending, timer)
-                # the engines are idle now (a background rollout is collected): evaluate the weights this step
-                # trains from, those of `step` updates
+                groups, sampling_metrics, experience = self.schedule.next(step, timer)
+                # the engines are idle now (a background rollout is collected; an async stream pauses for it):
+                # evaluate the weights this step trains from, those of `step` updates
                 eval_metrics = self.evaluate(step, timer)
-                # pushes the samples' weights are behind the learner's (1 in one-step-off-policy runs, else 0)
-                sampling_metrics["weights_behind"] = self.weight_sync.version - sampling_metrics.pop("weights_version")
-                cursor = self.prompts.state_dict()  # where a resume continues: before the next step's draws
-                pending = self.start_next_rollout(step)
+                cursor = self.schedule.state_dict()  # where a resume continues
+                self.schedule.prefetch(step)
                 metrics = {**self.learn(step, experience, groups.topped_up, timer), **rollout_metrics(experience, groups),
                            **sampling_metrics, **eval_metrics, **timer.seconds()}
                 report(step, metrics, groups, self.metrics_log, bar)
@@ -211,31 +208,10 @@ class Trainer:
             memory_preflight(self.actors, self.cfg, self.prompts, self.output_dir)
         if not self.state:
             return 0
-        restore(self.actors, self.resume_from, self.state, self.prompts, self.kl_control, self.reward_moments)
+        restore(self.actors, self.resume_from, self.state, self.schedule, self.kl_control, self.reward_moments)
         self.weight_sync.push()
         log.info("resumed from %s: continuing at step %d", self.resume_from, self.state["step"] + 1)
         return self.state["step"] + 1
-
-    def rollout(self, step: int, pending, timer: "PhaseTimer"):
-        """This step's groups and experience: generated now, or taken from the background rollout."""
-        if pending is None:
-            return rollout_with_retries(self.actors, self.sampler, self.prompts, step, self.pad_id, timer,
-                                        self.weight_sync, self.cfg.fault_tolerance, self.weight_sync.version,
-                                        self.gpu_guard)
-        future, background_timer = pending
-        with timer("wait_for_rollout"):
-            result = future.result()
-        timer.merge(background_timer)
-        return result
-
-    def start_next_rollout(self, step: int):
-        if self.background is None or step + 1 >= self.cfg.steps:
-            return None
-        timer = PhaseTimer()
-        future = self.background.submit(rollout_with_retries, self.actors, self.sampler, self.prompts, step + 1,
-                                        self.pad_id, timer, self.weight_sync, self.cfg.fault_tolerance,
-                                        self.weight_sync.version, self.gpu_guard)
-        return future, timer
 
     def evaluate(self, step: int, timer: "PhaseTimer") -> dict[str, float]:
         if self.evaluator is None or not evaluation_due(step, self.cfg):
@@ -275,22 +251,20 @@ class Trainer:
                 metrics.update(train(self.actors, batch, train_policy))
             check_mismatch(step, metrics, cfg.algo.correction.max_mismatch_kl)
         if train_policy:
-            with timer("weight_sync"):
-                self.weight_sync.push()
+            self.schedule.after_update(timer)  # pushes the new weights (async: every rollout.push_every updates)
         rollout_kl = sequence_kl(experience)
         self.kl_control.update(rollout_kl, experience.size)
         return {**metrics, "rollout_kl": rollout_kl, "kl_coef": self.kl_control.value}
 
     def save(self, step: int, cursor: dict) -> None:
-        driver_state = {"step": step, "prompts": cursor, "kl_coef": self.kl_control.value,
+        driver_state = {"step": step, **cursor, "kl_coef": self.kl_control.value,
                         "reward_moments": self.reward_moments.state_dict(), "wandb_id": self.metrics_log.wandb_id}
         path = save_checkpoint(self.checkpoints, step, lambda folder: save_learners(self.actors, folder),
                                driver_state, self.cfg.checkpoint.keep_last, self.best_checkpoint())
         log.info("step %d: checkpoint written to %s", step, path)
 
     def close(self) -> None:
-        if self.background is not None:
-            self.background.shutdown(wait=True, cancel_futures=True)
+        self.schedule.close()
         self.weight_sync.close()
         self.source.close()
         self.metrics_log.close()
@@ -313,11 +287,11 @@ def save_learners(actors: Actors, folder: Path) -> None:
     ray.get([ref for name, group in learners.items() if group for ref in group.call("save_checkpoint", str(folder / name))])
 
 
-def restore(actors: Actors, folder: Path, state: dict, prompts: PromptStream, kl_control: KLController,
+def restore(actors: Actors, folder: Path, state: dict, schedule, kl_control: KLController,
             reward_moments: RunningMoments) -> None:
     learners = {"policy": actors.policy, "critic": actors.critic}
     ray.get([ref for name, group in learners.items() if group for ref in group.call("load_checkpoint", str(folder / name))])
-    prompts.load_state_dict(state["prompts"])
+    schedule.load_state_dict(state)  # the data cursor (and an async run's groups to generate again)
     kl_control.value = state["kl_coef"]
     reward_moments.load_state_dict(state["reward_moments"])
 
@@ -351,81 +325,6 @@ def memory_preflight(actors: Actors, cfg: Config, prompts: PromptStream, output_
                           "rollout.kv_cache_gib; on a GPU, rollout.gpu_memory_utilization or the roles' GPU shares, or "
                           "train.offload_optimizer=true (with train.zero_stage >= 1); use train.zero_stage=3 over more "
                           "ranks, or placement=split over more nodes (preflight.json has every role's peak)")
-
-
-# What a dead actor looks like to the driver (Ray restarts it unless its restarts are used up).
-ACTOR_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
-# ... and what a restarted engine says when asked to generate: it is back at the initial weights.
-ACTOR_RESTARTED = (*ACTOR_DIED, StaleWeightsError)
-
-
-def rollout_with_retries(actors: Actors, sampler: Sampler, prompts: PromptStream, step: int, pad_id: int,
-                         timer: "PhaseTimer", weight_sync, fault_tolerance, version: int,
-                         gpu_guard=nullcontext()):
-    """Generate, score and build the experience. If a rollout, reward or reference actor dies meanwhile, wait
-    for Ray to restart it (`wait_for_restarts`), push the current weights (a restarted engine starts from the
-    initial ones), rewind the prompt stream and redo the step, at most `fault_tolerance.max_step_retries` times.
-    `version`: the weights the engines must hold at least."""
-    cursor = prompts.state_dict()
-    for attempt in range(fault_tolerance.max_step_retries + 1):
-        try:
-            groups, sampling_metrics = sampler.sample_groups(prompts, step, timer, version)
-            experience = make_experience(actors, groups, pad_id, timer)
-            return groups, {**sampling_metrics, "step_retries": attempt, "weights_version": version}, experience
-        except ACTOR_RESTARTED as err:
-            if attempt == fault_tolerance.max_step_retries:
-                raise RuntimeError(f"step {step}: an actor died {attempt + 1} times in a row "
-                                   f"(fault_tolerance.max_step_retries={fault_tolerance.max_step_retries}): {err}") from err
-            log.warning("step %d: an actor died (%s); waiting for its restart, then redoing the step (retry %d of %d)",
-                        step, type(err).__name__, attempt + 1, fault_tolerance.max_step_retries)
-            wait_for_restarts(actors, gpu_guard=gpu_guard)
-            weight_sync.push()
-            version = weight_sync.version
-            prompts.load_state_dict(cursor)
-
-
-def wait_for_restarts(actors: Actors, timeout_s: float = 300.0, gpu_guard=nullcontext()) -> None:
-    """Until every restartable actor answers; a restarted rollout actor's engine is started here, one at a time and
-    under `gpu_guard` (held while the learners train, where engines share their GPU: vLLM's start-up must see no
-    other allocation on it). One whose restart failed in its constructor will not come back, nor will one that has
-    used its restarts (a new call to it fails at once as dead, where a restarting one waits); one that dies again
-    meanwhile is waited for again."""
-    deadline = time.time() + timeout_s
-    engines = {id(rollout) for rollout in actors.rollouts}
-    for actor in filter(None, actors.stateless()):
-        dead_answers = 0
-        while True:
-            try:
-                ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.time()))
-                if id(actor) in engines:
-                    with gpu_guard:
-                        ray.get(actor.start.remote(), timeout=max(1.0, deadline - time.time()))
-                break
-            except ACTOR_DIED as err:
-                cause = build_failure(err)
-                if cause is not None:
-                    raise ActorBuildError(f"an actor restarted after a crash could not be built again: {cause}") from err
-                dead_answers = dead_answers + 1 if isinstance(err, ray.exceptions.ActorDiedError) else 0
-                if dead_answers == 3 or time.time() > deadline:
-                    raise
-                time.sleep(1.0)
-            except ray.exceptions.RayTaskError as err:  # the engine's own start raised
-                raise ActorBuildError(f"a rollout engine restarted after a crash could not start again: "
-                                      f"{type(err.cause).__name__}: {err.cause}") from err
-
-
-def make_experience(actors: Actors, groups: Groups, pad_id: int, timer: "PhaseTimer") -> Experience:
-    """The batch as tensors, with the reference's logprobs and the critic's values (computed side by side)."""
-    experience = Experience.from_samples(groups.batch.token_ids, groups.samples, pad_id)
-    experience.rewards = torch.tensor(groups.rewards.total, dtype=torch.float32)
-    experience.objective_rewards = groups.rewards.objectives()
-    ref_logp = actors.reference.logprobs(experience) if actors.reference else None
-    values = actors.critic.call("values", experience)[0] if actors.critic else None
-    with timer("reference"):
-        experience.ref_logp = actors.reference.collect(ref_logp) if ref_logp else None
-    with timer("values"):
-        experience.values = ray.get(values) if values else None
-    return experience
 
 
 def add_advantages(experience: Experience, estimate, algo, kl_coef: float, aggregation: Aggregation,
@@ -563,27 +462,3 @@ def rollout_metrics(experience: Experience, groups: Groups) -> dict[str, float]:
     for name, values in {**rewards.per_objective, **rewards.shaping}.items():
         metrics[f"reward/{name}"] = torch.tensor(values).nanmean().item()
     return metrics
-
-
-class PhaseTimer:
-    """Wall-clock seconds per phase of a step, plus the whole step and the CPU seconds the driver process spent
-    in it (all its threads: the loop, Ray's serialisation, a background rollout's bookkeeping)."""
-
-    def __init__(self):
-        self.start, self.cpu_start, self.phases = time.perf_counter(), time.process_time(), {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        began = time.perf_counter()
-        yield
-        self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - began
-
-    def merge(self, other: "PhaseTimer") -> None:
-        for name, seconds in other.phases.items():
-            self.phases[name] = self.phases.get(name, 0.0) + seconds
-
-    def seconds(self) -> dict[str, float]:
-        out = {f"time/{k}": v for k, v in self.phases.items()}
-        out["time/step"] = time.perf_counter() - self.start
-        out["time/driver_cpu"] = time.process_time() - self.cpu_start
-        return out

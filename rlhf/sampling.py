@@ -2,9 +2,11 @@
 objective, aggregate, and (DAPO) shape and filter. Produces `Groups`; the driver turns them into an `Experience`.
 
 A rollout source turns a batch of prompt rows into G samples each: `rollout(batch, G, sampling, version, timer) ->
-list[list[Sample]]` and `metrics(groups) -> dict`. `SingleTurn` (one completion per sample, below) and
-`rlhf.agents.episodes.EpisodeRunner` (multi-turn episodes with tools and environments) are the two; the sampler and
-the evaluator take whichever `rollout_source` gives them."""
+list[list[Sample]]` and `metrics(groups) -> dict`; for the asynchronous mode also `group(batch, G, sampling)`, one
+row's group as requests streamed one by one (`start() -> requests`, `receive(key, sample) -> next requests`,
+`result() -> samples once all are done`; a request is `(key, prompt tokens, SamplingSettings)`). `SingleTurn` (one
+completion per sample, below) and `rlhf.agents.episodes.EpisodeRunner` (multi-turn episodes with tools and
+environments) are the two; the sampler and the evaluator take whichever `rollout_source` gives them."""
 
 import contextlib
 import json
@@ -49,11 +51,33 @@ class SingleTurn:
         with timer("generate"):
             return generate(self.actors, batch.token_ids, group_size, sampling, version)
 
+    def group(self, batch: PromptBatch, group_size: int, sampling: SamplingSettings) -> "SingleTurnGroup":
+        return SingleTurnGroup(batch.token_ids[0], group_size, sampling)
+
     def metrics(self, groups) -> dict[str, float]:
         return {}
 
     def close(self) -> None:
         pass
+
+
+class SingleTurnGroup:
+    """One prompt's G samples as G requests (sample j seeded `seed + j`, as vLLM seeds the j-th of n)."""
+
+    def __init__(self, prompt_ids: list[int], size: int, sampling: SamplingSettings):
+        self.prompt_ids, self.sampling, self.samples = prompt_ids, sampling, [None] * size
+
+    def start(self) -> list[tuple]:
+        seed = self.sampling.seed
+        return [(j, self.prompt_ids, replace(self.sampling, seed=None if seed is None else seed + j))
+                for j in range(len(self.samples))]
+
+    def receive(self, key: int, sample) -> list[tuple]:
+        self.samples[key] = sample
+        return []
+
+    def result(self) -> list | None:
+        return self.samples if all(s is not None for s in self.samples) else None
 
 
 def rollout_source(actors, cfg: Config, tokenizer):
@@ -89,12 +113,10 @@ class Sampler:
             seed = random.Random(f"{cfg.seed}/{step}/{rounds}").getrandbits(48)
             samples = self.source.rollout(batch, size, replace(self.settings, seed=seed), version, timer)
             with timer("reward"):
-                groups = Groups(batch, samples, self.rewards(batch, [s for g in samples for s in g]))
-                if cfg.algo.sampling.overlong_fraction:
-                    add_overlong_punishment(groups, cfg)
+                groups = self.score(batch, samples)
             if not cfg.algo.sampling.dynamic:
                 return groups, self.source.metrics(groups.samples)
-            informative = informative_groups(torch.tensor(groups.rewards.task()), size).tolist()
+            informative = self.informative(groups)
             kept.append(groups.take(i for i, keep in enumerate(informative) if keep))
             dropped.append(groups.take(i for i, keep in enumerate(informative) if not keep))
             if sum(map(len, kept)) >= wanted:
@@ -108,6 +130,18 @@ class Sampler:
         groups.topped_up = filled
         return groups, {"sampling/rounds": rounds, "sampling/uninformative_in_batch": filled,
                         **self.source.metrics(groups.samples)}
+
+    def score(self, batch: PromptBatch, samples: list[list]) -> Groups:
+        """The groups of `batch` (samples[i] of row i) with every objective's reward, aggregated, and DAPO's overlong
+        punishment when configured."""
+        groups = Groups(batch, samples, self.rewards(batch, [s for g in samples for s in g]))
+        if self.cfg.algo.sampling.overlong_fraction:
+            add_overlong_punishment(groups, self.cfg)
+        return groups
+
+    def informative(self, groups: Groups) -> list[bool]:
+        """DAPO's dynamic-sampling filter: False for a group whose task rewards are all equal."""
+        return informative_groups(torch.tensor(groups.rewards.task()), self.cfg.algo.group_size).tolist()
 
     def rewards(self, batch: PromptBatch, samples: list) -> RewardResult:
         """Every objective's rewards, then their aggregation into the total the estimator sees."""

@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--trl-gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_agents")
-    parser.add_argument("--ours", nargs="*", default=["rollout.async_one_step=true", "algo/correction=tis",
+    parser.add_argument("--ours", nargs="*", default=["rollout.mode=one_step_off", "algo/correction=tis",
                                                       "rollout.threads=1", "train.threads=1", "reference.threads=1"])
     args = parser.parse_args()
 

@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_vs_trl")
-    parser.add_argument("--ours", nargs="*", default=["rollout.async_one_step=true", "algo/correction=tis", "rollout.threads=1",
+    parser.add_argument("--ours", nargs="*", default=["rollout.mode=one_step_off", "algo/correction=tis", "rollout.threads=1",
                                                       "train.threads=1", "reference.threads=1"],
                         help="Hydra overrides for our runs; the default is our fastest layout on 2 cores (generation "
                              "of the next batch overlapping training, one step off-policy, one thread per role: each lane gets "

@@ -67,7 +67,7 @@ def main() -> None:
     runs = {algo: [f"algo={algo}", *(kl_override(algo) if synthetic else [])] for algo in args.algos}
     if args.async_vs_sync:
         runs = {"grpo sync": ["algo=grpo"],
-                "grpo one-step-off-policy": ["algo=grpo", "rollout.async_one_step=true", "algo/correction=tis"]}
+                "grpo one-step-off-policy": ["algo=grpo", "rollout.mode=one_step_off", "algo/correction=tis"]}
     curves, clipped, spread, seconds = {}, {}, {}, {}
     for name, extra in runs.items():
         run_dir = args.out / name.replace(" ", "_")

@@ -40,10 +40,16 @@ class Episode(Sample):
     tool_errors: int = 0  # failed or malformed calls, and calls over env.max_tool_calls
     done: bool = False
 
-    def add(self, tokens: list[int], logprobs: list[float] | None) -> None:
+    def add(self, tokens: list[int], logprobs: list[float] | None, versions: list[int] | None = None) -> None:
+        """The model's tokens (with their logprobs, and in async runs the weights versions that sampled them), or the
+        environment's (logprobs None; they take the version of the model's turn before them)."""
         self.completion_ids += tokens
         self.logprobs += logprobs if logprobs is not None else [0.0] * len(tokens)
         self.model_mask += [1 if logprobs is not None else 0] * len(tokens)
+        if versions is not None:
+            self.versions = (self.versions or []) + versions
+        elif self.versions:
+            self.versions += [self.versions[-1]] * len(tokens)
 
 
 class EpisodeRunner:
@@ -80,28 +86,41 @@ class EpisodeRunner:
                                    1, replace(sampling, seed=turn_seed), version)
             pending = []  # what the environment answers this turn, see _answer
             for i, [sample] in zip(active, outputs):
-                episode, last = episodes[i], turn == self.env.max_turns - 1
-                stop = self._add_turn(episode, sample)
-                content, calls, malformed = self.renderer.parse(sample.text)
-                episode.messages.append(assistant_message(content, calls, sample.text))
-                if episode.done or last:  # out of budget, or of turns: nothing is answered
-                    episode.done = True
-                elif malformed:
-                    pending.append((i, stop, "error", [ToolResult("tool_call", MALFORMED, error=True)]))
-                elif calls:
-                    pending.append((i, stop, "tools", calls))
-                else:
-                    reply = envs[i].respond(content) if envs[i] is not None else None
-                    if reply is None:
-                        episode.done = True
-                    else:
-                        pending.append((i, stop, "reply", reply))
+                answer = self._after_turn(episodes[i], envs[i], sample, last=turn == self.env.max_turns - 1)
+                if answer is not None:
+                    pending.append((i, *answer))
             with timer("tools"):
                 self._answer(episodes, envs, pending)
         for episode, env in zip(episodes, envs):
-            episode.text = next((m["content"] for m in reversed(episode.messages) if m["role"] == "assistant"), "")
-            episode.env_reward = env.reward() if env is not None else None
+            self._finish(episode, env)
         return [episodes[g * group_size:(g + 1) * group_size] for g in range(len(batch.rows))]
+
+    def group(self, batch, group_size: int, sampling) -> "EpisodeGroup":
+        return EpisodeGroup(self, batch, group_size, sampling)
+
+    def _after_turn(self, episode: Episode, env, sample: Sample, last: bool) -> tuple | None:
+        """Add the model's turn; what the environment must answer to it, `(stop token, kind, payload)` (see _answer),
+        or None when the episode ends here."""
+        stop = self._add_turn(episode, sample)
+        content, calls, malformed = self.renderer.parse(sample.text)
+        episode.messages.append(assistant_message(content, calls, sample.text))
+        if episode.done or last:  # out of budget, or of turns: nothing is answered
+            episode.done = True
+        elif malformed:
+            return stop, "error", [ToolResult("tool_call", MALFORMED, error=True)]
+        elif calls:
+            return stop, "tools", calls
+        else:
+            reply = env.respond(content) if env is not None else None
+            if reply is not None:
+                return stop, "reply", reply
+            episode.done = True
+        return None
+
+    @staticmethod
+    def _finish(episode: Episode, env) -> None:
+        episode.text = next((m["content"] for m in reversed(episode.messages) if m["role"] == "assistant"), "")
+        episode.env_reward = env.reward() if env is not None else None
 
     def _start(self, batch, group_size: int, seed) -> tuple[list[Episode], list]:
         episodes, envs = [], []
@@ -129,7 +148,7 @@ class EpisodeRunner:
         stop token, None for a turn that `rollout.max_new_tokens` cut short (the environment closes it)."""
         room = self.env.max_episode_tokens - len(episode.completion_ids)
         tokens, logprobs = sample.completion_ids[:room], sample.logprobs[:room]
-        episode.add(tokens, logprobs)
+        episode.add(tokens, logprobs, sample.versions[:room] if sample.versions is not None else None)
         episode.turns += 1
         if len(sample.completion_ids) >= room:
             episode.done = episode.truncated = True
@@ -171,6 +190,40 @@ class EpisodeRunner:
 
     def close(self) -> None:
         self.runner.close()
+
+
+class EpisodeGroup:
+    """One row's G episodes streamed (rollout.mode=async): each episode asks for its next turn as soon as its last one
+    is answered, so a long episode holds back no other. The turns are the runner's (`_after_turn`, `_answer`)."""
+
+    def __init__(self, runner: EpisodeRunner, batch, size: int, sampling):
+        self.runner, self.sampling = runner, sampling
+        self.episodes, self.envs = runner._start(batch, size, sampling.seed)
+        self.turns = [0] * size
+
+    def start(self) -> list[tuple]:
+        return [self._request(j) for j in range(len(self.episodes))]
+
+    def _request(self, j: int) -> tuple:
+        episode, seed = self.episodes[j], self.sampling.seed
+        if seed is not None:  # a turn's seed of its own, as in the synchronous runner
+            seed = random.Random(f"{seed}/turn/{self.turns[j]}").getrandbits(48) + j
+        return j, episode.prompt_ids + episode.completion_ids, replace(self.sampling, seed=seed)
+
+    def receive(self, j: int, sample: Sample) -> list[tuple]:
+        """The episode's turn came back: the environment answers it (tools run here); its next turn, if any."""
+        episode, env = self.episodes[j], self.envs[j]
+        self.turns[j] += 1
+        answer = self.runner._after_turn(episode, env, sample, last=self.turns[j] == self.runner.env.max_turns)
+        if answer is not None:
+            self.runner._answer([episode], [env], [(0, *answer)])
+        if episode.done:
+            self.runner._finish(episode, env)
+            return []
+        return [self._request(j)]
+
+    def result(self) -> list[Episode] | None:
+        return self.episodes if all(e.done for e in self.episodes) else None
 
 
 MALFORMED = ("error: the tool call could not be read; write it as <tool_call>{\"name\": \"<tool name>\", "

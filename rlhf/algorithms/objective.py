@@ -11,7 +11,7 @@ from rlhf.algorithms.registry import POLICY_LOSSES
 
 def rollout_corrected(inputs: LossInputs, output: LossOutput, correction) -> LossOutput:
     """Each token's loss x the rollout correction's weight (0 for the tokens it leaves out): the batch came from the
-    engine, which may lag pi_old by a step (rollout.async_one_step) or differ numerically (bf16 engines). Against
+    engine, which may lag pi_old by a step (rollout.mode=one_step_off) or differ numerically (bf16 engines). Against
     pi_old, not the policy being trained: the loss's own ratio already covers pi_theta / pi_old."""
     weight, keep = rollout_correction(inputs.old_logp, inputs.rollout_logp, inputs.mask, level=correction.level,
                                       mode=correction.mode, low=correction.low, high=correction.high)

@@ -10,6 +10,9 @@ class Sample:
     logprobs: list[float]  # the engine's logprob of each generated token (temperature applied)
     text: str  # decoded completion, without the stop token
     truncated: bool  # stopped by the token budget rather than by a stop token
+    # rollout.mode=async: the weights version (pushes) that sampled each token; a partial rollout's tokens carry
+    # the versions of the weights each part was sampled with (rlhf/engines/streaming.py). None elsewhere.
+    versions: list[int] | None = None
 
 
 @dataclass
@@ -72,6 +75,24 @@ class GenerationEngine(ABC):
 
     def receive_bucket(self, bucket: dict) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot join an NCCL weight group; use rollout.weight_sync=shm")
+
+    # Streaming (rollout.mode=async, rlhf/engines/streaming.py): requests of one sample each are added one by one and
+    # the caller steps the engine, so requests join and leave the running batch at any time (continuous batching).
+    def add_request(self, request_id: str, prompt: list[int], sampling: SamplingSettings) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot stream requests; rollout.mode=async needs "
+                                  "rollout.engine=vllm")
+
+    def step(self) -> list[tuple[str, Sample, bool]]:
+        """One step of every running request: (request id, its sample so far, whether it finished) for each."""
+        raise NotImplementedError(f"{type(self).__name__} cannot stream requests")
+
+    def abort(self, request_ids: list[str]) -> None:
+        """Drop running requests (what they sampled so far is the caller's, from `step`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot stream requests")
+
+    def decode(self, token_ids: list[int]) -> str:
+        """The text of a completion's tokens, special tokens left out (as the engine's own text)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot stream requests")
 
     def close(self) -> None:
         """Release what outlives the process unless released (worker processes, shared memory)."""

@@ -18,6 +18,12 @@ from rlhf.training.weight_file import write_weights
 log = logging.getLogger(__name__)
 
 
+def _sample(completion) -> Sample:
+    ids = list(completion.token_ids)
+    logprobs = [step[token].logprob for step, token in zip(completion.logprobs, ids)]
+    return Sample(ids, logprobs, completion.text, truncated=completion.finish_reason == "length")
+
+
 def engine_environment(threads: int, tensor_parallel_size: int = 1) -> dict[str, str]:
     env = {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # keep the engine in this process: starts in seconds
@@ -86,25 +92,40 @@ class VLLMEngine(GenerationEngine):
         self.tensor_parallel_size, self.staging_dir, self.staging = settings.tensor_parallel_size, settings.staging_dir, None
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[list[Sample]]:
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         # vLLM seeds the i-th sample of a request with seed + i: prompts get disjoint seed ranges
-        params = [SamplingParams(
-            n=n, temperature=0.0 if sampling.greedy else sampling.temperature, top_p=1.0 if sampling.greedy else sampling.top_p,
-            max_tokens=sampling.max_new_tokens,
-            logprobs=0, seed=None if sampling.seed is None else sampling.seed + i * n, ignore_eos=sampling.ignore_eos,
-        ) for i in range(len(prompts))]
+        params = [self._params(sampling, n, None if sampling.seed is None else sampling.seed + i * n)
+                  for i in range(len(prompts))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        groups = []
-        for output in outputs:
-            group = []
-            for c in output.outputs:
-                ids = list(c.token_ids)
-                logprobs = [step[token].logprob for step, token in zip(c.logprobs, ids)]
-                group.append(Sample(ids, logprobs, c.text, truncated=c.finish_reason == "length"))
-            groups.append(group)
-        return groups
+        return [[_sample(c) for c in output.outputs] for output in outputs]
+
+    @staticmethod
+    def _params(sampling: SamplingSettings, n: int, seed: int | None):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=n, temperature=0.0 if sampling.greedy else sampling.temperature,
+            top_p=1.0 if sampling.greedy else sampling.top_p, max_tokens=sampling.max_new_tokens, logprobs=0,
+            seed=seed, ignore_eos=sampling.ignore_eos)
+
+    # Streaming: vLLM's own engine, stepped here (what LLM.generate does inside). One sample per request; the
+    # samples of a prompt share its cached prefill in whole blocks, as n > 1 does.
+    def add_request(self, request_id: str, prompt: list[int], sampling: SamplingSettings) -> None:
+        from vllm.inputs import TokensPrompt
+
+        self.llm.llm_engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt),
+                                        self._params(sampling, 1, sampling.seed))
+
+    def step(self) -> list[tuple[str, Sample, bool]]:
+        return [(output.request_id, _sample(output.outputs[0]), output.finished)
+                for output in self.llm.llm_engine.step()]
+
+    def abort(self, request_ids: list[str]) -> None:
+        self.llm.llm_engine.abort_request(request_ids)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     def load_weights(self, folder: str) -> None:
         # model.load_weights fails on CPU (vLLM repacks linear weights at load); a reload from a folder works.

@@ -68,7 +68,7 @@ def test_the_engine_sleeps_only_beside_a_learner_on_its_gpu():
     assert engine_sleeps(layout("single_gpu")) and engine_sleeps(layout("colocated_8gpu"))
     assert not engine_sleeps(load_config(compose_config("output_dir=/tmp/x")))  # no GPU shares
     assert not engine_sleeps(layout("split_8gpu"))  # engines on GPUs of their own
-    assert not engine_sleeps(layout("single_gpu", "rollout.async_one_step=true", "algo/correction=tis"))  # generates meanwhile
+    assert not engine_sleeps(layout("single_gpu", "rollout.mode=one_step_off", "algo/correction=tis"))  # generates meanwhile
     assert not engine_sleeps(layout("single_gpu", "rollout.sleep_mode=false"))
 
 

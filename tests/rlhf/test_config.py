@@ -72,7 +72,7 @@ def test_bad_values_name_the_key(override, message):
     (["algo/correction=tis", "algo.correction.low=0.5"], "algo.correction.low has no meaning for mode=truncate"),
     (["algo/correction=icepop", "algo.correction.level=sequence"], "mode=icepop is a token-level mask"),
     (["algo/correction=mis", "algo.correction.low=3"], r"algo.correction.low=3.0 must be in \[0, high=2.0\]"),
-    (["rollout.async_one_step=true"], "choose a rollout correction, e.g. algo/correction=tis"),
+    (["rollout.mode=one_step_off"], "choose a rollout correction, e.g. algo/correction=tis"),
 ])
 def test_rollout_corrections_are_checked(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -124,8 +124,8 @@ def test_single_gpu_gives_every_role_a_share_of_one_gpu():
 
 
 def test_a_sleeping_engine_cannot_generate_behind_the_learner():
-    with pytest.raises(ValueError, match="rollout.sleep_mode=true with rollout.async_one_step"):
-        load_config(compose_config("rollout.sleep_mode=true", "rollout.async_one_step=true", "algo/correction=tis",
+    with pytest.raises(ValueError, match="rollout.sleep_mode=true with rollout.mode=one_step_off"):
+        load_config(compose_config("rollout.sleep_mode=true", "rollout.mode=one_step_off", "algo/correction=tis",
                                    "output_dir=/tmp/x"))
 
 

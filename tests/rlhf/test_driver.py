@@ -272,7 +272,7 @@ def run_killing(cfg, prefix: str, after_steps=(1,), restart: bool = True) -> lis
 def test_a_restarted_engine_is_built_only_when_the_driver_starts_it(ray_cluster, tiny_model):
     from actors.launch import Actors
     from actors.rollout import RolloutActor, StaleWeightsError
-    from rlhf.driver import wait_for_restarts
+    from rlhf.schedules import wait_for_restarts
     from rlhf.engines import SamplingSettings
     from rlhf.engines.base import EngineSettings
 
@@ -324,7 +324,7 @@ def test_a_learner_rank_that_dies_stops_the_run_with_how_to_resume(ray_cluster, 
 def test_one_step_off_policy_generates_on_the_previous_weights(ray_cluster, tiny_model, tmp_path):
     # evaluating every 2 steps: an eval asks the engines for the learner's current weights (an engine holding older
     # ones refuses), so it runs once the background rollout is collected and the push is in
-    cfg = config(tiny_model, tmp_path, "steps=4", "algo.kl.beta=0", "rollout.async_one_step=true", "algo/correction=tis",
+    cfg = config(tiny_model, tmp_path, "steps=4", "algo.kl.beta=0", "rollout.mode=one_step_off", "algo/correction=tis",
                  "logging.wandb_mode=disabled", "checkpoint.every=0", "save_final=false", "eval.every=2",
                  f"eval.data={{path: {write_task(tmp_path / 'eval.jsonl', rows=2, first=100)}}}")
     run(cfg)
@@ -342,7 +342,7 @@ def test_one_step_off_policy_generates_on_the_previous_weights(ray_cluster, tiny
 def test_an_overlapped_run_survives_its_engine_killed_three_times_with_every_push_whole(ray_cluster, tiny_model,
                                                                                        tmp_path):
     # the background rollout's retry pushes while the loop pushes too: one push at a time (the route's lock)
-    cfg = config(tiny_model, tmp_path, "steps=10", "algo.kl.beta=0", "rollout.async_one_step=true", "algo/correction=tis",
+    cfg = config(tiny_model, tmp_path, "steps=10", "algo.kl.beta=0", "rollout.mode=one_step_off", "algo/correction=tis",
                  "rollout.engine=hf", "rollout.engines=2", "rollout.num_cpus=0.5", "logging.wandb_mode=disabled",
                  "checkpoint.every=0", "save_final=false", "fault_tolerance.max_restarts=3")
     metrics_file = tmp_path / "run" / "metrics.jsonl"
@@ -493,7 +493,7 @@ def test_an_actor_whose_restart_cannot_be_built_stops_the_wait_for_it(ray_cluste
 
     from actors.launch import ActorBuildError, Actors
     from actors.reward import RewardActor
-    from rlhf.driver import wait_for_restarts
+    from rlhf.schedules import wait_for_restarts
     from tests_flaky_import import FLAG
 
     reward = RewardActor.options(max_restarts=2).remote([{"name": "tests_flaky_import:zero"}], 10.0)

@@ -1,0 +1,343 @@
+"""rollout.mode=async: the engines generate without pause and the learner trains on whole groups as they finish.
+
+A producer thread in the driver admits groups (one prompt row, G samples or episodes each), hands each group's
+requests to the engine with the fewest running, steps every engine with work slice by slice (`RolloutActor.advance`,
+vLLM's continuous batching: requests join and leave the running batch at any step) and, as a group's last sample
+finishes, scores it into the buffer. The learner's `next` takes `prompts_per_step` groups from the buffer as soon as
+they are there; weights are pushed every `rollout.push_every` updates.
+
+Staleness. Versions count policy updates; every token carries the version of the weights that sampled it (with
+partial rollouts a sample's tokens may span versions). A batch trained at update U holds no token older than
+U - max_staleness. Admission control keeps that without discarding: at most (W + max_staleness + 1) x prompts_per_step
+groups are admitted while the engines' newest weights are W (AReaL's rule), and the learner takes the oldest groups
+first and waits for any group admitted at U - max_staleness or earlier that is still running (it would be too stale
+for the next update). A group that is still too stale when taken (possible only after an engine restart) is
+discarded and counted. Groups DAPO's filter drops, and discarded ones, free their admission slots.
+
+Correction. The learner's update is the decoupled PPO objective: the clip is centred on the proximal policy (the
+learner's weights when the batch's update begins: `logp.detach()` with one update per batch, a recomputed forward
+with several), and `algo.correction` weighs the gap from the behaviour policy (the engines' logprobs) to it.
+
+Checkpoints. A checkpoint drops the groups still running or waiting: it records their prompt rows, and a resume
+admits those rows first, then continues from the data cursor, so no prompt is lost or trained twice.
+
+Engines. An engine that dies gives its unfinished groups back (their rows are admitted again first, on the others);
+once Ray has restarted it and a push has brought it the current weights, it takes groups again.
+"""
+
+import logging
+import random
+import threading
+import time
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+import ray
+
+from rlhf.engines.streaming import Request
+from rlhf.groups import Groups
+from rlhf.schedules import ACTOR_DIED, make_experience, wait_for_restarts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One admitted group: its prompt row, its engine, its samples as they come back."""
+    number: int  # admission order, from 0 in this process
+    row: int  # index of its prompt row in the data
+    work: object  # the rollout source's group (start / receive / result)
+    batch: object  # its row, prepared (a PromptBatch of one)
+    engine: int
+    admitted_at: int  # the policy version (updates) of the engines' newest weights when it was admitted
+    lock: threading.Lock = field(default_factory=threading.Lock)  # its samples come back on several threads
+    requests: int = 0  # sent, to tell request ids apart
+    groups: Groups | None = None  # once scored
+    oldest: int | None = None  # the policy version of its oldest sampled token, once finished
+
+
+@dataclass
+class Engine:
+    """What the producer knows of one rollout engine."""
+    actor: object
+    running: int = 0  # requests sent and not back
+    version: int = 0  # the weights (pushes) it last reported
+    alive: bool = True
+    refused: bool = False  # restarted: takes no group until it reports the current weights
+    polled_at: float = 0.0  # when a refused one was last asked for its weights
+    pending: object = None  # its advance call in flight
+    busy_s: float = 0.0  # seconds it spent generating (its own count)
+    interrupted: int = 0  # requests its pushes interrupted (its own count)
+
+
+class Asynchronous:
+    def __init__(self, actors, cfg, sampler, prompts, pad_id: int, weight_sync):
+        self.actors, self.cfg, self.sampler, self.prompts, self.pad_id = actors, cfg, sampler, prompts, pad_id
+        self.weight_sync, self.source = weight_sync, sampler.source
+        r = cfg.rollout
+        self.per_step, self.group_size = cfg.prompts_per_step, cfg.algo.group_size
+        self.max_staleness, self.push_every, self.partial, self.advance_s = (r.max_staleness, r.push_every,
+                                                                             r.partial_rollouts, r.advance_s)
+        self.engines = [Engine(actor) for actor in actors.rollouts]
+        self.cond = threading.Condition()  # guards everything below; the producer and scorers notify the learner
+        self.live: dict[int, Job] = {}  # admitted and not yet trained or dropped
+        self.buffer: list[Job] = []  # scored, waiting for the learner
+        self.requeue: deque[int] = deque()  # rows to admit before drawing new ones (a resume's, a dead engine's)
+        self.admitted = self.retired = 0  # groups admitted; of them, dropped without training (DAPO, stale, lost)
+        self.updates = 0  # policy updates so far
+        self.base = 0  # policy updates when the producer started (a resumed run's)
+        self.pushes = {}  # weight_sync.version -> the policy version that push carried
+        self.counts = Counter()  # since the last batch: admitted, discarded, uninformative, lost
+        self.interrupted_before = 0  # the engines' interrupted requests at the last batch
+        self.error: BaseException | None = None
+        self.closing = threading.Event()
+        self.producer = None
+        self.scorers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="async-score")
+        self.last = None  # (time, each engine's busy seconds) when the learner last took a batch
+
+    # ---- the learner's side (the driver's thread)
+
+    def next(self, step: int, timer):
+        if self.producer is None:
+            self._start()
+        with timer("wait_for_rollout"):
+            waited = time.perf_counter()
+            with self.cond:
+                while (picked := self._pick()) is None:
+                    if self.error is not None:
+                        raise RuntimeError(f"step {step}: the asynchronous rollout stopped: {self.error!r}") from self.error
+                    self.cond.wait(0.5)
+                metrics = self._metrics(picked, time.perf_counter() - waited)
+        groups = Groups.concat([job.groups for job in picked])
+        return groups, metrics, make_experience(self.actors, groups, self.pad_id, timer)
+
+    def _pick(self) -> list[Job] | None:
+        """The batch for update `self.updates`, or None while it is not ready (caller holds the lock)."""
+        now, bound = self.updates, self.updates - self.max_staleness
+        for job in [job for job in self.buffer if job.oldest < bound]:  # too stale already: only after a restart
+            self._drop(job, "discarded")
+        if any(job.groups is None and job.admitted_at <= bound for job in self.live.values()):
+            return None  # a group that must be trained now is still running or being scored
+        if len(self.buffer) < self.per_step:
+            return None
+        self.buffer.sort(key=lambda job: (job.oldest, job.number))
+        picked, self.buffer = self.buffer[:self.per_step], self.buffer[self.per_step:]
+        for job in picked:
+            del self.live[job.number]
+        assert all(now - job.oldest <= self.max_staleness for job in picked)
+        return picked
+
+    def _metrics(self, picked: list[Job], waited_s: float) -> dict[str, float]:
+        """The batch's staleness and the stream's state since the last batch (caller holds the lock)."""
+        lags = []  # of every trained token: the learner's version minus the one that sampled it
+        for job in picked:
+            for sample in (s for group in job.groups.samples for s in group):
+                trained = getattr(sample, "model_mask", None) or [1] * len(sample.versions)
+                lags += [self.updates - v for v, m in zip(sample.versions, trained) if m]
+        now = time.perf_counter()
+        busy = [engine.busy_s for engine in self.engines]
+        began, busy_before = self.last or (self.started, [0.0] * len(busy))
+        self.last = now, busy
+        wall = max(now - began, 1e-9)
+        metrics = {"async/staleness_mean": sum(lags) / max(len(lags), 1), "async/staleness_max": max(lags, default=0),
+                   "async/buffer_depth": len(self.buffer), "async/running": len(self.live) - len(self.buffer),
+                   "async/admitted": self.counts["admitted"], "async/discarded": self.counts["discarded"],
+                   "async/interrupted": sum(e.interrupted for e in self.engines) - self.interrupted_before,
+                   "async/learner_idle": min(waited_s / wall, 1.0),
+                   "weights_behind": max(lags, default=0), "step_retries": 0}
+        if self.cfg.algo.sampling.dynamic:
+            metrics["sampling/uninformative"] = self.counts["uninformative"]
+        for i, (b, before) in enumerate(zip(busy, busy_before)):
+            metrics[f"async/engine{i}_idle"] = max(0.0, 1.0 - (b - before) / wall)
+        self.counts, self.interrupted_before = Counter(), sum(e.interrupted for e in self.engines)
+        return {**metrics, **self.source.metrics([job.groups.samples[0] for job in picked])}
+
+    def after_update(self, timer) -> None:
+        self.updates += 1
+        if self.updates % self.push_every == 0:
+            # known before the push: an engine may sample with the new weights before push() returns
+            self.pushes[self.weight_sync.version + 1] = self.updates
+            with timer("weight_sync"):
+                self.weight_sync.push()
+            with self.cond:
+                self.cond.notify_all()  # admission may go on
+
+    def prefetch(self, step: int) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        """The data cursor and the rows of every group admitted and not trained (a resume admits them first)."""
+        with self.cond:
+            unfinished = [job.row for job in sorted(self.live.values(), key=lambda job: job.number)]
+            return {"prompts": self.prompts.state_dict(), "async_requeue": unfinished + list(self.requeue)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prompts.load_state_dict(state["prompts"])
+        self.requeue.extend(state.get("async_requeue", []))
+        # policy updates so far: the policy trains from step algo.critic.warmup_steps on
+        self.updates = max(0, state["step"] + 1 - self.cfg.algo.critic.warmup_steps)
+        if self.requeue:
+            log.info("async: %d groups were running or waiting at the checkpoint; their prompts are generated again "
+                     "first", len(self.requeue))
+
+    def close(self) -> None:
+        self.closing.set()
+        if self.producer is not None:
+            self.producer.join()
+        self.scorers.shutdown(wait=True, cancel_futures=True)
+
+    # ---- the producer (its own thread)
+
+    def _start(self) -> None:
+        self.base = self.updates
+        self.pushes[self.weight_sync.version] = self.updates  # the weights the engines hold now
+        self.started = time.perf_counter()
+        self.producer = threading.Thread(target=self._produce, name="async-rollout", daemon=True)
+        self.producer.start()
+
+    def _produce(self) -> None:
+        try:
+            while not self.closing.is_set():
+                self._admit()
+                self._advance()
+        except BaseException as err:  # the learner raises it
+            with self.cond:
+                self.error = err
+                self.cond.notify_all()
+
+    def _admit(self) -> None:
+        """Admit groups while the staleness bound allows, each to the engine with the fewest requests running."""
+        sends = {}
+        with self.cond:
+            newest = self.pushes[self.weight_sync.version]
+            allowed = (newest - self.base + self.max_staleness + 1) * self.per_step + self.retired
+            while self.admitted < allowed:
+                ready = [i for i, e in enumerate(self.engines) if e.alive and not e.refused]
+                if not ready:
+                    break
+                index = min(ready, key=lambda i: self.engines[i].running)
+                row = self.requeue.popleft() if self.requeue else self.prompts.draw(1)[0]
+                job = self._new_job(row, index, newest)
+                requests = [self._request(job, *request) for request in job.work.start()]
+                self.engines[index].running += len(requests)
+                sends.setdefault(index, []).extend(requests)
+        for index, requests in sends.items():  # one call per engine: the requests join one batch
+            self.engines[index].actor.submit.remote(requests, self.partial)
+
+    def _new_job(self, row: int, engine: int, newest: int) -> Job:
+        number = self.admitted
+        self.admitted += 1
+        self.counts["admitted"] += 1
+        batch = self.prompts.batch([row])
+        # the seed prompt i of step s gets in a synchronous run (rlhf/sampling.py): with max_staleness 0 an async
+        # run samples exactly what a synchronous one does
+        step, index = divmod(number + self.base * self.per_step, self.per_step)
+        seed = random.Random(f"{self.cfg.seed}/{step}/1").getrandbits(48) + index * self.group_size
+        work = self.source.group(batch, self.group_size, replace(self.sampler.settings, seed=seed))
+        job = Job(number, row, work, batch, engine, newest)
+        self.live[number] = job
+        return job
+
+    def _request(self, job: Job, key, prompt_ids: list[int], sampling) -> Request:
+        job.requests += 1
+        return Request(f"{job.number}:{key}:{job.requests}", prompt_ids, sampling)
+
+    def _advance(self) -> None:
+        """Step every engine that has work for a slice; dispatch what finished."""
+        for engine in self.engines:
+            if engine.pending is None and engine.alive and engine.refused and time.monotonic() - engine.polled_at > 0.5:
+                engine.polled_at = time.monotonic()  # a restarted engine: has a push brought it the weights?
+                engine.pending = engine.actor.advance.remote(0.0)
+            elif engine.pending is None and engine.alive and engine.running:
+                engine.pending = engine.actor.advance.remote(self.advance_s)
+        pending = {engine.pending: engine for engine in self.engines if engine.pending is not None}
+        if not pending:
+            with self.cond:
+                self.cond.wait(0.05)  # nothing runs: wait for a push (admission) or a scored group
+            return
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.05)
+        for ref in ready:
+            engine = pending[ref]
+            engine.pending = None
+            try:
+                report = ray.get(ref)
+            except ACTOR_DIED as err:
+                self._engine_died(engine, err)
+                continue
+            with self.cond:
+                engine.version, engine.busy_s, engine.interrupted = report.version, report.busy_s, report.interrupted
+                if engine.refused and report.version >= self.weight_sync.version:
+                    engine.refused = False  # the current weights reached it: it takes groups again
+                engine.running -= len(report.finished)
+                jobs = [(self.live.get(int(request_id.split(":")[0])), int(request_id.split(":")[1]), sample)
+                        for request_id, sample in report.finished]
+            for job, key, sample in jobs:
+                if job is not None:  # None: given back when its engine died, or dropped
+                    self.scorers.submit(self._receive, job, key, sample)
+
+    def _receive(self, job: Job, key: int, sample) -> None:
+        """A request of `job` came back (scorer thread): the source's next requests, or the group scored."""
+        try:
+            with job.lock:
+                sample.versions = [self.pushes[v] for v in sample.versions]  # pushes -> policy versions
+                requests = [self._request(job, *request) for request in job.work.receive(key, sample)]
+                samples = job.work.result()
+            if requests:
+                with self.cond:
+                    if job.number not in self.live or not self.engines[job.engine].alive:
+                        return
+                    self.engines[job.engine].running += len(requests)
+                self.engines[job.engine].actor.submit.remote(requests, self.partial)
+            elif samples is not None:
+                self._score(job, samples)
+        except BaseException as err:
+            with self.cond:
+                self.error = err
+                self.cond.notify_all()
+
+    def _score(self, job: Job, samples: list) -> None:
+        groups = self.sampler.score(job.batch, [samples])
+        keep = not self.cfg.algo.sampling.dynamic or self.sampler.informative(groups)[0]
+        with self.cond:
+            if job.number not in self.live:  # given back meanwhile (its engine died)
+                return
+            if not keep:  # DAPO: a group whose rewards are all equal teaches nothing; its slot goes to another
+                self._drop(job, "uninformative")
+                return
+            job.groups, job.oldest = groups, min(min(s.versions, default=job.admitted_at) for s in samples)
+            self.buffer.append(job)
+            self.cond.notify_all()
+
+    def _drop(self, job: Job, why: str) -> None:
+        """`job` leaves without training; its admission slot is freed (caller holds the lock)."""
+        self.live.pop(job.number, None)
+        if job in self.buffer:
+            self.buffer.remove(job)
+        self.retired += 1
+        self.counts[why] += 1
+
+    def _engine_died(self, engine: Engine, err: BaseException) -> None:
+        """Its unfinished groups go back to be admitted first elsewhere; it is waited for in the background."""
+        index = self.engines.index(engine)
+        with self.cond:
+            engine.alive, engine.running = False, 0
+            lost = [job for job in self.live.values() if job.engine == index and job.groups is None]
+            for job in sorted(lost, key=lambda job: job.number, reverse=True):
+                self._drop(job, "lost")
+                self.requeue.appendleft(job.row)
+        log.warning("async: rollout engine %d died (%s); its %d unfinished groups are generated again on the others",
+                    index, type(err).__name__, len(lost))
+
+        def recover():
+            try:
+                wait_for_restarts(self.actors, only=[engine.actor])
+            except BaseException as failure:
+                with self.cond:
+                    self.error = failure
+                    self.cond.notify_all()
+                return
+            with self.cond:  # back at the initial weights: it waits for a push before taking groups
+                engine.alive, engine.refused = True, True
+
+        threading.Thread(target=recover, name=f"async-recover-{index}", daemon=True).start()
