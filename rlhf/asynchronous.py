@@ -88,6 +88,7 @@ class Asynchronous:
         self.updates = 0  # policy updates so far
         self.base = 0  # policy updates when the producer started (a resumed run's)
         self.pushes = {}  # weight_sync.version -> the policy version that push carried
+        self.newest = 0  # the policy version of the newest weights sent to every engine (a push that has returned)
         self.counts = Counter()  # since the last batch: admitted, discarded, uninformative, lost
         self.interrupted_before = 0  # the engines' interrupted requests at the last batch
         self.error: BaseException | None = None
@@ -113,20 +114,29 @@ class Asynchronous:
         return groups, metrics, make_experience(self.actors, groups, self.pad_id, timer)
 
     def _pick(self) -> list[Job] | None:
-        """The batch for update `self.updates`, or None while it is not ready (caller holds the lock)."""
-        now, bound = self.updates, self.updates - self.max_staleness
-        for job in [job for job in self.buffer if job.oldest < bound]:  # too stale already: only after a restart
+        """The batch for update `self.updates`, or None while it is not ready (caller holds the lock).
+
+        A group is due by update `deadline` (its oldest token's version + max_staleness; a running group's oldest
+        token is at least its admission's version). The batch takes the finished groups due soonest, and waits while
+        some groups due by an update d could not all be trained by then: more than the updates after this one, up
+        to d, can take."""
+        now = self.updates
+        for job in [job for job in self.buffer if job.oldest + self.max_staleness < now]:  # only after a restart
             self._drop(job, "discarded")
-        if any(job.groups is None and job.admitted_at <= bound for job in self.live.values()):
-            return None  # a group that must be trained now is still running or being scored
         if len(self.buffer) < self.per_step:
             return None
-        self.buffer.sort(key=lambda job: (job.oldest, job.number))
-        picked, self.buffer = self.buffer[:self.per_step], self.buffer[self.per_step:]
-        for job in picked:
+        deadline = lambda job: (job.admitted_at if job.oldest is None else job.oldest) + self.max_staleness  # noqa: E731
+        self.buffer.sort(key=lambda job: (deadline(job), job.number))
+        batch = self.buffer[:self.per_step]
+        for due_by in sorted({deadline(job) for job in self.live.values()}):
+            due = sum(deadline(job) <= due_by for job in self.live.values())
+            taken = sum(deadline(job) <= due_by for job in batch)
+            if taken < self.per_step and due - taken > (due_by - now) * self.per_step:
+                return None  # a running group is due too soon to be left for later updates
+        self.buffer = self.buffer[self.per_step:]
+        for job in batch:
             del self.live[job.number]
-        assert all(now - job.oldest <= self.max_staleness for job in picked)
-        return picked
+        return batch
 
     def _metrics(self, picked: list[Job], waited_s: float) -> dict[str, float]:
         """The batch's staleness and the stream's state since the last batch (caller holds the lock)."""
@@ -160,7 +170,8 @@ class Asynchronous:
             self.pushes[self.weight_sync.version + 1] = self.updates
             with timer("weight_sync"):
                 self.weight_sync.push()
-            with self.cond:
+            with self.cond:  # every engine has the load call now: requests sent from here on come after it
+                self.newest = self.updates
                 self.cond.notify_all()  # admission may go on
 
     def prefetch(self, step: int) -> None:
@@ -191,7 +202,7 @@ class Asynchronous:
 
     def _start(self) -> None:
         self.base = self.updates
-        self.pushes[self.weight_sync.version] = self.updates  # the weights the engines hold now
+        self.pushes[self.weight_sync.version] = self.newest = self.updates  # the weights the engines hold now
         self.started = time.perf_counter()
         self.producer = threading.Thread(target=self._produce, name="async-rollout", daemon=True)
         self.producer.start()
@@ -210,7 +221,7 @@ class Asynchronous:
         """Admit groups while the staleness bound allows, each to the engine with the fewest requests running."""
         sends = {}
         with self.cond:
-            newest = self.pushes[self.weight_sync.version]
+            newest = self.newest
             allowed = (newest - self.base + self.max_staleness + 1) * self.per_step + self.retired
             while self.admitted < allowed:
                 ready = [i for i, e in enumerate(self.engines) if e.alive and not e.refused]

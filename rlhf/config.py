@@ -250,6 +250,7 @@ class LoggingConfig:
     plot: bool = MISSING
     progress_bar: bool = MISSING
     console: str = MISSING  # quiet | normal | verbose (rlhf/console.py)
+    samples_per_step: int = MISSING  # groups written to samples.jsonl each step (the first sample of each)
 
 
 @dataclass
@@ -412,6 +413,7 @@ def validate(c: Config) -> None:
     _choice("train.zero_stage", c.train.zero_stage, {0, 1, 2, 3})
     _choice("logging.wandb_mode", c.logging.wandb_mode, {"offline", "online", "disabled"})
     _choice("logging.console", c.logging.console, {"quiet", "normal", "verbose"})
+    _positive("logging.samples_per_step", c.logging.samples_per_step, allow_zero=True)
     _choice("data.bad_rows", c.data.bad_rows, {"error", "skip"})
     for key in ("steps", "prompts_per_step", "algo.group_size", "rollout.max_new_tokens", "train.lr",
                 "train.micro_batch_size", "reference.micro_batch_size", "rollout.threads", "train.threads"):

@@ -170,7 +170,7 @@ class Trainer:
                 self.schedule.prefetch(step)
                 metrics = {**self.learn(step, experience, groups.topped_up, timer), **rollout_metrics(experience, groups),
                            **sampling_metrics, **eval_metrics, **timer.seconds()}
-                report(step, metrics, groups, self.metrics_log, bar)
+                report(step, metrics, groups, self.metrics_log, bar, cfg.logging.samples_per_step)
                 # a step whose every sample is unscorable trains on nothing: a few in a row mean the rewards are broken
                 unscorable_steps = unscorable_steps + 1 if metrics["reward_unscorable"] == len(groups.rewards.total) else 0
                 if unscorable_steps == cfg.reward.max_unscorable_steps:
@@ -384,16 +384,19 @@ def train(actors: Actors, experience: Experience, train_policy: bool) -> dict[st
     return {key: value for per_rank in results for key, value in LearnerGroup.reduce(per_rank).items()}
 
 
-def report(step: int, metrics: dict, groups: Groups, metrics_log: MetricsLog, bar) -> None:
+def report(step: int, metrics: dict, groups: Groups, metrics_log: MetricsLog, bar, samples_per_step: int = 1) -> None:
     if metrics["reward_unscorable"]:
         log.warning("step %d: %d of %d samples unscorable (a reward function returned None/NaN); "
                     "they get advantage 0", step, metrics["reward_unscorable"], len(groups.rewards.total))
     metrics_log.log(step, metrics)
-    first = groups.samples[0][0]
-    sample = {"prompt": groups.batch.texts[0], "completion": first.text, "reward": groups.rewards.total[0]}
-    if hasattr(first, "messages"):  # an episode: its prompt and every turn
-        sample.update(prompt=first.prompt, episode=first.messages, turns=first.turns, truncated=first.truncated)
-    metrics_log.log_samples(step, [sample])
+    rows = []
+    for i, group in enumerate(groups.samples[:samples_per_step]):  # each group's first sample
+        first, size = group[0], len(group)
+        row = {"prompt": groups.batch.texts[i], "completion": first.text, "reward": groups.rewards.total[i * size]}
+        if hasattr(first, "messages"):  # an episode: its prompt and every turn
+            row.update(prompt=first.prompt, episode=first.messages, turns=first.turns, truncated=first.truncated)
+        rows.append(row)
+    metrics_log.log_samples(step, rows)
     bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['rollout_kl']:.4f}",
                     len=f"{metrics['completion_length']:.0f}", s_per_step=f"{metrics['time/step']:.1f}")
     if step % 5 == 4:

@@ -1,0 +1,90 @@
+"""rollout.mode=async through the whole actor stack: the same batches as a synchronous run at staleness 0, the
+staleness bound under a slow engine, learning, episodes."""
+
+import json
+import time
+from types import SimpleNamespace
+
+import pytest
+import ray
+
+import rlhf.asynchronous
+from rlhf.driver import run
+from test_driver import config
+
+pytestmark = pytest.mark.integration
+ASYNC = ["rollout.mode=async", "logging.wandb_mode=disabled", "checkpoint.every=0",
+         "save_final=false"]
+
+
+def history(tmp_path, name="run"):
+    records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if "reward" in r]
+
+
+def test_with_no_staleness_an_async_run_trains_on_what_a_synchronous_run_does(ray_cluster, tiny_model, tmp_path):
+    # admission lets one batch in per version and the learner waits for all of it: the same prompts, seeds and weights
+    common = ["steps=3", "algo.kl.beta=0", "logging.wandb_mode=disabled", "checkpoint.every=0", "save_final=false"]
+    run(config(tiny_model, tmp_path, *common, f"output_dir={tmp_path / 'sync'}"))
+    run(config(tiny_model, tmp_path, *common, "rollout.mode=async", "rollout.max_staleness=0",
+               "rollout.partial_rollouts=false", f"output_dir={tmp_path / 'async'}"))
+    synchronous, asynchronous = history(tmp_path, "sync"), history(tmp_path, "async")
+    assert [h["step"] for h in asynchronous] == [0, 1, 2]
+    for want, have in zip(synchronous, asynchronous):
+        for key in want:
+            if not key.startswith("time/"):
+                assert have[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7), (want["step"], key)
+        assert have["async/staleness_max"] == 0 and have["async/discarded"] == 0
+
+
+@ray.remote(num_cpus=0)
+def late(report, seconds: float):
+    """An engine's report, `seconds` after it came: an engine that generates in short bursts with long pauses."""
+    time.sleep(seconds)
+    return report
+
+
+def slow_second_engine(monkeypatch, seconds: float) -> None:
+    """The async schedule's second engine answers every advance `seconds` late (the engine itself is unchanged)."""
+    made, Engine = [], rlhf.asynchronous.Engine
+
+    def engine(actor):
+        if made:  # the second engine
+            real = actor
+            actor = SimpleNamespace(submit=real.submit, ready=real.ready, start=real.start,
+                                    advance=SimpleNamespace(remote=lambda s: late.remote(real.advance.remote(s), seconds)))
+        made.append(Engine(actor))
+        return made[-1]
+
+    monkeypatch.setattr(rlhf.asynchronous, "Engine", engine)
+
+
+def test_async_learns_and_a_slow_engine_never_makes_a_trained_token_too_stale(ray_cluster, tiny_model, tmp_path,
+                                                                              monkeypatch):
+    # the second engine's groups come back late; the learner trains on the first's meanwhile but waits for any
+    # group that would pass the bound, so no token it trains on is more than max_staleness updates old
+    slow_second_engine(monkeypatch, seconds=0.4)
+    run(config(tiny_model, tmp_path, "steps=32", "seed=1", "algo.kl.beta=0.01", *ASYNC, "algo/correction=tis", "rollout.max_staleness=2",
+               "rollout.engines=2", "rollout.num_cpus=0.5"))
+    steps = history(tmp_path)
+    assert [h["step"] for h in steps] == list(range(32))
+    assert all(h["async/staleness_max"] <= 2 for h in steps) and max(h["async/staleness_max"] for h in steps) >= 1
+    assert sum(h["async/discarded"] for h in steps) == 0  # the bound held by admission, not by throwing away
+    assert sum(h["async/interrupted"] for h in steps) > 0  # pushes landed mid-generation: partial rollouts
+    assert max(h["async/engine1_idle"] for h in steps) > 0.5  # the second engine was the slow one
+    # learns as the synchronous GRPO run of test_driver does on this task (10 x BLEU, 32 steps: a rise of > 3)
+    rewards = [h["reward"] for h in steps]
+    assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 3.0, rewards
+
+
+def test_async_episodes_advance_each_on_its_own(ray_cluster, tiny_model, tmp_path):
+    # each episode asks for its next turn as soon as its last one is answered (RepeatA: "Again." once); at staleness
+    # 0 the learner's logprobs of the model's tokens equal the engine's, the environment's tokens being context
+    run(config(tiny_model, tmp_path, "steps=3", "algo.kl.beta=0", *ASYNC, "rollout.max_staleness=0",
+               "rollout.partial_rollouts=false", "env.factory=tests_agent_helpers:RepeatA",
+               "env.max_turns=2", "env.max_episode_tokens=64", "reward.functions=[{name: env}]"))
+    steps = history(tmp_path)
+    assert [h["step"] for h in steps] == [0, 1, 2]
+    assert all(h["rollout/turns"] == 2 and h["rollout/env_tokens"] > 0 for h in steps)
+    assert max(h["logprob_gap"] for h in steps) < 1e-4
+    assert all(h["async/staleness_max"] == 0 for h in steps)
