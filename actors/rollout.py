@@ -1,5 +1,6 @@
 """Hosts one generation engine, and knows which weights it holds."""
 
+import uuid
 from contextlib import contextmanager
 
 import ray
@@ -28,6 +29,7 @@ class RolloutActor:
         self.version = 0  # weight pushes received; 0 = the initial weights
         self.in_group = False  # a member of the NCCL route's weight group
         self.stream = None  # rollout.mode=async: the requests streamed through the engine (submit / advance)
+        self.incarnation = uuid.uuid4().hex  # a restart is a new process: the stream's requests are gone with the old
         if not ray.get_runtime_context().was_current_actor_reconstructed:
             with building():
                 self.start()
@@ -72,9 +74,9 @@ class RolloutActor:
 
     def advance(self, seconds: float) -> StreamReport:
         """Step the streamed requests for at most `seconds` (less once one finishes); what finished."""
-        if self.stream is None:
-            return StreamReport([], self.version, 0, 0.0, 0)
-        return self.stream.advance(seconds, self.version)
+        report = self.stream.advance(seconds, self.version) if self.stream else StreamReport([], self.version, 0, 0.0, 0)
+        report.incarnation = self.incarnation
+        return report
 
     @contextmanager
     def _stream_held(self):

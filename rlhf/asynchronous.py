@@ -62,13 +62,22 @@ class Engine:
     """What the producer knows of one rollout engine."""
     actor: object
     running: int = 0  # requests sent and not back
-    version: int = 0  # the weights (pushes) it last reported
     alive: bool = True
     refused: bool = False  # restarted: takes no group until it reports the current weights
-    polled_at: float = 0.0  # when a refused one was last asked for its weights
+    polled_at: float = 0.0  # when an engine without work was last asked how it is (a refused one: its weights)
     pending: object = None  # its advance call in flight
-    busy_s: float = 0.0  # seconds it spent generating (its own count)
-    interrupted: int = 0  # requests its pushes interrupted (its own count)
+    busy_s: float = 0.0  # seconds it spent generating, over all its processes
+    interrupted: int = 0  # requests its pushes interrupted, likewise
+    reported: tuple = (0.0, 0)  # its current process's own counts of both, at its last report
+    incarnation: str | None = None  # the actor process it last heard from
+
+    def count(self, report) -> None:
+        """Add what the engine did since its last report (a new process counts from 0)."""
+        if self.incarnation is None:
+            self.reported = (0.0, 0)
+        self.busy_s += report.busy_s - self.reported[0]
+        self.interrupted += report.interrupted - self.reported[1]
+        self.reported, self.incarnation = (report.busy_s, report.interrupted), report.incarnation
 
 
 class Asynchronous:
@@ -92,6 +101,7 @@ class Asynchronous:
         self.counts = Counter()  # since the last batch: admitted, discarded, uninformative, lost
         self.interrupted_before = 0  # the engines' interrupted requests at the last batch
         self.error: BaseException | None = None
+        self.restarted = False  # an engine came back after a crash and waits for weights
         self.closing = threading.Event()
         self.producer = None
         self.scorers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="async-score")
@@ -104,12 +114,20 @@ class Asynchronous:
             self._start()
         with timer("wait_for_rollout"):
             waited = time.perf_counter()
-            with self.cond:
-                while (picked := self._pick()) is None:
+            while True:
+                with self.cond:
+                    if (picked := self._pick()) is not None:
+                        metrics = self._metrics(picked, time.perf_counter() - waited)
+                        break
                     if self.error is not None:
                         raise RuntimeError(f"step {step}: the asynchronous rollout stopped: {self.error!r}") from self.error
-                    self.cond.wait(0.5)
-                metrics = self._metrics(picked, time.perf_counter() - waited)
+                    restarted, self.restarted = self.restarted, False
+                    if not restarted:
+                        self.cond.wait(0.5)
+                        continue
+                # an engine is back after a restart, at its initial weights: the learner, idle, pushes the current ones
+                # (the engines that stayed alive could not feed it: a regular push would never come)
+                self._push()
         groups = Groups.concat([job.groups for job in picked])
         return groups, metrics, make_experience(self.actors, groups, self.pad_id, timer)
 
@@ -153,6 +171,7 @@ class Asynchronous:
         metrics = {"async/staleness_mean": sum(lags) / max(len(lags), 1), "async/staleness_max": max(lags, default=0),
                    "async/buffer_depth": len(self.buffer), "async/running": len(self.live) - len(self.buffer),
                    "async/admitted": self.counts["admitted"], "async/discarded": self.counts["discarded"],
+                   "async/lost": self.counts["lost"],
                    "async/interrupted": sum(e.interrupted for e in self.engines) - self.interrupted_before,
                    "async/learner_idle": min(waited_s / wall, 1.0),
                    "weights_behind": max(lags, default=0), "step_retries": 0}
@@ -166,13 +185,17 @@ class Asynchronous:
     def after_update(self, timer) -> None:
         self.updates += 1
         if self.updates % self.push_every == 0:
-            # known before the push: an engine may sample with the new weights before push() returns
-            self.pushes[self.weight_sync.version + 1] = self.updates
             with timer("weight_sync"):
-                self.weight_sync.push()
-            with self.cond:  # every engine has the load call now: requests sent from here on come after it
-                self.newest = self.updates
-                self.cond.notify_all()  # admission may go on
+                self._push()
+
+    def _push(self) -> None:
+        """The learner's weights (version `self.updates`) to every engine (the driver's thread, the learner idle)."""
+        # known before the push: an engine may sample with the new weights before push() returns
+        self.pushes[self.weight_sync.version + 1] = self.updates
+        self.weight_sync.push()
+        with self.cond:  # every engine has the load call now: requests sent from here on come after it
+            self.newest = self.updates
+            self.cond.notify_all()  # admission may go on
 
     def prefetch(self, step: int) -> None:
         pass
@@ -257,11 +280,13 @@ class Asynchronous:
     def _advance(self) -> None:
         """Step every engine that has work for a slice; dispatch what finished."""
         for engine in self.engines:
-            if engine.pending is None and engine.alive and engine.refused and time.monotonic() - engine.polled_at > 0.5:
-                engine.polled_at = time.monotonic()  # a restarted engine: has a push brought it the weights?
-                engine.pending = engine.actor.advance.remote(0.0)
-            elif engine.pending is None and engine.alive and engine.running:
+            if engine.pending is not None or not engine.alive:
+                continue
+            if engine.running and not engine.refused:
                 engine.pending = engine.actor.advance.remote(self.advance_s)
+            elif time.monotonic() - engine.polled_at > 0.2:  # without work: did it die, has a push reached it?
+                engine.polled_at = time.monotonic()
+                engine.pending = engine.actor.advance.remote(0.0)
         pending = {engine.pending: engine for engine in self.engines if engine.pending is not None}
         if not pending:
             with self.cond:
@@ -276,8 +301,11 @@ class Asynchronous:
             except ACTOR_DIED as err:
                 self._engine_died(engine, err)
                 continue
+            if engine.incarnation not in (None, report.incarnation):  # restarted between two calls: its requests
+                self._engine_died(engine, RuntimeError("restarted"))  # went with the old process
+                continue
             with self.cond:
-                engine.version, engine.busy_s, engine.interrupted = report.version, report.busy_s, report.interrupted
+                engine.count(report)
                 if engine.refused and report.version >= self.weight_sync.version:
                     engine.refused = False  # the current weights reached it: it takes groups again
                 engine.running -= len(report.finished)
@@ -332,7 +360,7 @@ class Asynchronous:
         """Its unfinished groups go back to be admitted first elsewhere; it is waited for in the background."""
         index = self.engines.index(engine)
         with self.cond:
-            engine.alive, engine.running = False, 0
+            engine.alive, engine.running, engine.incarnation = False, 0, None  # the next report names the new process
             lost = [job for job in self.live.values() if job.engine == index and job.groups is None]
             for job in sorted(lost, key=lambda job: job.number, reverse=True):
                 self._drop(job, "lost")
@@ -349,6 +377,7 @@ class Asynchronous:
                     self.cond.notify_all()
                 return
             with self.cond:  # back at the initial weights: it waits for a push before taking groups
-                engine.alive, engine.refused = True, True
+                engine.alive, engine.refused, self.restarted = True, True, True
+                self.cond.notify_all()
 
         threading.Thread(target=recover, name=f"async-recover-{index}", daemon=True).start()

@@ -85,11 +85,14 @@ def startup_summary(cfg, roles: dict, route: str) -> str:
                if cfg.env.enabled else f"samples of at most {cfg.rollout.max_new_tokens} tokens"))
     where = ", ".join(f"{role} {d.count} x ({d.num_cpus:g} CPU" + (f", {d.num_gpus:g} GPU)" if d.num_gpus else ")")
                       for role, d in roles.items())
+    r = cfg.rollout
+    mode = r.mode if r.mode != "async" else (f"async (max_staleness {r.max_staleness}, push every {r.push_every}, "
+                                             f"partial rollouts {'on' if r.partial_rollouts else 'off'})")
     return "\n".join([
         f"model {cfg.model.source} {cfg.model.path or ''}".rstrip() + f"; algorithm {cfg.algo.name} (loss "
         f"{cfg.algo.loss.name}, estimator {cfg.algo.estimator.name}, correction {cfg.algo.correction.mode})",
         f"roles ({cfg.placement.layout}): {where}; weights through {route}",
-        f"{cfg.steps} steps of {step}; outputs in {cfg.output_dir} (actors' logs in logs/)"])
+        f"{cfg.steps} steps of {step}, rollout {mode}; outputs in {cfg.output_dir} (actors' logs in logs/)"])
 
 
 def final_summary(history: list[dict], seconds: float, output_dir: str) -> str:

@@ -46,6 +46,7 @@ class StreamReport:
     running: int  # requests still in the engine (or held)
     busy_s: float  # seconds spent stepping the engine since the stream began
     interrupted: int  # requests a hold has interrupted since the stream began
+    incarnation: str = ""  # the actor's process: another one after a restart (the requests sent before are gone)
 
 
 class RequestStream:

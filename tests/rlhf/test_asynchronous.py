@@ -10,7 +10,7 @@ import ray
 
 import rlhf.asynchronous
 from rlhf.driver import run
-from test_driver import config
+from test_driver import config, write_task
 
 pytestmark = pytest.mark.integration
 ASYNC = ["rollout.mode=async", "logging.wandb_mode=disabled", "checkpoint.every=0",
@@ -63,9 +63,13 @@ def test_async_learns_and_a_slow_engine_never_makes_a_trained_token_too_stale(ra
                                                                               monkeypatch):
     # the second engine's groups come back late; the learner trains on the first's meanwhile but waits for any
     # group that would pass the bound, so no token it trains on is more than max_staleness updates old
+    # (an evaluation every 16 steps runs on the engines between two slices of their stream)
     slow_second_engine(monkeypatch, seconds=0.4)
-    run(config(tiny_model, tmp_path, "steps=32", "seed=1", "algo.kl.beta=0.01", *ASYNC, "algo/correction=tis", "rollout.max_staleness=2",
-               "rollout.engines=2", "rollout.num_cpus=0.5"))
+    run(config(tiny_model, tmp_path, "steps=32", "seed=1", "algo.kl.beta=0.01", *ASYNC, "algo/correction=tis",
+               "rollout.max_staleness=2", "rollout.engines=2", "rollout.num_cpus=0.5", "eval.every=16",
+               f"eval.data={{path: {write_task(tmp_path / 'eval.jsonl', rows=4, first=100)}}}"))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval/bleu" in r] == [0, 16, 32]
     steps = history(tmp_path)
     assert [h["step"] for h in steps] == list(range(32))
     assert all(h["async/staleness_max"] <= 2 for h in steps) and max(h["async/staleness_max"] for h in steps) >= 1
@@ -88,3 +92,35 @@ def test_async_episodes_advance_each_on_its_own(ray_cluster, tiny_model, tmp_pat
     assert all(h["rollout/turns"] == 2 and h["rollout/env_tokens"] > 0 for h in steps)
     assert max(h["logprob_gap"] for h in steps) < 1e-4
     assert all(h["async/staleness_max"] == 0 for h in steps)
+
+
+def test_an_engine_killed_mid_run_gives_its_groups_to_the_other_and_comes_back(ray_cluster, tiny_model, tmp_path):
+    from unittest import mock
+
+    import rlhf.driver
+    from test_driver import actor_named
+    from tests_ray_helpers import actor_state, back_after_restart, wait_until
+
+    report, killed = rlhf.driver.report, []
+
+    def report_then_kill(step, *args):
+        # inside the loop, after step 2's report: the loop goes on once the schedule has noticed the death (it polls an
+        # engine without work too) and started the engine again in its new process
+        report(step, *args)
+        if step == 2:
+            name, actor = actor_named("rollout-0-")
+            restarts = actor_state(actor)["NumRestarts"]
+            ray.kill(actor, no_restart=False)
+            killed.append(name)
+            wait_until(lambda: back_after_restart(actor, restarts + 1) and ray.get(actor.started.remote()),
+                       f"{name} restarted and its engine started")
+
+    cfg = config(tiny_model, tmp_path, "steps=14", "algo.kl.beta=0", *ASYNC, "algo/correction=tis", "rollout.engines=2",
+                 "rollout.num_cpus=0.5", "fault_tolerance.max_restarts=1")
+    with mock.patch.object(rlhf.driver, "report", report_then_kill):
+        run(cfg)
+    steps = history(tmp_path)
+    assert killed and [h["step"] for h in steps] == list(range(14))
+    assert all(h["async/staleness_max"] <= 1 for h in steps) and sum(h["async/discarded"] for h in steps) == 0
+    # the current weights reached it at the next push: it took groups again
+    assert min(h["async/engine0_idle"] for h in steps[6:]) < 1.0

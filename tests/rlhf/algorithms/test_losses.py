@@ -126,6 +126,24 @@ def test_the_truncated_is_weight_is_against_the_old_policy_not_the_one_trained()
     assert policy_objective(inputs, correction=correction_cfg()).metrics["correction/weight"].item() == pytest.approx(1.0)
 
 
+def test_decoupled_ppo_centres_the_clip_on_the_proximal_policy_and_weighs_the_behaviour_gap():
+    from rlhf.algorithms import LossInputs, policy_objective
+
+    # docs/algorithms.md's vector: one update per batch, so the proximal policy is the loss forward's own logprobs
+    # (detached, ratio 1); the engine sampled at log q = -1.2 with weights a few updates old
+    logp = torch.tensor([[-1.0]], requires_grad=True)
+    inputs = LossInputs(logp, logp.detach(), torch.tensor([[-1.2]]), None, torch.ones(1, 1), torch.ones(1, 1),
+                        loss_cfg())
+    out = policy_objective(inputs, correction=correction_cfg())
+    out.token_losses.sum().backward()
+    assert out.token_losses.item() == pytest.approx(-1.221403, abs=1e-6)  # w = min(e^0.2, 2), ratio 1
+    assert logp.grad.item() == pytest.approx(-1.221403, abs=1e-6)  # w x d(ratio)/d(log pi_theta) at ratio 1
+    assert out.metrics["clip_fraction"].item() == 0.0
+    # a stale engine far from the proximal policy: the weight is truncated at 2, the clip is still around pi_old
+    inputs.rollout_logp = torch.tensor([[-3.0]])
+    assert policy_objective(inputs, correction=correction_cfg()).token_losses.item() == pytest.approx(-2.0)
+
+
 def test_a_mask_correction_leaves_tokens_out_of_the_loss_but_not_the_kl_term():
     from rlhf.algorithms import LossInputs, policy_objective
 
