@@ -74,6 +74,8 @@ def test_stream_applies_the_chat_template_and_cycles(tiny_model):
     batch = stream.next_batch(2)
     assert batch.texts[0].startswith("<|im_start|>system\nbe brief<|im_end|>")
     assert batch.texts[0].endswith("<|im_start|>assistant\n")
+    # the fast tokenizer's batch encoder gives the ids the tokenizer's own call does
+    assert batch.token_ids == tok(batch.texts, add_special_tokens=False)["input_ids"]
     seen = [r["prompt"] for r in batch.rows + stream.next_batch(1).rows]
     assert sorted(seen) == sorted(r["prompt"] for r in rows)  # one epoch visits every row once
     stream.next_batch(2)
