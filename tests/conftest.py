@@ -1,5 +1,6 @@
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# What the suite's processes leave in the system's temporary folder (wandb's media and artifact folders, Ray's session
+# folders of the runs started as subprocesses, multiprocessing's) goes into one folder of the suite's own, removed at
+# the end. Short: Ray puts socket paths under it (at most 107 bytes).
+SUITE_TMP = Path(tempfile.mkdtemp(prefix="rlhf-tests-", dir="/tmp"))
+os.environ["TMPDIR"] = str(SUITE_TMP)
+tempfile.tempdir = None  # read TMPDIR again
+
+
+@pytest.fixture(scope="session", autouse=True)
+def suite_tmp():
+    yield SUITE_TMP
+    shutil.rmtree(SUITE_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -115,12 +115,14 @@ def test_an_engine_killed_mid_run_gives_its_groups_to_the_other_and_comes_back(r
             wait_until(lambda: back_after_restart(actor, restarts + 1) and ray.get(actor.started.remote()),
                        f"{name} restarted and its engine started")
 
+    # weights pushed every second update (max_staleness 1 allows it: the engines lag the learner by one meanwhile)
     cfg = config(tiny_model, tmp_path, "steps=14", "algo.kl.beta=0", *ASYNC, "algo/correction=tis", "rollout.engines=2",
-                 "rollout.num_cpus=0.5", "fault_tolerance.max_restarts=1")
+                 "rollout.num_cpus=0.5", "fault_tolerance.max_restarts=1", "rollout.push_every=2")
     with mock.patch.object(rlhf.driver, "report", report_then_kill):
         run(cfg)
     steps = history(tmp_path)
     assert killed and [h["step"] for h in steps] == list(range(14))
+    assert [("time/weight_sync" in h) for h in steps] == [False, True] * 7  # a push after updates 2, 4, ...
     assert all(h["async/staleness_max"] <= 1 for h in steps) and sum(h["async/discarded"] for h in steps) == 0
     # the current weights reached it at the next push: it took groups again
     assert min(h["async/engine0_idle"] for h in steps[6:]) < 1.0
