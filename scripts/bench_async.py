@@ -87,7 +87,8 @@ def main() -> None:
     for name in args.layouts:
         result = run_layout(name, args, work)
         results.append(result)
-        path.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results}, indent=1))
+        path.write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "out"}, "results": results},
+                                   indent=1))
         print(f"{name:>16}: {result['samples_per_second']:.3f} samples/s, {result['tokens_per_second']:.1f} tokens/s, "
               f"{result['seconds_per_step']:.1f} s/step (mean length {result['completion_length']:.0f}); phases " +
               ", ".join(f"{k} {v:.2f}" for k, v in result["phases"].items()) + "; " +

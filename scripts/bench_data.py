@@ -82,7 +82,9 @@ def main() -> None:
         print(f"{args.rows} rows, {data.stat().st_size / 1e6:.0f} MB", flush=True)
         env = {**os.environ, "HF_DATASETS_CACHE": str(work / "hf"), "RLHF_CACHE": str(work / "rlhf"),
                "HF_HUB_OFFLINE": "1"}
-        results = {"rows": args.rows, "repo": args.repo}
+        commit = subprocess.run(["git", "-C", args.repo, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        results = {"rows": args.rows, "commit": commit or "unknown"}  # the measured version (no path of this machine)
         for run in ("cold", "cached"):
             out = subprocess.run([sys.executable, __file__, "--measure", args.repo, str(data), model], env=env,
                                  capture_output=True, text=True, check=True)
