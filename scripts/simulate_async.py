@@ -21,7 +21,6 @@ seconds per batch (forward and backward, the proximal logprobs included); a push
 import argparse
 import heapq
 import json
-import math
 import random
 from dataclasses import dataclass
 
