@@ -39,7 +39,7 @@ from rlhf.experience import Experience
 from rlhf.groups import Groups
 from rlhf.rewards import REWARD_AGGREGATIONS
 from rlhf.rewards.aggregation import Aggregation
-from rlhf.sampling import Sampler, rollout_source
+from rlhf.sampling import Sampler, reward_columns, rollout_source
 from rlhf.schedules import ACTOR_DIED, ACTOR_RESTARTED, PhaseTimer, make_schedule
 from rlhf.stopping import StopRequest
 from rlhf.models import resolve_model_path
@@ -104,9 +104,16 @@ class Trainer:
         check_no_later_checkpoints(self.checkpoints, self.state["step"] if self.state else -1)
         remove_unfinished(self.checkpoints)
 
-        check_reward_sources(cfg.reward)  # before any actor: an actor that cannot be built would be retried
-        if cfg.eval.every:
-            check_reward_sources(replace(cfg.reward, functions=cfg.eval.rewards, models=[]), "eval.rewards")
+        # before any actor: an actor that cannot be built would be retried
+        check_reward_sources(cfg.reward, reward_columns(self.prompts.columns, cfg.env.enabled), bool(cfg.env.factory))
+        if self.eval_prompts is not None:  # scored with the eval set's columns
+            eval_columns = reward_columns(self.eval_prompts.rows[0], cfg.env.enabled)
+            if cfg.eval.rewards:
+                check_reward_sources(replace(cfg.reward, functions=cfg.eval.rewards, models=[]), eval_columns,
+                                     bool(cfg.env.factory), "eval.rewards")
+            elif cfg.eval.data:
+                check_reward_sources(replace(cfg.reward, models=[]), eval_columns, bool(cfg.env.factory),
+                                     "reward.functions (scoring eval.data)")
         sync_folders.remove_orphans(cfg.rollout.sync_dir)
         self.started_ray = connect_ray(cfg)
         self.stop.install()  # after ray.init, whose own SIGTERM handler aborts the process

@@ -210,6 +210,12 @@ def generate(actors, prompts: list[list[int]], n: int, sampling: SamplingSetting
     return [group for part in results for group in part]
 
 
+def reward_columns(row_columns, episodes: bool) -> list[str]:
+    """The columns `score` gives reward functions as keyword arguments: every row column but the prompt, and an
+    episode's `env_reward` (the start-up check of their signatures reads them)."""
+    return [name for name in row_columns if name != "prompt"] + (["env_reward"] if episodes else [])
+
+
 def score(reward, reward_models: dict, batch: PromptBatch, samples: list, group_size: int) -> dict[str, list[float]]:
     """Objective label -> rewards of the (flat, group after group) `samples` from the reward-function actor
     (`reward`, may be None) and the reward-model actors (label -> actor), side by side; every row column is repeated

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rlhf.imports import import_object
 from rlhf.rewards.functions import REWARD_FUNCTIONS, final_text
+from rlhf.rewards.signatures import given_keywords, signature_problem
 
 
 class RewardFunctionError(RuntimeError):
@@ -24,14 +25,19 @@ def resolve_function(name: str):
         raise ValueError(f"reward function {err}") from err
 
 
-def check_reward_sources(reward_cfg, key: str = "reward.functions") -> None:
-    """Every reward function resolves and every reward-model folder is a model folder, checked where the run starts
-    (a reward actor that cannot be built would otherwise be taken for a crash and restarted)."""
+def check_reward_sources(reward_cfg, columns, environments: bool, key: str = "reward.functions") -> None:
+    """Every reward function resolves and takes the keyword arguments of a call, and every reward-model folder is a
+    model folder, checked where the run starts (a reward actor that cannot be built would otherwise be taken for a
+    crash and restarted; a signature that cannot take a call would fail only at the first scoring). `columns` and
+    `environments`: what a call gives besides prompts and completions (rlhf/rewards/signatures.py)."""
     for index, function in enumerate(reward_cfg.functions):
         try:
-            resolve_function(function.name)
+            fn = resolve_function(function.name)
         except (ValueError, KeyError) as err:
             raise ValueError(f"{key}[{index}] ({function.name!r}): {err}") from err
+        problem = signature_problem(fn, given_keywords(columns, function.kwargs, environments))
+        if problem:
+            raise ValueError(f"{key}[{index}] ({function.name!r}): {problem}")
     for model in reward_cfg.models:
         if not (Path(model.path) / "config.json").is_file():
             raise ValueError(f"reward.models {model.label!r}: {model.path!r} is not a HF model folder (no config.json)")
@@ -98,6 +104,12 @@ class RewardScorer:
 
 
 def _check_values(name: str, values, expected: int) -> list[float]:
+    # a numpy array or a torch tensor (TRL takes any sequence of numbers): its values, NaN still unscorable
+    if hasattr(values, "shape") and hasattr(values, "tolist"):
+        if len(values.shape) != 1:
+            raise RewardFunctionError(f"reward function {name!r} returned an array of shape {tuple(values.shape)} for "
+                                      f"{expected} completions: return one value per completion (1-D)")
+        values = values.tolist()
     if not isinstance(values, (list, tuple)) or len(values) != expected:
         got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
         raise RewardFunctionError(f"reward function {name!r} returned {got} values for {expected} completions")

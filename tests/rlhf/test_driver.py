@@ -450,6 +450,9 @@ def test_a_tensor_parallel_engine_spans_two_gpus_and_takes_the_new_weights(ray_c
     ("reward.functions=[{name: no_such_module:fn}]", r"reward.functions\[0\] \('no_such_module:fn'\): .*No module named"),
     ("reward.functions=[{name: blue}]", r"reward.functions\[0\] \('blue'\): unknown reward function 'blue'"),
     ("reward.models=[{label: rm, path: /no/such/folder, weight: 1.0}]", r"reward.models 'rm': '/no/such/folder' is not"),
+    ("reward.functions=[{name: 'tests_reward_helpers:no_kwargs'}]",
+     r"reward.functions\[0\] \('tests_reward_helpers:no_kwargs'\): its signature no_kwargs\(prompts, completions, "
+     r"references\) .* no \*\*kwargs and no parameter named completion_ids"),
 ])
 def test_a_reward_that_cannot_be_built_fails_before_any_actor_starts(tiny_model, tmp_path, override, message):
     import time

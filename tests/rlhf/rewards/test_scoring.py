@@ -103,3 +103,81 @@ def test_unknown_builtin_lists_the_registered_ones():
 def test_unimportable_path_is_named():
     with pytest.raises(ValueError, match="no_such_module:fn"):
         RewardScorer([{"name": "no_such_module:fn", "weight": 1.0}], 10.0)
+
+
+# TRL takes any sequence of numbers: a numpy array or a torch tensor of one value per completion is a reward vector
+def numpy_values(prompts, completions, **_):
+    import numpy as np
+
+    return np.array([1.0 if c == "keep" else np.nan for c in completions], dtype=np.float32)
+
+
+def tensor_values(prompts, completions, **_):
+    import torch
+
+    return torch.tensor([0.5 if c == "keep" else float("nan") for c in completions], dtype=torch.bfloat16)
+
+
+def column_of_arrays(prompts, completions, **_):
+    import numpy as np
+
+    return np.ones((len(completions), 1))
+
+
+@pytest.mark.parametrize("name", ["numpy_values", "tensor_values"])
+def test_an_array_or_a_tensor_is_a_reward_vector_and_nan_stays_unscorable(name):
+    values = scorer(name).score(["p", "p"], ["keep", "skip"], {})[f"{HERE}:{name}"]
+    assert values[0] in (1.0, 0.5) and isinstance(values[0], float) and math.isnan(values[1])
+
+
+def test_an_array_of_the_wrong_shape_is_refused_with_its_shape():
+    with pytest.raises(RewardFunctionError, match=r"column_of_arrays.*shape \(2, 1\) for 2 completions"):
+        scorer("column_of_arrays").score(["p", "p"], ["a", "b"], {})
+
+
+# Signatures: checked at start-up against the keyword arguments every call gives (TRL's and the data's columns)
+def no_kwargs(prompts, completions, answer):
+    return [0.0] * len(completions)
+
+
+def names_a_missing_column(prompts, completions, solution, **kwargs):
+    return [0.0] * len(completions)
+
+
+def takes_its_own(prompts, completions, answer, completion_ids, trainer_state, log_metric, log_extra, scale):
+    return [0.0] * len(completions)
+
+
+def sources(*functions):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(functions=[SimpleNamespace(name=f"{HERE}:{name}", kwargs=kwargs)
+                                      for name, kwargs in functions], models=[])
+
+
+def test_a_function_without_kwargs_is_named_with_its_signature_and_what_a_call_gives():
+    from rlhf.rewards.scoring import check_reward_sources
+
+    with pytest.raises(ValueError) as raised:
+        check_reward_sources(sources(("always_one", {}), ("no_kwargs", {})), ["references", "answer"], False)
+    message = str(raised.value)
+    assert message.startswith(f"reward.functions[1] ('{HERE}:no_kwargs'): its signature "
+                              "no_kwargs(prompts, completions, answer) cannot take")
+    assert "no **kwargs and no parameter named references, completion_ids, trainer_state, log_metric, log_extra" in message
+    assert "TRL's prompts, completions, completion_ids, trainer_state, log_metric, log_extra" in message
+    assert "the data's columns references, answer" in message and "add **kwargs" in message
+
+
+def test_a_parameter_no_call_gives_is_named():
+    from rlhf.rewards.scoring import check_reward_sources
+
+    with pytest.raises(ValueError, match=r"no call gives its parameter solution \(a column of the data"):
+        check_reward_sources(sources(("names_a_missing_column", {})), ["answer"], False)
+
+
+def test_a_signature_that_takes_every_keyword_passes_and_environments_only_with_environments():
+    from rlhf.rewards.scoring import check_reward_sources
+
+    check_reward_sources(sources(("takes_its_own", {"scale": 2}), ("needs_column", {})), ["answer"], False)
+    with pytest.raises(ValueError, match="no parameter named environments"):
+        check_reward_sources(sources(("takes_its_own", {"scale": 2})), ["answer"], True)
