@@ -17,21 +17,23 @@ from functools import partial
 from pathlib import Path
 
 from rlhf.data.bad_rows import BadRows
+from rlhf.data.row_names import ROW, RowNames, unnamed
 from rlhf.data.sources import file_rows, reasoning_gym_rows
 
 log = logging.getLogger(__name__)
 CANONICAL = ("prompt", "references", "answer")
 PREPARED = ("_text", "_ids", "_length")  # the stream's own columns, beside the canonical ones
+HIDDEN = (*PREPARED, ROW)  # never given to reward functions
 PROCESSES_FROM = 50_000  # rows from which the map runs in several processes
-VERSION = "1"  # of the preparation below: a change makes every cache stale
+VERSION = "2"  # of the preparation below: a change makes every cache stale
 
 
 def load_rows(cfg):
     """Rows from `cfg.source` with `cfg.columns` mapped (canonical name -> column name): a list of dicts, or an Arrow
     table for files. Every row gets `prompt`; `references` (list of str) and `answer` when mapped; other columns pass
     through unchanged so reward functions can use them. Rows the run cannot use stop it or are dropped
-    (`cfg.bad_rows`)."""
-    bad_rows = BadRows(cfg.bad_rows)
+    (`cfg.bad_rows`), named where the user finds them (rlhf/data/row_names.py); every row keeps its `_row` for that."""
+    bad_rows, names = BadRows(cfg.bad_rows), RowNames(cfg)
     what = f"data.path={cfg.path!r}" if cfg.source == "file" else f"data.source={cfg.source!r}"
     if cfg.source == "reasoning_gym":
         rows = reasoning_gym_rows(cfg.task, cfg.size, cfg.seed)
@@ -45,7 +47,7 @@ def load_rows(cfg):
         bad_rows.report(0, what)
         raise ValueError(f"data source {cfg.source!r} produced no rows (path={cfg.path!r})")
 
-    found = sorted(rows.column_names if hasattr(rows, "column_names") else rows[0])
+    found = sorted(c for c in (rows.column_names if hasattr(rows, "column_names") else rows[0]) if c != ROW)
     mapping = {k: v for k, v in cfg.columns.items() if v is not None}
     if "prompt" not in mapping:
         raise ValueError("data.columns.prompt must name the column that holds the prompt")
@@ -60,19 +62,19 @@ def load_rows(cfg):
         table = rows.map(lambda batch, indices: as_columns(canonical_rows(as_rows(batch), mapping, indices)),
                          batched=True, with_indices=True, remove_columns=rows.column_names, desc="data rows",
                          new_fingerprint=_fingerprint(rows, mapping), **_processes(len(rows)))
-    return keep_good(table, bad_rows, what)
+    return keep_good(table, bad_rows, what, names)
 
 
 def canonical_rows(rows: list[dict], mapping: dict, numbers) -> list[dict]:
     """Rows renamed to the canonical columns and checked; `_problem` says what makes one unusable ("" if nothing).
-    `numbers`: the rows' indices, which a problem names."""
+    `numbers`: the rows' indices, their `_row` unless they have one (rows read line by line, some dropped)."""
     out = []
     for number, row in zip(numbers, rows):
         mapped = {k: v for k, v in row.items() if k not in mapping.values()}
         for canonical, column in mapping.items():
             mapped[canonical] = row.get(column)
-        problem = _row_problem(mapped)
-        mapped["_problem"] = f"data row {number}: {problem}" if problem else ""
+        mapped[ROW] = row.get(ROW, number)
+        mapped["_problem"] = _row_problem(mapped) or ""
         out.append(mapped)
     return out
 
@@ -90,33 +92,35 @@ def _fingerprint(table, *settings) -> str:
     return hashlib.sha256(json.dumps([table._fingerprint, VERSION, *settings], default=str).encode()).hexdigest()[:32]
 
 
-def keep_good(table, bad_rows: BadRows, what: str):
-    """The table without its rows that have a `_problem`: the first stops the run, or all are dropped and logged."""
+def keep_good(table, bad_rows: BadRows, what: str, names):
+    """The table without its rows that have a `_problem`: the first stops the run, or all are dropped and logged.
+    `names`: a row's name from its `_row` (its position in `table` where it has none)."""
     if isinstance(table, list):
-        problems = [row["_problem"] for row in table if row["_problem"]]
+        problems = [(row.get(ROW, i), row["_problem"]) for i, row in enumerate(table) if row["_problem"]]
         kept = [{k: v for k, v in row.items() if k != "_problem"} for row in table if not row["_problem"]]
     else:
         flagged = table.filter(lambda ps: [bool(p) for p in ps], batched=True, input_columns="_problem")
-        problems = flagged["_problem"]
+        rows = flagged[ROW] if ROW in table.column_names else [i for i, p in enumerate(table["_problem"]) if p]
+        problems = list(zip(rows, flagged["_problem"]))
         kept = table.filter(lambda ps: [not p for p in ps], batched=True, input_columns="_problem") if problems \
             else table
         kept = kept.remove_columns("_problem")
-    for problem in problems:
-        where, _, why = problem.partition(": ")
-        bad_rows.drop(where, why)
+    for row, why in problems:
+        bad_rows.drop(names(row), why)
     bad_rows.report(len(kept), what)
     return kept
 
 
 def _row_problem(row: dict) -> str | None:
-    """What makes the row unusable, if anything (a string reference becomes a list of one)."""
+    """What makes the row unusable, if anything (a string reference becomes a list of one, in every row: a column of
+    an Arrow table holds one type, the bad rows' too)."""
+    if isinstance(row.get("references"), str):
+        row["references"] = [row["references"]]
     prompt = row["prompt"]
     if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
         return f"prompt must be a non-empty string or message list, got {prompt!r}"
     if "references" in row:
         refs = row["references"]
-        if isinstance(refs, str):
-            row["references"] = refs = [refs]
         if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
             return f"references must be a string or a non-empty list of strings, got {refs!r}"
     return None
@@ -143,21 +147,23 @@ class PromptStream:
     A prompt longer than `max_prompt_tokens` stops the run or is dropped (`bad_rows`, as `data.bad_rows`)."""
 
     def __init__(self, rows, tokenizer, system_prompt: str | None, max_prompt_tokens: int, seed: int,
-                 bad_rows: str = "error", chat_template: str | None = None, chat_template_kwargs: dict | None = None):
+                 bad_rows: str = "error", chat_template: str | None = None, chat_template_kwargs: dict | None = None,
+                 names=None):
         """`rows`: a table from `load_rows`. `chat_template`: Jinja text replacing the tokenizer's;
         `chat_template_kwargs` reach the template (e.g. `enable_thinking: false` for Qwen3-style templates). A prompt
-        given as a message list keeps its roles."""
+        given as a message list keeps its roles. `names`: the rows' `RowNames` from where they were loaded, which name
+        an over-long prompt (without: its 1-based row)."""
         self.seed, self.epoch, self.position = seed, 0, 0
         render = Renderer(tokenizer, system_prompt, chat_template, dict(chat_template_kwargs or {}), max_prompt_tokens)
         if isinstance(rows, list):
-            table = [{**row, **prepared} for row, prepared in zip(rows, render.rows(rows, range(len(rows))))]
+            table = [{**row, **prepared} for row, prepared in zip(rows, render.rows(rows))]
         else:
-            table = rows.map(lambda batch, indices: as_columns(render.rows(as_rows(batch), indices)), batched=True,
-                             with_indices=True, desc="templating and tokenizing",
+            table = rows.map(lambda batch: as_columns(render.rows(as_rows(batch))), batched=True,
+                             desc="templating and tokenizing",
                              new_fingerprint=_fingerprint(rows, render.key()), **_processes(len(rows)))
-        self.table = keep_good(table, BadRows(bad_rows), "the data (over-long prompts)")
+        self.table = keep_good(table, BadRows(bad_rows), "the data (over-long prompts)", names or unnamed)
         self.columns = [c for c in (self.table.column_names if not isinstance(self.table, list) else self.table[0])
-                        if c not in PREPARED]
+                        if c not in HIDDEN]
         self._order = self._shuffled(0)
 
     def __len__(self) -> int:
@@ -250,14 +256,14 @@ class Renderer:
             return [e.ids for e in self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    def rows(self, rows: list[dict], numbers) -> list[dict]:
-        """Each row's `_text`, `_ids`, `_length` and `_problem` (a prompt over the limit; `numbers` name rows)."""
+    def rows(self, rows: list[dict]) -> list[dict]:
+        """Each row's `_text`, `_ids`, `_length` and `_problem` (a prompt over the limit; keep_good names the row)."""
         texts = [self.wrap[0] + row["prompt"] + self.wrap[1] if self.wrap and isinstance(row["prompt"], str)
                  else self.template(row["prompt"]) for row in rows]
         ids = self.encode(texts) if texts else []
         out = []
-        for number, text, tokens in zip(numbers, texts, ids):
-            problem = (f"data row {number}: prompt has {len(tokens)} tokens, more than data.max_prompt_tokens="
+        for text, tokens in zip(texts, ids):
+            problem = (f"prompt has {len(tokens)} tokens, more than data.max_prompt_tokens="
                        f"{self.max_prompt_tokens}; raise the limit or drop the row"
                        if len(tokens) > self.max_prompt_tokens else "")
             out.append({"_text": text, "_ids": tokens, "_length": len(tokens), "_problem": problem})
@@ -286,12 +292,15 @@ def prompt_sets(cfg, tokenizer) -> tuple["PromptStream", PromptBatch | None]:
     """The training stream and the eval set (None without evaluation): `eval.data`'s rows, or `eval.held_out`
     rows of the training data, which the stream then never draws. Both go through the same chat template."""
     rows, eval_rows = load_rows(cfg.data), None
+    names = eval_names = RowNames(cfg.data)
     if cfg.eval.every and cfg.eval.data:
         eval_rows = load_rows(replace(cfg.data, **cfg.eval.data))
+        eval_names = RowNames(replace(cfg.data, **cfg.eval.data))
     elif cfg.eval.every:
         rows, eval_rows = hold_out(rows, cfg.eval.held_out, cfg.data.seed)
     stream = partial(PromptStream, tokenizer=tokenizer, system_prompt=cfg.data.system_prompt,
                      max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.seed, bad_rows=cfg.data.bad_rows,
                      chat_template=read_chat_template(cfg.data.chat_template),
                      chat_template_kwargs=dict(cfg.data.chat_template_kwargs or {}))
-    return stream(rows), stream(eval_rows).everything() if eval_rows is not None else None
+    eval_set = stream(eval_rows, names=eval_names).everything() if eval_rows is not None else None
+    return stream(rows, names=names), eval_set

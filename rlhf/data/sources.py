@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from rlhf.data.bad_rows import BadRows
+from rlhf.data.row_names import ROW
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -30,30 +31,33 @@ def reasoning_gym_rows(task: str, size: int, seed: int) -> list[dict]:
     return rows
 
 
-def jsonl_rows(file: Path, bad_rows: BadRows) -> list[dict]:
-    """Rows of a JSONL file, read line by line so that a bad line is named by its number (1-based). Blank lines are
-    skipped; every row gets every column found in the file (None where it has none), as `datasets` would."""
-    rows = []
-    with open(file, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            where = f"data.path={str(file)!r}, line {number}"
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                bad_rows.drop(where, f"not valid UTF-8 (byte {err.start + 1} of the line is "
-                                     f"{raw[err.start:err.start + 1]!r})")
-                continue
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text.rstrip("\r\n"))
-            except json.JSONDecodeError as err:
-                bad_rows.drop(where, f"not valid JSON at column {err.colno} ({err.msg}); a truncated line?")
-                continue
-            if not isinstance(row, dict):
-                bad_rows.drop(where, f"a JSON {type(row).__name__}, not an object with one field per column")
-                continue
-            rows.append(row)
+def jsonl_rows(files: list[Path], bad_rows: BadRows) -> list[dict]:
+    """Rows of JSONL files, read line by line so that a bad line is named by its number (1-based). Blank lines are
+    skipped; every row gets every column found in the files (None where it has none), as `datasets` would, and `_row`,
+    its record (non-blank line, good or bad) over the files, as Arrow numbers its rows (rlhf/data/row_names.py)."""
+    rows, record = [], -1
+    for file in files:
+        with open(file, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                record += 1
+                where = f"data.path={str(file)!r}, line {number}"
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    bad_rows.drop(where, f"not valid UTF-8 (byte {err.start + 1} of the line is "
+                                         f"{raw[err.start:err.start + 1]!r})")
+                    continue
+                try:
+                    row = json.loads(text.rstrip("\r\n"))
+                except json.JSONDecodeError as err:
+                    bad_rows.drop(where, f"not valid JSON at column {err.colno} ({err.msg}); a truncated line?")
+                    continue
+                if not isinstance(row, dict):
+                    bad_rows.drop(where, f"a JSON {type(row).__name__}, not an object with one field per column")
+                    continue
+                rows.append({**row, ROW: record})
     columns = dict.fromkeys(key for row in rows for key in row)
     return [{key: row.get(key) for key in columns} for row in rows]
 
@@ -77,12 +81,12 @@ def file_rows(path: str, bad_rows: BadRows | None = None):
         raise ValueError(f"data.path={path!r} mixes formats {sorted(suffixes)}: give files of one format")
     suffix = suffixes.pop()
     if suffix == ".jsonl" and not all(jsonl_is_clean(f) for f in files):
-        return [row for f in files for row in jsonl_rows(f, bad_rows)]  # names or drops the bad lines
+        return jsonl_rows(files, bad_rows)  # names or drops the bad lines
     try:
         return load_dataset(FILE_FORMATS[suffix], data_files=[str(f) for f in files], split="train")
     except Exception as err:  # datasets raises many kinds; the user needs the file's name
         if suffix == ".jsonl":  # e.g. a column that is a list in one row and a string in another: rows, then
-            return [row for f in files for row in jsonl_rows(f, bad_rows)]
+            return jsonl_rows(files, bad_rows)
         raise ValueError(f"data.path={path!r} could not be read as {FILE_FORMATS[suffix]}: {err!r}") from err
 
 

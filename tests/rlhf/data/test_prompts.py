@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import pytest
 
 from rlhf.data import PromptStream, load_rows
+from rlhf.data.row_names import RowNames
 
 
 def file_cfg(path, bad_rows="error", **columns):
@@ -28,7 +29,7 @@ def test_reasoning_gym_rows_have_references():
 def test_jsonl_with_column_mapping_and_string_reference(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"q": "hi", "ref": "hello", "extra": 1}])
     rows = load_rows(file_cfg(path, prompt="q", references="ref"))
-    assert list(rows) == [{"prompt": "hi", "references": ["hello"], "extra": 1}]
+    assert list(rows) == [{"prompt": "hi", "references": ["hello"], "extra": 1, "_row": 0}]  # _row: where it was read
 
 
 def test_misnamed_column_is_named_with_those_found(tmp_path):
@@ -46,7 +47,7 @@ def test_empty_dataset(tmp_path):
 
 def test_blank_prompt_row_is_named(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "ok", "references": ["x"]}, {"prompt": " ", "references": ["x"]}])
-    with pytest.raises(ValueError, match="data row 1: prompt"):
+    with pytest.raises(ValueError, match=rf"data.path='{path}', line 2: prompt"):
         load_rows(file_cfg(path))
 
 
@@ -91,7 +92,7 @@ def test_prompt_longer_than_the_limit_is_named(tiny_model):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    with pytest.raises(ValueError, match=r"data row 1: prompt has \d+ tokens"):
+    with pytest.raises(ValueError, match=r"data row 2: prompt has \d+ tokens"):  # rows of its own: 1-based
         PromptStream([{"prompt": "hi"}, {"prompt": "word " * 200}], tok, None, max_prompt_tokens=50, seed=0)
 
 
@@ -225,12 +226,13 @@ def test_bad_rows_of_an_arrow_table_are_named_or_dropped(tmp_path, tiny_model, c
 
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "fine", "references": ["x"]}, {"prompt": " ", "references": ["x"]},
                                               {"prompt": "word " * 100, "references": ["x"]}])
-    with pytest.raises(ValueError, match="data row 1: prompt must be a non-empty string"):
+    with pytest.raises(ValueError, match=rf"data.path='{path}', line 2: prompt must be a non-empty string"):
         load_rows(file_cfg(path))
     rows = load_rows(file_cfg(path, bad_rows="skip"))
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    with pytest.raises(ValueError, match=r"data row 1: prompt has \d+ tokens, more than data.max_prompt_tokens=50"):
-        PromptStream(rows, tokenizer, None, max_prompt_tokens=50, seed=0)
+    with pytest.raises(ValueError, match=rf"data.path='{path}', line 3: prompt has \d+ tokens, more than "
+                                         "data.max_prompt_tokens=50"):
+        PromptStream(rows, tokenizer, None, max_prompt_tokens=50, seed=0, names=RowNames(file_cfg(path)))
     with caplog.at_level("WARNING"):
         stream = PromptStream(rows, tokenizer, None, max_prompt_tokens=50, seed=0, bad_rows="skip")
     assert [r["prompt"] for r in stream.everything().rows] == ["fine"] and "dropped 1 of 2 rows" in caplog.text
@@ -255,3 +257,56 @@ def test_a_second_stream_over_the_same_data_reads_its_tokens_from_the_cache(tmp_
     write_jsonl(changed, [{"prompt": "other", "references": ["x"]}])
     with pytest.raises(AssertionError, match="not read back"):  # new data: prepared anew
         PromptStream(load_rows(file_cfg(changed)), tokenizer, None, 200, seed=0)
+
+
+# A bad row is named where the user finds it: a file's by file and 1-based line, whichever step finds it (the row
+# checks, the prompt length after the held-out split), a generated data set's by its 1-based row
+def test_a_bad_row_of_a_file_is_named_by_its_line_past_blank_lines_and_dropped_lines(tmp_path, caplog):
+    arrow = tmp_path / "arrow.jsonl"  # read by Arrow: blank lines are no rows
+    arrow.write_text('{"prompt": "a", "references": ["x"]}\n\n  \n{"prompt": "b", "references": ["x"]}\n'
+                     '{"prompt": "", "references": ["x"]}\n')
+    with pytest.raises(ValueError, match=rf"data.path='{arrow}', line 5: prompt must be"):
+        load_rows(file_cfg(arrow))
+    by_line = tmp_path / "by_line.jsonl"  # a bad line: read line by line, the bad one dropped before the row checks
+    by_line.write_bytes(b'{"prompt": "caf\xe9"}\n\n{"prompt": "b", "references": ["x"]}\n{"prompt": "c", "references": []}\n')
+    with caplog.at_level("WARNING"):
+        assert [row["prompt"] for row in load_rows(file_cfg(by_line, bad_rows="skip"))] == ["b"]
+    assert f"data.path='{by_line}', line 1: not valid UTF-8" in caplog.text
+    assert f"data.path='{by_line}', line 4: references must be" in caplog.text
+
+
+def test_a_bad_row_of_a_csv_is_named_by_the_line_its_record_starts_on_and_of_shards_by_its_own_file(tmp_path):
+    table = tmp_path / "d.csv"
+    table.write_text('prompt,references\n"two\nlines",x\n\nfine,x\n" ",x\n')
+    with pytest.raises(ValueError, match=rf"data.path='{table}', line 6: prompt must be"):
+        load_rows(file_cfg(table))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_jsonl(shards / "part-0.jsonl", [{"prompt": "a", "references": ["x"]}] * 3)
+    write_jsonl(shards / "part-1.jsonl", [{"prompt": "a", "references": ["x"]}, {"prompt": " ", "references": ["x"]}])
+    with pytest.raises(ValueError, match=rf"data.path='{shards / 'part-1.jsonl'}', line 2: prompt must be"):
+        load_rows(file_cfg(shards))
+
+
+def test_an_over_long_prompt_is_named_by_its_line_after_the_held_out_split(tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+
+    from rlhf.config import compose_config, load_config
+    from rlhf.data import prompt_sets
+
+    rows = [{"prompt": f"q{i}", "references": ["r"]} for i in range(8)]
+    rows[6]["prompt"] = "word " * 100
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    cfg = load_config(compose_config("data=file", f"data.path={data}", "data.max_prompt_tokens=50", "eval.held_out=2",
+                                     "output_dir=/tmp/x"))
+    with pytest.raises(ValueError, match=rf"data.path='{data}', line 7: prompt has \d+ tokens"):
+        prompt_sets(cfg, AutoTokenizer.from_pretrained(tiny_model))
+
+
+def test_a_bad_row_of_a_generated_data_set_is_named_by_its_1_based_row():
+    cfg = SimpleNamespace(source="env", task="  ", size=3, seed=0, path=None, bad_rows="error",
+                          columns={"prompt": "prompt"})
+    with pytest.raises(ValueError, match=r"^data.source='env', row 1: prompt must be"):
+        load_rows(cfg)
+    generated = SimpleNamespace(source="reasoning_gym", task="gsm_symbolic", path=None)
+    assert RowNames(generated)(4) == "data.source='reasoning_gym' ('gsm_symbolic'), row 5"
