@@ -95,6 +95,14 @@ def startup_summary(cfg, roles: dict, route: str) -> str:
         f"{cfg.steps} steps of {step}, rollout {mode}; outputs in {cfg.output_dir} (actors' logs in logs/)"])
 
 
+def eval_line(step: int, metrics: dict[str, float], passing) -> str:
+    """One evaluation as the console shows it: its figures, and what decides pass@k or that nothing does (a
+    `PassRule`, rlhf/passing.py)."""
+    figures = ", ".join(f"{key.removeprefix('eval/')} {value:.4g}" for key, value in metrics.items()
+                        if key.startswith("eval/"))
+    return f"step {step} eval: {figures}; {passing.describe()}"
+
+
 def final_summary(history: list[dict], seconds: float, output_dir: str) -> str:
     steps = [h for h in history if "reward" in h]
     if not steps:

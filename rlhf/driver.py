@@ -30,11 +30,12 @@ from rlhf.checkpoint import (
     save_checkpoint,
 )
 from rlhf.config import Config, settings_that_cannot_act
-from rlhf.console import configure_driver_logging, final_summary, startup_summary
+from rlhf.console import configure_driver_logging, eval_line, final_summary, startup_summary
 from rlhf.data import PromptStream, prompt_sets
 from rlhf.engines.base import SamplingSettings
 from rlhf.evaluation import Evaluator
 from rlhf.evaluation import due as evaluation_due
+from rlhf.passing import pass_rule
 from rlhf.experience import Experience
 from rlhf.groups import Groups
 from rlhf.rewards import REWARD_AGGREGATIONS
@@ -114,6 +115,7 @@ class Trainer:
             elif cfg.eval.data:
                 check_reward_sources(replace(cfg.reward, models=[]), eval_columns, bool(cfg.env.factory),
                                      "reward.functions (scoring eval.data)")
+            pass_rule(cfg)  # refuses a checkpoint.keep_best on a pass@k that would never be logged
         sync_folders.remove_orphans(cfg.rollout.sync_dir)
         self.started_ray = connect_ray(cfg)
         self.stop.install()  # after ray.init, whose own SIGTERM handler aborts the process
@@ -225,11 +227,13 @@ class Trainer:
             return {}
         with timer("eval"):
             try:
-                return self.evaluator.evaluate(step, self.weight_sync.version, self.output_dir)
+                metrics = self.evaluator.evaluate(step, self.weight_sync.version, self.output_dir)
             except ACTOR_RESTARTED as err:  # the next rollout waits for the restart and pushes the weights again
                 log.warning("step %d: evaluation skipped: an engine or reward actor died or is restarting (%s)",
                             step, type(err).__name__)
                 return {}
+        log.info("%s", eval_line(step, metrics, self.evaluator.passing))
+        return metrics
 
     def best_checkpoint(self) -> str | None:
         """The checkpoint whose weights scored highest on `checkpoint.keep_best`: the eval at step k saw the

@@ -2,8 +2,8 @@
 extra model copy), scored by the run's objectives each on its own (or by `eval.rewards`).
 
 Metrics: `eval/<objective>` (mean@k: the mean over every completion), `eval/pass@1` and `eval/pass@k` (k =
-`eval.samples`; a completion passes when the `eval.pass_objective` reward reaches `eval.pass_threshold`), and
-`eval/length` (completion tokens). `eval_samples.jsonl` holds the last evaluation, prompt by prompt."""
+`eval.samples`; a completion passes when the `eval.pass_objective` reward reaches `eval.pass_threshold` or the reward's
+own threshold; none where the objective defines no passing, rlhf/passing.py), and `eval/length` (completion tokens). `eval_samples.jsonl` holds the last evaluation, prompt by prompt."""
 
 import json
 import math
@@ -15,6 +15,7 @@ from rlhf.config import Config
 from rlhf.data import PromptBatch
 from rlhf.engines.base import SamplingSettings
 from rlhf.models.folders import write_text_atomically
+from rlhf.passing import pass_rule
 from rlhf.sampling import NO_TIMER, score
 
 
@@ -40,7 +41,7 @@ class Evaluator:
         self.actors, self.cfg, self.prompts, self.source = actors, cfg, prompts, source
         e = cfg.eval
         self.labels = e.objective_labels(cfg.reward)
-        self.pass_label = e.pass_objective or self.labels[0]
+        self.passing = pass_rule(cfg)  # with no threshold, no pass@k is logged
         self.settings = SamplingSettings(e.max_new_tokens or cfg.rollout.max_new_tokens, e.temperature, 1.0,
                                          greedy=e.greedy)
 
@@ -57,15 +58,18 @@ class Evaluator:
             rewards = score(self.actors.reward, self.actors.reward_models, batch, samples, k)
         rewards = {label: rewards[label] for label in self.labels}
         metrics = {f"eval/{label}": _mean(values) for label, values in rewards.items()}
-        passed = [[value is not None and not math.isnan(value) and value >= self.cfg.eval.pass_threshold
-                   for value in rewards[self.pass_label][i * k : (i + 1) * k]] for i in range(len(groups))]
-        for at in sorted({1, k}):
-            metrics[f"eval/pass@{at}"] = sum(pass_at_k(k, sum(p), at) for p in passed) / len(passed)
+        passed = None
+        if self.passing.threshold is not None:
+            rule = self.passing
+            passed = [[value is not None and not math.isnan(value) and value >= rule.threshold
+                       for value in rewards[rule.objective][i * k : (i + 1) * k]] for i in range(len(groups))]
+            for at in sorted({1, k}):
+                metrics[f"eval/pass@{at}"] = sum(pass_at_k(k, sum(p), at) for p in passed) / len(passed)
         metrics["eval/length"] = sum(len(s.completion_ids) for s in samples) / len(samples)
         metrics.update({f"eval/{name.removeprefix('rollout/')}": value for name, value in self.source.metrics(groups).items()})
         rows = [{"step": step, "prompt": batch.texts[i], "completions": [s.text for s in group],
                  "rewards": {label: values[i * k : (i + 1) * k] for label, values in rewards.items()},
-                 "passed": sum(passed[i]), **({"episodes": [s.messages for s in group]} if hasattr(group[0], "messages")
+                 **({"passed": sum(passed[i])} if passed else {}), **({"episodes": [s.messages for s in group]} if hasattr(group[0], "messages")
                                               else {})} for i, group in enumerate(groups)]
         write_text_atomically(output_dir / "eval_samples.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
         return metrics

@@ -263,7 +263,7 @@ class EvalConfig:
     max_new_tokens: Optional[int] = MISSING
     rewards: list[RewardFunctionConfig] = MISSING
     pass_objective: Optional[str] = MISSING
-    pass_threshold: float = MISSING
+    pass_threshold: Optional[float] = MISSING  # None: the pass objective's own, if it has one (rlhf/passing.py)
 
     def objective_labels(self, reward: "RewardConfig") -> list[str]:
         """What eval scores: its own reward functions, or the run's objectives."""

@@ -102,6 +102,12 @@ def env(prompts, completions, env_reward=None, **_) -> list[float | None]:
     return list(_needs("env_reward", env_reward, "env (an env.factory whose class defines get_reward)"))
 
 
+# Their reward is 1 for a right answer (a matching format): a completion passes eval/pass@k there. The others
+# (bleu, length, conciseness, env) define no passing (rlhf/passing.py)
+for _verifier in (exact_match, numeric_match, reasoning_gym_answer, format_match):
+    _verifier.pass_threshold = 1.0
+
+
 def final_text(completion) -> str:
     """What a built-in function reads of a completion: the text itself, or an episode's last assistant turn."""
     if isinstance(completion, str):

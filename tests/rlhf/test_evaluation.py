@@ -76,3 +76,36 @@ def test_keep_best_keeps_the_best_checkpoint_besides_the_last_ones(tmp_path):
         save_checkpoint(tmp_path, step, write, {"step": step}, keep_last=2, keep=keep)
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-000001", "step-000003", "step-000004"]
     assert json.loads((tmp_path / "step-000001" / "driver.json").read_text())["step"] == 1
+
+
+def own_threshold(prompts, completions, **_):
+    return [float(c == "right") for c in completions]
+
+
+own_threshold.pass_threshold = 0.5  # a function of the user's may define passing, as the built-in verifiers do
+
+
+@pytest.mark.parametrize("overrides, threshold, line", [
+    # BLEU (the default) is never 1: without a threshold of the user's, no pass@k, and the eval line says so
+    ([], None, "no pass@k: bleu defines no passing (eval.pass_threshold would set one)"),
+    (["eval.pass_threshold=0.3"], 0.3, "pass@k: bleu >= 0.3 (eval.pass_threshold)"),
+    (["reward.functions=[{name: numeric_match}]"], 1.0, "pass@k: numeric_match >= 1 (the reward's own threshold)"),
+    ([f"eval.rewards=[{{name: bleu}}, {{name: '{__name__}:own_threshold', label: mine}}]", "eval.pass_objective=mine"],
+     0.5, "pass@k: mine >= 0.5 (the reward's own threshold)"),
+])
+def test_pass_at_k_only_where_the_objective_defines_passing(overrides, threshold, line):
+    from rlhf.console import eval_line
+    from rlhf.passing import pass_rule
+
+    rule = pass_rule(load_config(compose_config("output_dir=/tmp/x", *overrides)))
+    assert rule.threshold == threshold
+    assert eval_line(7, {"eval/bleu": 0.13612, "eval/length": 93.0, "time/eval": 1.5}, rule) == \
+        f"step 7 eval: bleu 0.1361, length 93; {line}"
+
+
+def test_keep_best_on_a_pass_at_k_that_is_never_logged_is_refused():
+    from rlhf.passing import pass_rule
+
+    with pytest.raises(ValueError, match=r"checkpoint.keep_best='eval/pass@1': the pass objective 'bleu' defines no "
+                                         "passing, so no pass@k is logged; set eval.pass_threshold"):
+        pass_rule(load_config(compose_config("output_dir=/tmp/x", "checkpoint.keep_best=eval/pass@1")))

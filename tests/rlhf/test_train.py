@@ -27,7 +27,8 @@ def test_smoke_experiment_from_the_command_line(tmp_path):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and all("reward" in line and "time/step" in line for line in lines[:3])
     # evaluated before the first step and after the last (a line of its own), on its 4 held-out questions
-    assert "eval/bleu" in lines[0] and lines[3].keys() == {"step", "eval/bleu", "eval/pass@1", "eval/length"}
+    # BLEU defines no passing: no pass@k, and the eval line says so
+    assert "eval/bleu" in lines[0] and lines[3].keys() == {"step", "eval/bleu", "eval/length"}
     assert len((out / "eval_samples.jsonl").read_text().splitlines()) == 4
     assert (out / "final" / "config.json").exists() and (out / "final" / "tokenizer_config.json").exists()
     assert (out / "reward_curve.png").exists()
@@ -36,6 +37,7 @@ def test_smoke_experiment_from_the_command_line(tmp_path):
     # the console: the driver's own lines (a start-up and a final summary), none of the actors' (logging.console=quiet)
     console = result.stdout + result.stderr
     assert "roles (colocated): rollout 1 x" in console and "3 steps in" in console
+    assert "step 3 eval: bleu " in console and "no pass@k: bleu defines no passing" in console
     assert "pid=" not in console and "non-default args" not in console and "Loading weights" not in console
     rollout_log = (out / "logs" / "rollout-0.log").read_text()
     assert "non-default args" in rollout_log  # vLLM's INFO lines are in the engine's own log
