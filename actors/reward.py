@@ -12,8 +12,12 @@ class RewardActor:
         capture_output()  # into <output_dir>/logs/<role>-<index>.log (rlhf/console.py)
         self.scorer = RewardScorer(functions, timeout_s)
 
-    def score(self, prompts: list, completions: list[str], columns: dict[str, list]) -> dict[str, list[float]]:
-        return self.scorer.score(prompts, completions, columns)
+    def score(self, prompts: list, completions: list[str], columns: dict[str, list],
+              extras: dict | None = None) -> dict[str, list[float]]:
+        return self.scorer.score(prompts, completions, columns, extras)
+
+    def drain_logs(self) -> tuple[dict[str, float], dict[str, list]]:
+        return self.scorer.drain_logs()
 
     def preflight(self) -> dict:
         from rlhf.training.memory import peak_rss_gib, report

@@ -336,7 +336,7 @@ class Asynchronous:
                 self.cond.notify_all()
 
     def _score(self, job: Job, samples: list) -> None:
-        groups = self.sampler.score(job.batch, [samples])
+        groups = self.sampler.score(job.batch, [samples], self.updates)
         keep = not self.cfg.algo.sampling.dynamic or self.sampler.informative(groups)[0]
         with self.cond:
             if job.number not in self.live:  # given back meanwhile (its engine died)

@@ -94,7 +94,10 @@ class Trainer:
         check_model_fits(self.model_path, cfg)
         if cfg.algo.critic.enabled and cfg.critic.model_path:
             check_same_tokenizer(tokenizer, cfg.critic.model_path)
-        self.prompts, self.eval_prompts = prompt_sets(cfg, tokenizer)
+        # single turns, or multi-turn episodes: built now, so an environment, tool or template that cannot serve is
+        # named before Ray starts; an episode's prompt holds the tools' descriptions beside the row's
+        self.source = rollout_source(None, cfg, tokenizer)
+        self.prompts, self.eval_prompts = prompt_sets(cfg, tokenizer, self.source.prompt_overhead())
 
         self.checkpoints = Path(cfg.checkpoint.dir or self.output_dir / "checkpoints").absolute()
         self.resume_from = find_checkpoint(cfg.resume, self.checkpoints)
@@ -143,7 +146,7 @@ class Trainer:
         self.kl_control = KLController(cfg.algo.kl.reward_beta, cfg.algo.kl.target, cfg.algo.kl.horizon)
         self.reward_moments = RunningMoments()
         self.transforms = transforms_by_stage(cfg.algo.transforms)
-        self.source = rollout_source(self.actors, cfg, tokenizer)  # single turns, or multi-turn episodes
+        self.source.bind(self.actors)
         self.sampler = Sampler(self.actors, cfg, self.aggregation, self.source)
         self.evaluator = Evaluator(self.actors, cfg, self.eval_prompts, self.source) if self.eval_prompts else None
         # a background rollout's retry starts restarted engines; where they share a GPU, not while the learners train
@@ -173,13 +176,14 @@ class Trainer:
                 timer = PhaseTimer()
                 groups, sampling_metrics, experience = self.schedule.next(step, timer)
                 # the engines are idle now (a background rollout is collected; an async stream pauses for it):
+                logged, extra_columns = reward_logs(self.actors.reward)  # TRL's log_metric / log_extra
                 # evaluate the weights this step trains from, those of `step` updates
                 eval_metrics = self.evaluate(step, timer)
                 cursor = self.schedule.state_dict()  # where a resume continues
                 self.schedule.prefetch(step)
                 metrics = {**self.learn(step, experience, groups.topped_up, timer), **rollout_metrics(experience, groups),
-                           **sampling_metrics, **eval_metrics, **timer.seconds()}
-                report(step, metrics, groups, self.metrics_log, bar, cfg.logging.samples_per_step)
+                           **sampling_metrics, **eval_metrics, **logged, **timer.seconds()}
+                report(step, metrics, groups, self.metrics_log, bar, cfg.logging.samples_per_step, extra_columns)
                 # a step whose every sample is unscorable trains on nothing: a few in a row mean the rewards are broken
                 unscorable_steps = unscorable_steps + 1 if metrics["reward_unscorable"] == len(groups.rewards.total) else 0
                 if unscorable_steps == cfg.reward.max_unscorable_steps:
@@ -395,7 +399,14 @@ def train(actors: Actors, experience: Experience, train_policy: bool) -> dict[st
     return {key: value for per_rank in results for key, value in LearnerGroup.reduce(per_rank).items()}
 
 
-def report(step: int, metrics: dict, groups: Groups, metrics_log: MetricsLog, bar, samples_per_step: int = 1) -> None:
+def reward_logs(reward) -> tuple[dict[str, float], dict[str, list]]:
+    """What the reward functions logged since the last call (TRL's `log_metric`: each name's mean; `log_extra`: its
+    columns, one value per completion scored)."""
+    return ray.get(reward.drain_logs.remote()) if reward is not None else ({}, {})
+
+
+def report(step: int, metrics: dict, groups: Groups, metrics_log: MetricsLog, bar, samples_per_step: int = 1,
+           extra_columns: dict | None = None) -> None:
     if metrics["reward_unscorable"]:
         log.warning("step %d: %d of %d samples unscorable (a reward function returned None/NaN); "
                     "they get advantage 0", step, metrics["reward_unscorable"], len(groups.rewards.total))
@@ -407,6 +418,9 @@ def report(step: int, metrics: dict, groups: Groups, metrics_log: MetricsLog, ba
         if hasattr(first, "messages"):  # an episode: its prompt and every turn
             row.update(prompt=first.prompt, episode=first.messages, turns=first.turns, truncated=first.truncated)
         rows.append(row)
+        # log_extra's columns, by the order the samples were scored (the step's, in a synchronous run)
+        row.update({column: values[i * size] for column, values in (extra_columns or {}).items()
+                    if i * size < len(values)})
     metrics_log.log_samples(step, rows)
     bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['rollout_kl']:.4f}",
                     len=f"{metrics['completion_length']:.0f}", s_per_step=f"{metrics['time/step']:.1f}")

@@ -11,11 +11,14 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
+import ray
+
 from rlhf.config import Config
 from rlhf.data import PromptBatch
 from rlhf.engines.base import SamplingSettings
 from rlhf.models.folders import write_text_atomically
 from rlhf.passing import pass_rule
+from rlhf.rewards.scoring import TrainerState
 from rlhf.sampling import NO_TIMER, score
 
 
@@ -53,11 +56,15 @@ class Evaluator:
         groups = self.source.rollout(batch, k, replace(self.settings, seed=seed), version, NO_TIMER)
         samples = [s for group in groups for s in group]
         if self.actors.eval_reward is not None:  # eval.rewards: its own functions
-            rewards = score(self.actors.eval_reward, {}, batch, samples, k)
+            rewards = score(self.actors.eval_reward, {}, batch, samples, k, TrainerState(step, self.cfg.steps))
         else:
-            rewards = score(self.actors.reward, self.actors.reward_models, batch, samples, k)
+            rewards = score(self.actors.reward, self.actors.reward_models, batch, samples, k,
+                            TrainerState(step, self.cfg.steps))
         rewards = {label: rewards[label] for label in self.labels}
+        scorer = self.actors.eval_reward or self.actors.reward
+        logged = ray.get(scorer.drain_logs.remote())[0] if scorer is not None else {}  # TRL's log_metric, at eval
         metrics = {f"eval/{label}": _mean(values) for label, values in rewards.items()}
+        metrics.update({f"eval/{name}": value for name, value in logged.items()})
         passed = None
         if self.passing.threshold is not None:
             rule = self.passing

@@ -30,6 +30,7 @@ from rlhf.rewards.aggregation import Aggregation, reference_quantile
 
 log = logging.getLogger(__name__)
 
+from rlhf.rewards.scoring import TrainerState
 
 class _NoTimer:
     """A phase timer that times nothing (work outside a step)."""
@@ -50,6 +51,12 @@ class SingleTurn:
     def rollout(self, batch: PromptBatch, group_size: int, sampling: SamplingSettings, version: int | None, timer):
         with timer("generate"):
             return generate(self.actors, batch.token_ids, group_size, sampling, version)
+    def bind(self, actors) -> None:
+        self.actors = actors
+
+    def prompt_overhead(self) -> int:
+        return 0
+
 
     def group(self, batch: PromptBatch, group_size: int, sampling: SamplingSettings) -> "SingleTurnGroup":
         return SingleTurnGroup(batch.token_ids[0], group_size, sampling)
@@ -81,7 +88,8 @@ class SingleTurnGroup:
 
 
 def rollout_source(actors, cfg: Config, tokenizer):
-    """Episodes when `env` names a factory or tools, else single turns."""
+    """Episodes when `env` names a factory or tools, else single turns. `actors` may be None (`bind` them later): the
+    driver builds the source before Ray, so an environment, tool or template that cannot serve is named at once."""
     if cfg.env.enabled:
         from rlhf.agents.episodes import EpisodeRunner
 
@@ -113,7 +121,7 @@ class Sampler:
             seed = random.Random(f"{cfg.seed}/{step}/{rounds}").getrandbits(48)
             samples = self.source.rollout(batch, size, replace(self.settings, seed=seed), version, timer)
             with timer("reward"):
-                groups = self.score(batch, samples)
+                groups = self.score(batch, samples, step)
             if not cfg.algo.sampling.dynamic:
                 return groups, self.source.metrics(groups.samples)
             informative = self.informative(groups)
@@ -131,10 +139,10 @@ class Sampler:
         return groups, {"sampling/rounds": rounds, "sampling/uninformative_in_batch": filled,
                         **self.source.metrics(groups.samples)}
 
-    def score(self, batch: PromptBatch, samples: list[list]) -> Groups:
+    def score(self, batch: PromptBatch, samples: list[list], step: int) -> Groups:
         """The groups of `batch` (samples[i] of row i) with every objective's reward, aggregated, and DAPO's overlong
-        punishment when configured."""
-        groups = Groups(batch, samples, self.rewards(batch, [s for g in samples for s in g]))
+        punishment when configured. `step`: the policy updates done (reward functions' `trainer_state`)."""
+        groups = Groups(batch, samples, self.rewards(batch, [s for g in samples for s in g], step))
         if self.cfg.algo.sampling.overlong_fraction:
             add_overlong_punishment(groups, self.cfg)
         return groups
@@ -143,11 +151,12 @@ class Sampler:
         """DAPO's dynamic-sampling filter: False for a group whose task rewards are all equal."""
         return informative_groups(torch.tensor(groups.rewards.task()), self.cfg.algo.group_size).tolist()
 
-    def rewards(self, batch: PromptBatch, samples: list) -> RewardResult:
+    def rewards(self, batch: PromptBatch, samples: list, step: int) -> RewardResult:
         """Every objective's rewards, then their aggregation into the total the estimator sees."""
         size = len(samples) // len(batch.rows)
         labels = self.cfg.reward.objective_labels()
-        per_objective = score(self.actors.reward, self.actors.reward_models, batch, samples, size)
+        per_objective = score(self.actors.reward, self.actors.reward_models, batch, samples, size,
+                              TrainerState(step, self.cfg.steps))
         per_objective = {label: per_objective[label] for label in labels}
         objectives = objective_matrix(per_objective, labels)
         r_ref = None
@@ -175,7 +184,7 @@ class Sampler:
             seed = random.Random(f"{self.cfg.seed}/r_ref/{start}").getrandbits(48)
             samples = self.source.rollout(batch, lsc.ref_samples, replace(self.settings, seed=seed), 0, NO_TIMER)
             per_objective = score(self.actors.reward, self.actors.reward_models, batch,
-                                  [s for g in samples for s in g], lsc.ref_samples)
+                                  [s for g in samples for s in g], lsc.ref_samples, TrainerState(0, self.cfg.steps))
             objectives = objective_matrix(per_objective, labels)
             for text, block in zip(batch.texts, objectives.split(lsc.ref_samples)):
                 table[text] = reference_quantile(block, lsc.quantile, lsc.estimator)
@@ -216,12 +225,14 @@ def reward_columns(row_columns, episodes: bool) -> list[str]:
     return [name for name in row_columns if name != "prompt"] + (["env_reward"] if episodes else [])
 
 
-def score(reward, reward_models: dict, batch: PromptBatch, samples: list, group_size: int) -> dict[str, list[float]]:
+def score(reward, reward_models: dict, batch: PromptBatch, samples: list, group_size: int,
+          trainer_state: TrainerState) -> dict[str, list[float]]:
     """Objective label -> rewards of the (flat, group after group) `samples` from the reward-function actor
     (`reward`, may be None) and the reward-model actors (label -> actor), side by side; every row column is repeated
-    for each sample of its group. An episode is scored as TRL scores one: its prompt (with the environment's
-    observation), its messages as the completion, and its environment's reward in the `env_reward` column;
-    reward models read its last assistant turn."""
+    for each sample of its group, and TRL's extras given (`completion_ids`, `trainer_state`). An episode is scored
+    as TRL scores one: its prompt (with the environment's observation), its messages as the completion, its
+    environment's reward in the `env_reward` column, and the episodes' environment instances as `environments`
+    (sent to the reward actor by pickling: their cost is theirs); reward models read its last assistant turn."""
     repeat = lambda values: [v for v in values for _ in range(group_size)]  # noqa: E731
     columns = {key: repeat([row.get(key) for row in batch.rows]) for key in batch.rows[0] if key != "prompt"}
     prompts = repeat([row["prompt"] for row in batch.rows])
@@ -230,7 +241,9 @@ def score(reward, reward_models: dict, batch: PromptBatch, samples: list, group_
     if samples and hasattr(samples[0], "messages"):
         prompts, completions = [s.prompt for s in samples], [s.messages for s in samples]
         columns["env_reward"] = [s.env_reward for s in samples]
-    from_functions = reward.score.remote(prompts, completions, columns) if reward else None
+        if any(s.environment is not None for s in samples):
+            extras["environments"] = [s.environment for s in samples]
+    from_functions = score_remotely(reward, prompts, completions, columns, extras) if reward else None
     from_models = {label: actor.score.remote(prompts, texts) for label, actor in reward_models.items()}
     per_objective = ray.get(from_functions) if from_functions else {}
     per_objective.update(zip(from_models, ray.get(list(from_models.values()))))
@@ -239,10 +252,31 @@ def score(reward, reward_models: dict, batch: PromptBatch, samples: list, group_
 
 def add_overlong_punishment(groups: Groups, cfg: Config) -> None:
     """DAPO's soft overlong punishment, added to the total and logged on its own (a shaping term, not an
+    extras = {"completion_ids": [s.completion_ids for s in samples], "trainer_state": trainer_state}
     objective)."""
-    lengths = torch.tensor([len(s.completion_ids) for s in groups.completions])
-    budget = cfg.completion_budget()  # a turn's, or an episode's (whose length counts the environment's tokens too)
+    # the model's tokens: an episode's environment tokens are not the model's length to punish
+    lengths = torch.tensor([getattr(s, "model_tokens", len(s.completion_ids)) for s in groups.completions])
+    budget = cfg.completion_budget()  # a turn's, or an episode's
     buffer = max(1, round(cfg.algo.sampling.overlong_fraction * budget))  # the last tokens of the budget
     penalty = soft_overlong_punishment(lengths, budget, buffer, cfg.algo.sampling.overlong_penalty).tolist()
     groups.rewards.shaping["overlong"] = penalty
     groups.rewards.total = [t + p for t, p in zip(groups.rewards.total, penalty)]
+def score_remotely(reward, prompts, completions, columns, extras):
+    """The reward actor's call. Environments that cannot be pickled reach it as None, with a warning (once): a
+    reward function that reads `environments` then sees None rather than the run stopping for the ones that don't."""
+    global _unpicklable_warned
+    try:
+        return reward.score.remote(prompts, completions, columns, extras)
+    except TypeError as err:  # Ray pickles the arguments in .remote(): an environment holding a lock, a socket...
+        if "environments" not in extras:
+            raise
+        if not _unpicklable_warned:
+            _unpicklable_warned = True
+            log.warning("the environments cannot be sent to the reward actor (%s: %s); reward functions get "
+                        "environments=None", type(extras["environments"][0]).__name__, str(err).splitlines()[0])
+        return reward.score.remote(prompts, completions, columns, {**extras, "environments": None})
+
+
+_unpicklable_warned = False
+
+

@@ -102,3 +102,160 @@ class Secret:
         import random
 
         return f" The secret is {random.randint(0, 10**9)}."
+
+
+# ---- agents part 2: environments written as TRL 1.16 documents environment_factory ----
+
+class Shop:
+    """Built by a factory with an argument (a functools.partial, as TRL's docs allow any callable)."""
+
+    def __init__(self, stock: int):
+        self.stock = stock
+
+    def reset(self, **kwargs) -> str | None:
+        self.sold = 0
+        return None
+
+    def buy(self, count: int) -> str:
+        """Buy items.
+
+        Args:
+            count: How many.
+        """
+        if count > self.stock - self.sold:
+            raise ValueError(f"only {self.stock - self.sold} left")
+        self.sold += count
+        return f"sold {count}"
+
+    def get_reward(self) -> float:
+        return float(self.sold)
+
+
+def make_counter() -> Counter:
+    """A factory that is a plain function."""
+    return Counter()
+
+
+class NeedsArgument:
+    def __init__(self, secret):
+        self.secret = secret
+
+    def reset(self, **kwargs) -> None:
+        return None
+
+
+class Quiz:
+    """reset names a column of the data under its own name, as TRL passes them."""
+
+    def reset(self, question, answer, **kwargs) -> str:
+        self.question, self.answer = question, answer
+        return f" (quiz: {question})"
+
+    def answer_is(self, value: str) -> str:
+        """Submit an answer.
+
+        Args:
+            value: The answer.
+        """
+        self.given = value
+        return "noted"
+
+    def get_reward(self) -> float:
+        return float(getattr(self, "given", None) == str(self.answer))
+
+
+class Talker:
+    """A TRL environment whose tool happens to be named `respond`: a tool, as in TRL, unless env.reply names it."""
+
+    def reset(self, **kwargs) -> None:
+        self.heard = []
+
+    def respond(self, text: str) -> str:
+        """Say something to the other side.
+
+        Args:
+            text: What to say.
+        """
+        self.heard.append(text)
+        return "ok"
+
+
+class BrokenReward(Counter):
+    def get_reward(self) -> float:
+        raise RuntimeError("the judge is down")
+
+
+class BrokenReset(Counter):
+    def reset(self, **row) -> str:
+        raise KeyError("target")
+
+
+class Ledger:
+    """Two tools that change state: their order within a turn matters; one async tool keeps state on its loop."""
+
+    def reset(self, **kwargs) -> None:
+        self.entries, self.loop = [], None
+
+    def write(self, entry: str) -> str:
+        """Append an entry.
+
+        Args:
+            entry: The entry.
+        """
+        time.sleep(0.05 if entry == "first" else 0)  # the first call is the slower one
+        self.entries.append(entry)
+        return f"{len(self.entries)} entries"
+
+    def read(self) -> str:
+        """Read the ledger."""
+        return ",".join(self.entries)
+
+    async def stamp(self) -> str:
+        """Stamp the ledger on the environment's event loop (a client made on one loop fails on another)."""
+        loop = asyncio.get_running_loop()
+        if self.loop is None:
+            self.loop = loop
+        if loop is not self.loop:
+            raise RuntimeError("bound to a different event loop")
+        await asyncio.sleep(0)
+        return "stamped"
+
+
+def finish(summary: str) -> str:
+    """End the episode with a summary.
+
+    Args:
+        summary: The summary.
+    """
+    from rlhf.agents import EndEpisode
+
+    raise EndEpisode(f"finished: {summary}")
+
+
+class Graded:
+    """A per-turn reward (step_reward) beside the episode's."""
+
+    def reset(self, **kwargs) -> None:
+        self.turn = 0
+
+    def reply(self, text: str) -> str | None:
+        self.turn += 1
+        return "next" if self.turn < 3 else None
+
+    def step_reward(self) -> float:
+        return 0.5 * self.turn
+
+    def get_reward(self) -> float:
+        return 1.0
+
+
+def turns_seen(prompts, completions, completion_ids, environments, trainer_state, log_metric, log_extra, **kwargs):
+    """A TRL reward function that reads TRL's extras: each episode's environment as it ended (RepeatA's turns), the
+    tokens, the trainer's progress; logs a metric and an extra column."""
+    assert len(environments) == len(completions) == len(completion_ids) == len(prompts)
+    assert all(isinstance(ids, list) and ids for ids in completion_ids)
+    turns = [float(len(env.turns)) for env in environments]
+    log_metric("turns_seen", sum(turns) / len(turns))
+    log_extra("step_seen", [trainer_state.global_step] * len(completions))
+    log_extra("max_steps_seen", [trainer_state.max_steps] * len(completions))
+    return turns

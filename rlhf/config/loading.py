@@ -1,11 +1,12 @@
 """From Hydra's composed config to the typed, checked `Config`."""
 
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from rlhf.config.checks import validate
-from rlhf.config.schema import Config
+from rlhf.config.schema import Config, RewardFunctionConfig
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -23,5 +24,30 @@ def load_config(cfg: DictConfig) -> Config:
     """Check a composed config against the schema and return it as typed objects."""
     merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg, resolve=True))
     config: Config = OmegaConf.to_object(merged)
+    choose_async_correction(config)
+    add_environment_reward(config)
     validate(config)
     return config
+
+
+def choose_async_correction(config: Config) -> None:
+    """An async run trains on samples of earlier weights (stale by up to max_staleness updates, or continued across a
+    push): unless a rollout correction was chosen, it takes `rollout.async_correction` (AReaL's behaviour-weight cap),
+    the decoupled PPO objective AReaL trains with. The rollout correction `none` is refused there anyway."""
+    r, correction = config.rollout, config.algo.correction
+    off_policy = r.max_staleness > 0 or r.partial_rollouts
+    if r.mode == "async" and off_policy and correction.mode == "none":
+        config.algo.correction = replace(r.async_correction, max_mismatch_kl=correction.max_mismatch_kl)
+
+
+def add_environment_reward(config: Config) -> None:
+    """TRL adds an environment's get_reward() to the reward functions by itself (weight 1, logged under the class's
+    name): so do we, unless reward.functions lists `env` already (with the weight it gives). Probes the factory:
+    an environment that cannot be built is named here, before anything starts."""
+    from rlhf.agents.environment import environment_reward_label
+
+    if any(f.name == "env" for f in config.reward.functions):
+        return
+    label = environment_reward_label(config.env)
+    if label is not None:
+        config.reward.functions = [*config.reward.functions, RewardFunctionConfig(name="env", label=label)]

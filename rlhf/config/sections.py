@@ -58,10 +58,19 @@ def validate_correction(k: CorrectionConfig) -> None:
 
 def validate_env(c: Config) -> None:
     e = c.env
-    for key in ("max_turns", "max_tool_calls", "tool_timeout_s", "max_tool_response_tokens", "max_episode_tokens",
-                "python_cpu_s", "python_memory_mb", "python_output_bytes"):
+    for key in ("max_turns", "max_tool_calls", "tool_timeout_s", "tool_workers", "max_tool_response_tokens",
+                "max_episode_tokens", "python_cpu_s", "python_memory_mb", "python_output_bytes"):
         _positive(f"env.{key}", getattr(e, key), allow_zero=key == "max_tool_calls")
+    if e.max_parallel_calls is not None:
+        _positive("env.max_parallel_calls", e.max_parallel_calls)
     _choice("env.tools_prompt", e.tools_prompt, {"auto", "template", "system"})
+    _choice("env.tool_response_truncate", e.tool_response_truncate, {"head", "tail", "middle"})
+    if e.factory is not None and not isinstance(e.factory, (str, dict)) or isinstance(e.factory, dict) and (
+            not e.factory or not all(isinstance(v, str) for v in e.factory.values())):
+        raise ValueError(f"env.factory={e.factory!r}: give an import path (pkg.module:factory) or a dict of them "
+                         "(name -> path, TRL's multi-environment mode)")
+    if e.reply and not e.factory:
+        raise ValueError(f"env.reply={e.reply!r} names a method of the environment, but env.factory is not set")
     if e.enabled and e.max_episode_tokens < c.rollout.max_new_tokens:
         raise ValueError(f"env.max_episode_tokens={e.max_episode_tokens} is below rollout.max_new_tokens="
                          f"{c.rollout.max_new_tokens}, one turn's budget: raise it (it holds every turn and every tool "

@@ -148,13 +148,16 @@ class PromptStream:
 
     def __init__(self, rows, tokenizer, system_prompt: str | None, max_prompt_tokens: int, seed: int,
                  bad_rows: str = "error", chat_template: str | None = None, chat_template_kwargs: dict | None = None,
-                 names=None):
+                 reserved_tokens: int = 0, names=None):
         """`rows`: a table from `load_rows`. `chat_template`: Jinja text replacing the tokenizer's;
         `chat_template_kwargs` reach the template (e.g. `enable_thinking: false` for Qwen3-style templates). A prompt
-        given as a message list keeps its roles. `names`: the rows' `RowNames` from where they were loaded, which name
-        an over-long prompt (without: its 1-based row)."""
+        given as a message list keeps its roles. `reserved_tokens`: what an episode's prompt adds to every row's (the
+        tools' descriptions), counted against `max_prompt_tokens`. `names`: the rows' `RowNames` from where they were
+        loaded, which name an over-long prompt (without: its 1-based row)."""
         self.seed, self.epoch, self.position = seed, 0, 0
-        render = Renderer(tokenizer, system_prompt, chat_template, dict(chat_template_kwargs or {}), max_prompt_tokens)
+        self.reserved_tokens = reserved_tokens
+        render = Renderer(tokenizer, system_prompt, chat_template, dict(chat_template_kwargs or {}), max_prompt_tokens,
+                          reserved_tokens)
         if isinstance(rows, list):
             table = [{**row, **prepared} for row, prepared in zip(rows, render.rows(rows))]
         else:
@@ -223,15 +226,17 @@ class Renderer:
     """A row's prompt as its chat-templated text and tokens. A plain-string prompt under a template that only wraps
     its content (checked with two probes) is wrapped directly, without Jinja per row."""
 
-    def __init__(self, tokenizer, system_prompt, chat_template, template_kwargs, max_prompt_tokens: int):
+    def __init__(self, tokenizer, system_prompt, chat_template, template_kwargs, max_prompt_tokens: int,
+                 reserved_tokens: int = 0):
         self.tokenizer, self.system_prompt = tokenizer, system_prompt
         self.chat_template, self.kwargs, self.max_prompt_tokens = chat_template, template_kwargs, max_prompt_tokens
+        self.reserved = reserved_tokens
         self.wrap = self._wrapping()  # (before, after) the content, or None: Jinja for every prompt
 
     def key(self) -> list:
         """What the prepared columns depend on (the cache's fingerprint)."""
         return [getattr(self.tokenizer, "name_or_path", ""), len(self.tokenizer), self.system_prompt,
-                self.chat_template or self.tokenizer.chat_template, self.kwargs, self.max_prompt_tokens]
+                self.chat_template or self.tokenizer.chat_template, self.kwargs, self.max_prompt_tokens, self.reserved]
 
     def template(self, prompt) -> str:
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
@@ -263,9 +268,10 @@ class Renderer:
         ids = self.encode(texts) if texts else []
         out = []
         for text, tokens in zip(texts, ids):
-            problem = (f"prompt has {len(tokens)} tokens, more than data.max_prompt_tokens="
+            tools = f" and an episode adds {self.reserved} for the tools' descriptions" if self.reserved else ""
+            problem = (f"prompt has {len(tokens)} tokens{tools}, more than data.max_prompt_tokens="
                        f"{self.max_prompt_tokens}; raise the limit or drop the row"
-                       if len(tokens) > self.max_prompt_tokens else "")
+                       if len(tokens) + self.reserved > self.max_prompt_tokens else "")
             out.append({"_text": text, "_ids": tokens, "_length": len(tokens), "_problem": problem})
         return out
 
@@ -288,9 +294,10 @@ def hold_out(rows, count: int, seed: int):
     return rows.select(train), rows.select(held)
 
 
-def prompt_sets(cfg, tokenizer) -> tuple["PromptStream", PromptBatch | None]:
+def prompt_sets(cfg, tokenizer, reserved_tokens: int = 0) -> tuple["PromptStream", PromptBatch | None]:
     """The training stream and the eval set (None without evaluation): `eval.data`'s rows, or `eval.held_out`
-    rows of the training data, which the stream then never draws. Both go through the same chat template."""
+    rows of the training data, which the stream then never draws. Both go through the same chat template.
+    `reserved_tokens`: what an episode's prompt adds to a row's (PromptStream)."""
     rows, eval_rows = load_rows(cfg.data), None
     names = eval_names = RowNames(cfg.data)
     if cfg.eval.every and cfg.eval.data:
@@ -301,6 +308,6 @@ def prompt_sets(cfg, tokenizer) -> tuple["PromptStream", PromptBatch | None]:
     stream = partial(PromptStream, tokenizer=tokenizer, system_prompt=cfg.data.system_prompt,
                      max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.seed, bad_rows=cfg.data.bad_rows,
                      chat_template=read_chat_template(cfg.data.chat_template),
-                     chat_template_kwargs=dict(cfg.data.chat_template_kwargs or {}))
+                     chat_template_kwargs=dict(cfg.data.chat_template_kwargs or {}), reserved_tokens=reserved_tokens)
     eval_set = stream(eval_rows, names=eval_names).everything() if eval_rows is not None else None
     return stream(rows, names=names), eval_set

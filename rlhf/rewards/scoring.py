@@ -4,6 +4,8 @@ import asyncio
 import concurrent.futures
 import inspect
 import math
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf.imports import import_object
@@ -13,6 +15,15 @@ from rlhf.rewards.signatures import given_keywords, signature_problem
 
 class RewardFunctionError(RuntimeError):
     pass
+
+
+@dataclass
+class TrainerState:
+    """TRL's `trainer_state` as a reward function reads it for shaping by progress: updates done, updates planned."""
+
+    global_step: int
+    max_steps: int
+
 
 
 def resolve_function(name: str):
@@ -58,15 +69,20 @@ class RewardScorer:
         # functions of the user's get the messages, TRL's multi-turn shape
         self.builtin = {label for label, spec in zip(self.labels, functions) if ":" not in spec["name"]}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self.logged_metrics, self.logged_extras = defaultdict(list), defaultdict(list)  # log_metric's, log_extra's
 
     @property
     def labels(self) -> list[str]:
         return [label for label, _, _ in self.functions]
 
-    def score(self, prompts: list, completions: list[str], columns: dict[str, list]) -> dict[str, list[float]]:
-        """label -> one float per completion (NaN where the function returned None or NaN: unscorable)."""
+    def score(self, prompts: list, completions: list[str], columns: dict[str, list],
+              extras: dict | None = None) -> dict[str, list[float]]:
+        """label -> one float per completion (NaN where the function returned None or NaN: unscorable). `extras`:
+        TRL's keyword arguments of the call (`completion_ids`, `trainer_state`, and `environments` in a run with
+        environments); `log_metric` and `log_extra` are added here, their values kept until `drain_logs`."""
         out = {}
         texts = [final_text(c) for c in completions]
+        columns = {**columns, **(extras or {}), "log_metric": self.log_metric, "log_extra": self.log_extra}
         for label, fn, kwargs in self.functions:
             given = texts if label in self.builtin else completions
             try:
@@ -96,11 +112,28 @@ class RewardScorer:
         """Re-run sample by sample to name the one that makes the function raise."""
         for i in range(len(completions)):
             try:
-                self._call(fn, prompts[i : i + 1], completions[i : i + 1],
-                           {k: v[i : i + 1] for k, v in columns.items()}, kwargs)
+                one = {k: v[i : i + 1] if isinstance(v, list) else v for k, v in columns.items()}
+                self._call(fn, prompts[i : i + 1], completions[i : i + 1], one, kwargs)
             except Exception:
                 return f" on sample {i} (completion {completions[i][:200]!r})"
         return ""
+
+
+    def log_metric(self, name: str, value: float) -> None:
+        """TRL's `log_metric`: a scalar logged beside the rewards, averaged over the step."""
+        self.logged_metrics[name].append(float(value))
+
+    def log_extra(self, column: str, values: list) -> None:
+        """TRL's `log_extra`: a column of values, one per completion, shown with the step's logged sample."""
+        self.logged_extras[column].extend(values)
+
+    def drain_logs(self) -> tuple[dict[str, float], dict[str, list]]:
+        """What the functions logged since the last drain: each metric's mean, each extra column's values."""
+        metrics = {name: sum(values) / len(values) for name, values in self.logged_metrics.items() if values}
+        extras = dict(self.logged_extras)
+        self.logged_metrics.clear()
+        self.logged_extras.clear()
+        return metrics, extras
 
 
 def _check_values(name: str, values, expected: int) -> list[float]:

@@ -85,7 +85,7 @@ def test_async_episodes_advance_each_on_its_own(ray_cluster, tiny_model, tmp_pat
     # each episode asks for its next turn as soon as its last one is answered (RepeatA: "Again." once); at staleness
     # 0 the learner's logprobs of the model's tokens equal the engine's, the environment's tokens being context
     run(config(tiny_model, tmp_path, "steps=3", "algo.kl.beta=0", *ASYNC, "rollout.max_staleness=0",
-               "rollout.partial_rollouts=false", "env.factory=tests_agent_helpers:RepeatA",
+               "rollout.partial_rollouts=false", "env.factory=tests_agent_helpers:RepeatA", "env.reply=respond",
                "env.max_turns=2", "env.max_episode_tokens=64", "reward.functions=[{name: env}]"))
     steps = history(tmp_path)
     assert [h["step"] for h in steps] == [0, 1, 2]

@@ -119,13 +119,16 @@ PPO = ["algo=ppo", "algo.kl.reward_beta=0.01", "algo.critic.value_clip=null", "c
 
 def test_ppo_learns_a_multi_turn_episode_task_through_the_actor_stack(ray_cluster, tiny_model, tmp_path):
     # an episode: the model answers, the environment asks "Again." once (RepeatA.respond), the model answers again;
-    # the reward is 10 x the turns' mean BLEU against a row of a's, from get_reward (the objective `env`). The critic
+    # the reward is 10 x the turns' mean BLEU against a row of a's, from get_reward (added by itself, as TRL does,
+    # under the class's name). A TRL reward function of weight 0 reads TRL's extras: the environments (pickled to
+    # the reward actor), completion_ids, trainer_state, and logs through log_metric and log_extra. The critic
     # values every model token; the environment's tokens take no part in the loss, the KL or GAE
     # GAE lambda 1: at PPO's 0.95 the first turn's tokens, ~24 positions before the reward, got too little credit
     # (0.75 -> 0.92 in 32 steps; at 1.0: 0.75 -> 8.1, as single-turn PPO's 0.72 -> 7.4)
     cfg = config(tiny_model, tmp_path, "steps=32", "seed=1", *PPO, "algo.estimator.lam=1.0",
-                 "env.factory=tests_agent_helpers:RepeatA", "env.max_turns=2", "env.max_episode_tokens=64",
-                 "reward.functions=[{name: env}]")
+                 "env.factory=tests_agent_helpers:RepeatA", "env.reply=respond", "env.max_turns=2", "env.max_episode_tokens=64",
+                 "reward.functions=[{name: 'tests_agent_helpers:turns_seen', weight: 0.0}]")
+    assert cfg.reward.objective_labels() == ["tests_agent_helpers:turns_seen", "RepeatA"]
     run(cfg)
     out = tmp_path / "run"
     history = [h for h in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "reward" in h]
@@ -141,6 +144,11 @@ def test_ppo_learns_a_multi_turn_episode_task_through_the_actor_stack(ray_cluste
     assert max(h["clip_fraction"] for h in history) > 0  # two epochs: the ratio moves off 1
     sample = json.loads((out / "samples.jsonl").read_text().splitlines()[-1])
     assert [m["role"] for m in sample["episode"]] == ["assistant", "user", "assistant"]
+    # TRL's extras reached the reward function; what it logged is beside the rewards and in the logged samples
+    assert all(h["turns_seen"] == h["reward/tests_agent_helpers:turns_seen"] == h["rollout/turns"] for h in history)
+    assert "reward/RepeatA" in history[0]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [(s["step_seen"], s["max_steps_seen"]) for s in samples] == [(s["step"], 32) for s in samples]
 
 
 def test_dapo_trains_only_on_groups_that_teach_something(ray_cluster, tiny_model, tmp_path):

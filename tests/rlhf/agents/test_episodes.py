@@ -39,9 +39,11 @@ def run(engine, tiny_model, *overrides, rows=1, group=2, seed=3):
 
 
 def test_an_episode_is_the_engines_tokens_with_the_templates_text_between_them(engine, tiny_model):
-    groups, runner, tokenizer = run(engine, tiny_model, "env.factory=tests_agent_helpers:RepeatA", "env.max_turns=3")
+    groups, runner, tokenizer = run(engine, tiny_model, "env.factory=tests_agent_helpers:RepeatA", "env.reply=respond", "env.max_turns=3")
     for episode in groups[0]:
-        assert episode.turns == 2 and not episode.truncated  # RepeatA asks once more, then ends
+        assert episode.turns == 2  # RepeatA asks once more, then ends
+        # truncated exactly when the final turn ran out of its budget (rollout.max_new_tokens=8)
+        assert episode.truncated == (episode.completion_ids[-1] != tokenizer.eos_token_id)
         assert len(episode.completion_ids) == len(episode.logprobs) == len(episode.model_mask)
         # the model's tokens, turn by turn, are what the engine sampled (their text is each assistant turn); between
         # them, exactly the template's text for the reply, after the model's stop (or closing a turn cut short)
@@ -76,7 +78,7 @@ def test_a_group_starts_from_one_state_and_groups_from_their_own(engine, tiny_mo
 
 
 def test_the_episode_budget_ends_an_episode_truncated(engine, tiny_model):
-    groups, _, _ = run(engine, tiny_model, "env.factory=tests_agent_helpers:RepeatA", "env.max_turns=3",
+    groups, _, _ = run(engine, tiny_model, "env.factory=tests_agent_helpers:RepeatA", "env.reply=respond", "env.max_turns=3",
                        "env.max_episode_tokens=10", "rollout.max_new_tokens=8")
     for episode in groups[0]:
         assert len(episode.completion_ids) <= 10 and episode.truncated
@@ -89,7 +91,7 @@ def test_a_turns_tool_calls_run_and_come_back_as_the_templates_tool_turns(engine
 
     _, runner, tokenizer = run(engine, tiny_model, "env.tools=[tests_agent_helpers:add,tests_agent_helpers:explode]",
                                "env.max_tool_calls=2", "env.max_turns=1", "data.max_prompt_tokens=1024")
-    runner.runner = type(runner.runner)(1.0, 32, tokenizer)
+    runner.runner = type(runner.runner)(1.0, 32, tokenizer, 4, "middle")
     text = ('<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>'
             '<tool_call>{"name": "explode", "arguments": {"reason": "x"}}</tool_call>'
             '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 1}}</tool_call>')
@@ -101,9 +103,9 @@ def test_a_turns_tool_calls_run_and_come_back_as_the_templates_tool_turns(engine
                                             (1, eos, "error", [ToolResult("tool_call", MALFORMED, True)])])
     runner.close()
     answered = episodes[0]
-    assert [m["content"] for m in answered.messages] == ["5", "error: RuntimeError: boom: x",
-                                                         "error: this episode may make at most 2 tool calls; answer "
-                                                         "without one"]
+    assert [m["content"] for m in answered.messages] == [
+        "5", "{'error': 'RuntimeError: boom: x'}",
+        "{'error': 'not run: an episode makes at most 2 tool calls (env.max_tool_calls)'}"]
     assert answered.tool_calls == 3 and answered.tool_errors == 2 and set(answered.model_mask) == {0}
     assert answered.completion_ids == runner.renderer.environment_tokens(eos, answered.messages)
     assert episodes[1].tool_errors == 1 and "could not be read" in episodes[1].messages[0]["content"]

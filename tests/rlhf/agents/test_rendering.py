@@ -48,3 +48,34 @@ def test_a_template_that_re_renders_history_is_refused(tiny_model, tmp_path):
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     with pytest.raises(TemplateError, match="not prefix-preserving"):
         renderer(tiny_model, chat_template=forgetful)
+
+
+def test_a_template_that_renders_tool_calls_is_probed_with_one_and_refused_with_the_reason(tiny_model):
+    # renders an assistant's tool calls only while it is the last message: an episode's history would change
+    hides_calls = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                   "{% if m.tool_calls and loop.last %}<tool_call>{{ m.tool_calls[0].function.name }}</tool_call>"
+                   "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    with pytest.raises(TemplateError, match="an assistant turn with tool calls differently"):
+        renderer(tiny_model, chat_template=hides_calls)
+    renderer(tiny_model, chat_template=hides_calls, schemas=False)  # without tools no episode holds a call
+
+
+def test_a_template_that_raises_is_refused_naming_what_it_rendered_never_a_raw_jinja_error(tiny_model):
+    no_tool_role = ("{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tool role') }}"
+                    "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    with pytest.raises(TemplateError, match=r"cannot render the messages \['user', 'assistant', 'tool'\]: "
+                                            r"TemplateError: no tool role"):
+        renderer(tiny_model, chat_template=no_tool_role)
+
+
+def test_the_parser_reads_the_turns_raw_text_with_its_special_tokens(tiny_model):
+    r, tokenizer = renderer(tiny_model)
+    # a model whose call tags are special tokens: skip_special_tokens would erase them before the parser
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<tool_call>", "</tool_call>"]})
+    ids = tokenizer('<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>',
+                    add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert "<tool_call>" not in tokenizer.decode(ids, skip_special_tokens=True)
+    _, calls, _ = r.parse(r.raw_text(ids, stopped=True))
+    assert [(c.name, c.arguments) for c in calls] == [("add", '{"a": 1, "b": 2}')]
+    assert r.other_format("[TOOL_CALLS] add") == "mistral" and r.other_format("<tool_call>") is None
