@@ -175,8 +175,8 @@ class Trainer:
                     return metrics
                 timer = PhaseTimer()
                 groups, sampling_metrics, experience = self.schedule.next(step, timer)
-                # the engines are idle now (a background rollout is collected; an async stream pauses for it):
                 logged, extra_columns = reward_logs(self.actors.reward)  # TRL's log_metric / log_extra
+                # the engines are idle now (a background rollout is collected; an async stream pauses for it):
                 # evaluate the weights this step trains from, those of `step` updates
                 eval_metrics = self.evaluate(step, timer)
                 cursor = self.schedule.state_dict()  # where a resume continues
@@ -417,10 +417,10 @@ def report(step: int, metrics: dict, groups: Groups, metrics_log: MetricsLog, ba
         row = {"prompt": groups.batch.texts[i], "completion": first.text, "reward": groups.rewards.total[i * size]}
         if hasattr(first, "messages"):  # an episode: its prompt and every turn
             row.update(prompt=first.prompt, episode=first.messages, turns=first.turns, truncated=first.truncated)
-        rows.append(row)
         # log_extra's columns, by the order the samples were scored (the step's, in a synchronous run)
         row.update({column: values[i * size] for column, values in (extra_columns or {}).items()
                     if i * size < len(values)})
+        rows.append(row)
     metrics_log.log_samples(step, rows)
     bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['rollout_kl']:.4f}",
                     len=f"{metrics['completion_length']:.0f}", s_per_step=f"{metrics['time/step']:.1f}")
