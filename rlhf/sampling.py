@@ -27,10 +27,10 @@ from rlhf.engines.base import SamplingSettings
 from rlhf.groups import Groups, RewardResult, objective_matrix
 from rlhf.models.folders import write_text_atomically
 from rlhf.rewards.aggregation import Aggregation, reference_quantile
+from rlhf.rewards.scoring import TrainerState
 
 log = logging.getLogger(__name__)
 
-from rlhf.rewards.scoring import TrainerState
 
 class _NoTimer:
     """A phase timer that times nothing (work outside a step)."""
@@ -48,15 +48,15 @@ class SingleTurn:
     def __init__(self, actors):
         self.actors = actors
 
-    def rollout(self, batch: PromptBatch, group_size: int, sampling: SamplingSettings, version: int | None, timer):
-        with timer("generate"):
-            return generate(self.actors, batch.token_ids, group_size, sampling, version)
     def bind(self, actors) -> None:
         self.actors = actors
 
     def prompt_overhead(self) -> int:
         return 0
 
+    def rollout(self, batch: PromptBatch, group_size: int, sampling: SamplingSettings, version: int | None, timer):
+        with timer("generate"):
+            return generate(self.actors, batch.token_ids, group_size, sampling, version)
 
     def group(self, batch: PromptBatch, group_size: int, sampling: SamplingSettings) -> "SingleTurnGroup":
         return SingleTurnGroup(batch.token_ids[0], group_size, sampling)
@@ -238,6 +238,7 @@ def score(reward, reward_models: dict, batch: PromptBatch, samples: list, group_
     prompts = repeat([row["prompt"] for row in batch.rows])
     texts = [s.text for s in samples]
     completions = texts
+    extras = {"completion_ids": [s.completion_ids for s in samples], "trainer_state": trainer_state}
     if samples and hasattr(samples[0], "messages"):
         prompts, completions = [s.prompt for s in samples], [s.messages for s in samples]
         columns["env_reward"] = [s.env_reward for s in samples]
@@ -250,17 +251,6 @@ def score(reward, reward_models: dict, batch: PromptBatch, samples: list, group_
     return per_objective
 
 
-def add_overlong_punishment(groups: Groups, cfg: Config) -> None:
-    """DAPO's soft overlong punishment, added to the total and logged on its own (a shaping term, not an
-    extras = {"completion_ids": [s.completion_ids for s in samples], "trainer_state": trainer_state}
-    objective)."""
-    # the model's tokens: an episode's environment tokens are not the model's length to punish
-    lengths = torch.tensor([getattr(s, "model_tokens", len(s.completion_ids)) for s in groups.completions])
-    budget = cfg.completion_budget()  # a turn's, or an episode's
-    buffer = max(1, round(cfg.algo.sampling.overlong_fraction * budget))  # the last tokens of the budget
-    penalty = soft_overlong_punishment(lengths, budget, buffer, cfg.algo.sampling.overlong_penalty).tolist()
-    groups.rewards.shaping["overlong"] = penalty
-    groups.rewards.total = [t + p for t, p in zip(groups.rewards.total, penalty)]
 def score_remotely(reward, prompts, completions, columns, extras):
     """The reward actor's call. Environments that cannot be pickled reach it as None, with a warning (once): a
     reward function that reads `environments` then sees None rather than the run stopping for the ones that don't."""
@@ -280,3 +270,13 @@ def score_remotely(reward, prompts, completions, columns, extras):
 _unpicklable_warned = False
 
 
+def add_overlong_punishment(groups: Groups, cfg: Config) -> None:
+    """DAPO's soft overlong punishment, added to the total and logged on its own (a shaping term, not an
+    objective)."""
+    # the model's tokens: an episode's environment tokens are not the model's length to punish
+    lengths = torch.tensor([getattr(s, "model_tokens", len(s.completion_ids)) for s in groups.completions])
+    budget = cfg.completion_budget()  # a turn's, or an episode's
+    buffer = max(1, round(cfg.algo.sampling.overlong_fraction * budget))  # the last tokens of the budget
+    penalty = soft_overlong_punishment(lengths, budget, buffer, cfg.algo.sampling.overlong_penalty).tolist()
+    groups.rewards.shaping["overlong"] = penalty
+    groups.rewards.total = [t + p for t, p in zip(groups.rewards.total, penalty)]

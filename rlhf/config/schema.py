@@ -281,17 +281,17 @@ class EnvConfig:
     # (name -> path: TRL's multi-environment mode, routed by the rows' `environment` column)
     factory: Optional[Any] = MISSING
     tools: list[str] = MISSING  # import paths of tool functions (TRL's shape), shared by every episode
+    reply: Optional[str] = MISSING  # the environment's method that answers a turn without a tool call (ours)
     max_turns: int = MISSING
     max_tool_calls: int = MISSING
-    tool_timeout_s: float = MISSING
-    reply: Optional[str] = MISSING  # the environment's method that answers a turn without a tool call (ours)
-    max_tool_response_tokens: int = MISSING
-    max_episode_tokens: int = MISSING  # every token after the prompt: model and environment
     max_parallel_calls: Optional[int] = MISSING  # tool calls of one turn that run; more are answered with an error
-    tool_format: str = MISSING  # a vLLM tool parser (hermes, ...)
+    tool_timeout_s: float = MISSING
     tool_workers: int = MISSING  # sync tool calls running at once (a call that never returns keeps its worker)
-    tools_prompt: str = MISSING  # auto | template | system
+    max_tool_response_tokens: int = MISSING
     tool_response_truncate: str = MISSING  # head | tail | middle: what of a longer answer is kept
+    max_episode_tokens: int = MISSING  # every token after the prompt: model and environment
+    tool_format: str = MISSING  # a vLLM tool parser (hermes, ...)
+    tools_prompt: str = MISSING  # auto | template | system
     allow_unsandboxed_python: bool = MISSING
     python_cpu_s: float = MISSING
     python_memory_mb: int = MISSING
