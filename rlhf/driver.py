@@ -317,6 +317,7 @@ def memory_preflight(actors: Actors, cfg: Config, prompts: PromptStream, output_
     with every role's number rather than when the OOM killer strikes mid-run. Writes preflight.json."""
     started = time.perf_counter()
     longest = prompts.longest()
+    longest = longest + longest[-1:] * prompts.reserved_tokens  # an episode's prompt: the tools' descriptions too
     sampling = SamplingSettings(cfg.completion_budget(), cfg.rollout.temperature, cfg.rollout.top_p, seed=0,
                                 ignore_eos=True)
     per_engine = math.ceil(cfg.prompts_per_step / len(actors.rollouts))

@@ -29,6 +29,8 @@ class Experience:
     old_logp: torch.Tensor | None = None  # [B, T] the learner's logprobs before this batch's first update
     # [B, T] float: 1 on an episode's environment tokens (tool answers, replies): context, never trained on
     context_mask: torch.Tensor | None = None
+    # [B, T] an episode's per-turn rewards (its environment's step_reward()) at each turn's last model token
+    turn_rewards: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -85,6 +87,8 @@ class Experience:
         episodes = any(getattr(sample, "model_mask", None) is not None for _, sample in rows)
         context_mask = torch.zeros((batch, width_t)) if episodes else None
         truncated = torch.tensor([sample.truncated for _, sample in rows], dtype=torch.bool)
+        rewarded_turns = any(getattr(sample, "turn_rewards", None) for _, sample in rows)
+        turn_rewards = torch.zeros((batch, width_t)) if rewarded_turns else None
         for i, (prompt, sample) in enumerate(rows):
             n, t = len(prompt), len(sample.completion_ids)
             prompt_ids[i, width_p - n :] = torch.tensor(prompt)
@@ -96,4 +100,7 @@ class Experience:
                 mask[i, :t] = torch.tensor(model, dtype=torch.float32) if model is not None else 1.0
                 if context_mask is not None:
                     context_mask[i, :t] = 1.0 - mask[i, :t]
-        return cls(prompt_ids, prompt_mask, completion_ids, mask, rollout_logp, truncated, context_mask=context_mask)
+            for position, reward in getattr(sample, "turn_rewards", None) or []:
+                turn_rewards[i, position] += reward
+        return cls(prompt_ids, prompt_mask, completion_ids, mask, rollout_logp, truncated, context_mask=context_mask,
+                   turn_rewards=turn_rewards)

@@ -376,4 +376,5 @@ def episode_metrics(groups: list[list[Episode]]) -> dict[str, float]:
             "rollout/tool_timeouts": sum(e.tool_timeouts for e in episodes) / count,
             "rollout/tool_responses_cut": sum(e.tool_responses_cut for e in episodes) / count,
             "rollout/env_tokens": sum(len(e.model_mask) - e.model_tokens for e in episodes) / count,
-            "rollout/env_reward_errors": sum(e.env_reward_error is not None for e in episodes)}
+            "rollout/env_reward_errors": sum(e.env_reward_error is not None for e in episodes),
+            "rollout/turn_rewards": sum(r for e in episodes for _, r in e.turn_rewards) / count}

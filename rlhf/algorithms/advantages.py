@@ -117,11 +117,22 @@ class AdvantageInputs:
     kl_estimator: str = "k1"  # algo.kl.reward_estimator
 
 
+def turn_rewards(experience) -> torch.Tensor:
+    """[B, T] an episode's per-turn rewards at each turn's last model token (zeros where none were given)."""
+    turns = getattr(experience, "turn_rewards", None)
+    return torch.zeros_like(experience.mask, dtype=torch.float32) if turns is None else turns
+
+
+def episode_rewards(experience) -> torch.Tensor:
+    """[B] what a sequence-level estimator sees: the reward plus the episode's per-turn rewards, summed."""
+    return experience.rewards + turn_rewards(experience).sum(-1)
+
+
 @ADVANTAGE_ESTIMATORS.register("group")
 def group(inputs: AdvantageInputs) -> torch.Tensor:
     """Every token of a completion carries its sequence's group advantage (GRPO, Dr. GRPO)."""
     experience = inputs.experience
-    adv = group_advantages(experience.rewards, inputs.group_size, inputs.cfg.scale, inputs.cfg.eps)
+    adv = group_advantages(episode_rewards(experience), inputs.group_size, inputs.cfg.scale, inputs.cfg.eps)
     return adv[:, None] * experience.mask
 
 
@@ -129,7 +140,8 @@ def group(inputs: AdvantageInputs) -> torch.Tensor:
 def rloo(inputs: AdvantageInputs) -> torch.Tensor:
     """Leave-one-out baseline on the sequence reward minus kl_coef times the sequence's summed KL (TRL's RLOO)."""
     experience, kl = inputs.experience, kl_in_reward(inputs)
-    rewards = experience.rewards if kl is None else experience.rewards - inputs.kl_coef * kl.sum(-1)
+    rewards = episode_rewards(experience)
+    rewards = rewards if kl is None else rewards - inputs.kl_coef * kl.sum(-1)
     return rloo_advantages(rewards, inputs.group_size)[:, None] * experience.mask
 
 
@@ -141,19 +153,22 @@ def reinforce_pp(inputs: AdvantageInputs) -> torch.Tensor:
 
 @ADVANTAGE_ESTIMATORS.register("reinforce_pp_baseline", kl_in_reward=True)
 def reinforce_pp_baseline(inputs: AdvantageInputs) -> torch.Tensor:
-    """REINFORCE++-baseline: the group mean reward is subtracted first, then as REINFORCE++."""
-    return _reinforce_pp(inputs, group_advantages(inputs.experience.rewards, inputs.group_size, scale="none"))
+    """REINFORCE++-baseline: the group mean reward (per-turn rewards summed in) is subtracted first, then as
+    REINFORCE++ (the per-turn rewards stay at their turns: the last token carries the rest)."""
+    experience = inputs.experience
+    turns = turn_rewards(experience).sum(-1)
+    return _reinforce_pp(inputs, group_advantages(experience.rewards + turns, inputs.group_size, scale="none") - turns)
 
 
 def _reinforce_pp(inputs: AdvantageInputs, scores: torch.Tensor) -> torch.Tensor:
     mask = scorable_mask(inputs.experience)  # an unscorable sequence takes no part in the whitening: advantage 0
     kl = kl_in_reward(inputs)
 
-    def returns(mask, kl=None):
-        rewards = token_rewards(scores, mask, kl, inputs.kl_coef)
+    def returns(mask, turns, kl=None):
+        rewards = token_rewards(scores, mask, kl, inputs.kl_coef) + turns
         return masked_whiten(discounted_returns(rewards, mask, inputs.cfg.gamma), mask)
 
-    return on_model_tokens(returns, mask, *([kl] if kl is not None else []))
+    return on_model_tokens(returns, mask, turn_rewards(inputs.experience), *([kl] if kl is not None else []))
 
 
 def on_model_tokens(fn, mask: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
@@ -190,8 +205,9 @@ def gae_estimator(inputs: AdvantageInputs) -> torch.Tensor:
     mask = scorable_mask(experience)  # an unscorable sequence: advantage 0 (its values pass nothing back)
     kl = kl_in_reward(inputs)
 
-    def advantages(mask, values, kl=None):
-        rewards = token_rewards(experience.rewards, mask, kl, inputs.kl_coef)
+    def advantages(mask, values, turns, kl=None):
+        rewards = token_rewards(experience.rewards, mask, kl, inputs.kl_coef) + turns  # per-turn rewards at their turn
         return gae(rewards, values, mask, inputs.cfg.gamma, inputs.cfg.lam)[0]
 
-    return on_model_tokens(advantages, mask, experience.values, *([kl] if kl is not None else []))
+    return on_model_tokens(advantages, mask, experience.values, turn_rewards(experience),
+                           *([kl] if kl is not None else []))

@@ -129,6 +129,11 @@ def test_a_per_turn_reward_is_credited_at_the_turns_last_model_token(tiny_model)
     model_ends = [i for i, m in enumerate(episode.model_mask) if m and (i + 1 == len(episode.model_mask)
                                                                        or not episode.model_mask[i + 1])]
     assert episode.turn_rewards == [(model_ends[0], 0.5), (model_ends[1], 1.0), (model_ends[2], 1.5)]
+    from rlhf.experience import Experience
+
+    batch = Experience.from_samples([[0]], [[episode]], pad_id=0)  # where the estimators read them
+    assert torch.nonzero(batch.turn_rewards[0]).flatten().tolist() == model_ends
+    assert batch.turn_rewards[0, model_ends].tolist() == [0.5, 1.0, 1.5]
 
 
 def test_dapos_overlong_punishment_counts_the_models_tokens_only(tiny_model):

@@ -121,3 +121,26 @@ def test_across_an_episodes_environment_tokens_the_advantage_bootstraps_from_mod
         middle = delta[1] + 0.9 * 0.95 * last
         assert got[0, 4].item() == pytest.approx(last) and got[0, 3].item() == pytest.approx(middle)
         assert got[0, 0].item() == pytest.approx(delta[0] + 0.9 * 0.95 * middle)
+
+
+def test_per_turn_rewards_are_credited_at_their_turn_or_summed_into_the_episodes():
+    # two episodes: model tokens 0-1 (a turn; the first earns step_reward 0.5 at its last token 1), the environment's
+    # token 2, model tokens 3-4; both end with reward 1
+    mask = torch.tensor([[1.0, 1.0, 0.0, 1.0, 1.0]] * 2)
+    turns = torch.tensor([[0.0, 0.5, 0.0, 0.0, 0.0], [0.0] * 5])
+    batch = SimpleNamespace(rewards=torch.tensor([1.0, 1.0]), mask=mask, turn_rewards=turns, values=torch.zeros(2, 5),
+                            rollout_logp=torch.zeros(2, 5), ref_logp=torch.zeros(2, 5))
+    cfg = SimpleNamespace(gamma=1.0, lam=1.0, scale="none", eps=1e-4)
+    # GAE (values 0, gamma = lambda = 1): a token's advantage is the rewards from it on, its turn's reward included
+    gae_adv = ADVANTAGE_ESTIMATORS.get("gae")(AdvantageInputs(batch, 2, cfg))
+    assert gae_adv.tolist() == [[1.5, 1.5, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 1.0, 1.0]]
+    # a group estimator sums the turns' rewards into the episode's: 1.5 against 1.0, mean 1.25
+    group_adv = ADVANTAGE_ESTIMATORS.get("group")(AdvantageInputs(batch, 2, cfg))
+    assert group_adv.tolist() == [[0.25, 0.25, 0.0, 0.25, 0.25], [-0.25, -0.25, 0.0, -0.25, -0.25]]
+    # REINFORCE++-baseline: the baseline of the episodes' sums (1.25) is taken off at the last token, the turn's
+    # reward stays at its turn: returns [0.25, 0.25, -, -0.25, -0.25] and [-0.25] * 4, then whitened: after the
+    # first turn both episodes have one future, so only the first turn's tokens are credited
+    baseline = ADVANTAGE_ESTIMATORS.get("reinforce_pp_baseline")(AdvantageInputs(batch, 2, cfg))
+    returns = torch.tensor([[0.25, 0.25, 0.0, -0.25, -0.25], [-0.25, -0.25, 0.0, -0.25, -0.25]])
+    assert torch.allclose(baseline, masked_whiten(returns, mask), atol=1e-6)
+    assert baseline[0, 0] > 0 > baseline[0, 3] == baseline[1, 0]
