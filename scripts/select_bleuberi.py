@@ -72,9 +72,10 @@ def scored_pool(cfg, args):
     from tqdm import tqdm
 
     model_path = resolve_model_path(cfg.model.source, cfg.model.path)
-    stream = PromptStream(load_rows(cfg.data), AutoTokenizer.from_pretrained(model_path), cfg.data.system_prompt,
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    stream = PromptStream(load_rows(cfg.data), tokenizer, cfg.data.system_prompt,
                           cfg.data.max_prompt_tokens, cfg.seed, cfg.data.bad_rows,
-                          read_chat_template(cfg.data.chat_template), dict(cfg.data.chat_template_kwargs or {}))
+                          read_chat_template(cfg.data.chat_template, tokenizer), dict(cfg.data.chat_template_kwargs or {}))
     started = connect_ray(cfg)
     actors = launch_actors(cfg, model_path, learners=False)
     settings = SamplingSettings(cfg.rollout.max_new_tokens, args.temperature, args.top_p, seed=args.seed)

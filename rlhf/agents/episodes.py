@@ -85,7 +85,8 @@ class EpisodeRunner:
         self.schemas = {spec.name: standalone + spec.schemas for spec in specs} or {None: standalone}
         every = standalone + [s for spec in specs for s in spec.schemas]
         self.renderer = Renderer(tokenizer, every, env.tool_format, env.tools_prompt, cfg.data.system_prompt,
-                                 read_chat_template(cfg.data.chat_template), dict(cfg.data.chat_template_kwargs or {}))
+                                 read_chat_template(cfg.data.chat_template, tokenizer),
+                                 dict(cfg.data.chat_template_kwargs or {}))
         self.runner = ToolRunner(env.tool_timeout_s, env.max_tool_response_tokens, tokenizer, env.tool_workers,
                                  env.tool_response_truncate)
         self.max_prompt_tokens = cfg.data.max_prompt_tokens  # what the engines' context was sized for

@@ -126,10 +126,23 @@ def _row_problem(row: dict) -> str | None:
     return None
 
 
-def read_chat_template(path: str | None) -> str | None:
-    """The text of `data.chat_template` (a Jinja file), or None for the tokenizer's own."""
+TRAINING_TEMPLATE = "training"  # data.chat_template: TRL's prefix-preserving training template of the model's family
+
+
+def read_chat_template(path: str | None, tokenizer=None) -> str | None:
+    """The text of `data.chat_template` (a Jinja file), or None for the tokenizer's own. `training`: the training
+    template TRL 1.16 ships for the tokenizer's template family (Qwen3, GPT-OSS, Gemma 3, ...: prefix-preserving, so an
+    episode's history renders as its prefix), None where the tokenizer's own already is one."""
     if path is None:
         return None
+    if path == TRAINING_TEMPLATE:
+        from trl.chat_template_utils import get_training_chat_template
+
+        try:
+            return get_training_chat_template(tokenizer)
+        except ValueError as err:
+            raise ValueError(f"data.chat_template=training: TRL ships no training template for this model's chat "
+                             f"template ({err}); give a Jinja file") from err
     if not Path(path).is_file():
         raise FileNotFoundError(f"data.chat_template={path!r} does not exist (a Jinja chat template file)")
     return Path(path).read_text()
@@ -307,7 +320,7 @@ def prompt_sets(cfg, tokenizer, reserved_tokens: int = 0) -> tuple["PromptStream
         rows, eval_rows = hold_out(rows, cfg.eval.held_out, cfg.data.seed)
     stream = partial(PromptStream, tokenizer=tokenizer, system_prompt=cfg.data.system_prompt,
                      max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.seed, bad_rows=cfg.data.bad_rows,
-                     chat_template=read_chat_template(cfg.data.chat_template),
+                     chat_template=read_chat_template(cfg.data.chat_template, tokenizer),
                      chat_template_kwargs=dict(cfg.data.chat_template_kwargs or {}), reserved_tokens=reserved_tokens)
     eval_set = stream(eval_rows, names=eval_names).everything() if eval_rows is not None else None
     return stream(rows, names=names), eval_set

@@ -79,3 +79,24 @@ def test_the_parser_reads_the_turns_raw_text_with_its_special_tokens(tiny_model)
     _, calls, _ = r.parse(r.raw_text(ids, stopped=True))
     assert [(c.name, c.arguments) for c in calls] == [("add", '{"a": 1, "b": 2}')]
     assert r.other_format("[TOOL_CALLS] add") == "mistral" and r.other_format("<tool_call>") is None
+
+
+def test_trls_training_template_makes_a_family_whose_template_re_renders_history_usable(tiny_model):
+    # Qwen3's template drops earlier turns' reasoning (not prefix-preserving); TRL ships a training template for it
+    from pathlib import Path
+
+    import trl
+
+    from rlhf.data.prompts import read_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.chat_template = (Path(trl.__file__).parent / "chat_templates" / "qwen3.jinja").read_text()
+    schemas = [tool_from_function(add).schema]
+    with pytest.raises(TemplateError, match="not prefix-preserving"):
+        Renderer(tokenizer, schemas, "hermes", "auto", None, None, {})
+    training = read_chat_template("training", tokenizer)
+    assert training and training != tokenizer.chat_template
+    Renderer(tokenizer, schemas, "hermes", "auto", None, training, {})  # accepted
+    tokenizer.chat_template = "{{ messages[0]['content'] }}"  # a family TRL does not know: named, not a jinja error
+    with pytest.raises(ValueError, match="data.chat_template=training: TRL ships no training template"):
+        read_chat_template("training", tokenizer)
