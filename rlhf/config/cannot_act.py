@@ -22,4 +22,12 @@ def settings_that_cannot_act(c: Config) -> list[str]:
                             "rollout batch (algo.update.epochs=1, algo.update.mini_batches=1) every ratio pi / pi_old "
                             "is exactly 1 (pi_old is the policy being trained); set algo.update.mini_batches > 1 or "
                             "algo.update.epochs > 1 for off-policy updates")
+    if c.rollout.mode != "sync" and on_policy and algo.loss.ratio_against == "rollout":
+        # decoupled PPO: the clip is centred on the proximal policy, so only algo.correction's behaviour weight
+        # (pi_old / pi_rollout) answers for the samples' staleness
+        warnings.append(f"rollout.mode={c.rollout.mode}: the policy loss's clip can never act: with one optimizer step "
+                        "per batch (algo.update.epochs=1, algo.update.mini_batches=1) the ratio to the proximal "
+                        "policy (the learner's weights when the update begins) is exactly 1; only the rollout "
+                        f"correction (algo.correction.mode={algo.correction.mode}) acts on the samples' staleness. "
+                        "Set algo.update.mini_batches > 1 for the clip to act")
     return warnings

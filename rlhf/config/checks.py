@@ -72,6 +72,7 @@ def validate(c: Config) -> None:
         raise ValueError(f"rollout.block_size={c.rollout.block_size} must be a multiple of 32 (vLLM-CPU's attention kernels)")
     _choice("rollout.weight_sync", c.rollout.weight_sync, {"auto", "shm", "object_store", "nccl", "cuda_ipc"})
     _positive("rollout.sync_timeout_s", c.rollout.sync_timeout_s)
+    _positive("rollout.drain_timeout_s", c.rollout.drain_timeout_s)
     tp = c.rollout.tensor_parallel_size
     _positive("rollout.tensor_parallel_size", tp)
     if tp > 1 and c.rollout.num_gpus != tp:

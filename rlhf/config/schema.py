@@ -175,12 +175,15 @@ class RolloutConfig:
     sync_dir: str = MISSING
     weight_sync: str = MISSING
     sync_timeout_s: float = MISSING
+    drain_timeout_s: float = MISSING  # without partial rollouts: a push's wait for the running requests to finish
     sync_bucket_mb: float = MISSING
     mode: str = MISSING  # sync | one_step_off | async (rlhf/schedules.py, rlhf/asynchronous.py)
     max_staleness: int = MISSING  # async: the most policy updates a trained token's weights may lag the learner's
     push_every: int = MISSING  # async: policy updates between weight pushes
     partial_rollouts: bool = MISSING  # async: a push interrupts running requests, which go on with the new weights
     advance_s: float = MISSING  # async: the longest slice an engine generates before the driver hears from it
+    # async: the rollout correction when algo.correction.mode is none and the samples are off-policy (loading.py)
+    async_correction: CorrectionConfig = MISSING
 
 
 @dataclass
