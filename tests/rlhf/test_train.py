@@ -38,11 +38,15 @@ def test_smoke_experiment_from_the_command_line(tmp_path):
     console = result.stdout + result.stderr
     assert "roles (colocated): rollout 1 x" in console and "3 steps in" in console
     assert "step 3 eval: bleu " in console and "no pass@k: bleu defines no passing" in console
+    assert "finished; the last step:\n  " in console  # a table of numbers
+    # library warnings that ask nothing of the user are in the driver's log
+    assert "Token authentication" not in console and "Setting accelerator to CPU" not in console
+    assert "Token authentication is enabled" in (out / "logs" / "driver.log").read_text()
     assert "pid=" not in console and "non-default args" not in console and "Loading weights" not in console
     rollout_log = (out / "logs" / "rollout-0.log").read_text()
     assert "non-default args" in rollout_log  # vLLM's INFO lines are in the engine's own log
     assert {p.name for p in (out / "logs").iterdir()} == {"rollout-0.log", "reward-0.log", "policy-0.log",
-                                                          "reference-0.log"}
+                                                          "reference-0.log", "driver.log"}
 
 
 def test_unknown_override_fails_fast_and_names_the_key(tmp_path):
@@ -64,6 +68,18 @@ def test_a_user_error_is_one_message_and_the_traceback_needs_hydra_full_error(tm
     assert "Traceback" not in result.stderr
     full = train(*args, cwd=REPO, HYDRA_FULL_ERROR="1")
     assert full.returncode == 1 and "Traceback" in full.stderr and message.split(": ", 2)[2] in full.stderr
+
+
+@pytest.mark.parametrize("factory, message", [
+    ("tests_agent_helpers:NeedsArgument", "Error: EnvironmentFailure: env.factory='tests_agent_helpers:NeedsArgument': "
+     "calling it with no argument (once per episode, as TRL's environment_factory) raised TypeError: "),
+    ("tests_agent_helpers:Missing", "Error: ValueError: 'tests_agent_helpers:Missing' cannot be imported"),
+])
+def test_an_environment_that_cannot_serve_stops_the_run_in_one_line_before_any_actor(tmp_path, factory, message):
+    result = train("experiment=smoke", f"env.factory={factory}", f"output_dir={tmp_path}", f"hydra.run.dir={tmp_path}",
+                   cwd=REPO, PYTHONPATH=str(REPO / "tests"))
+    assert result.returncode == 1 and message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "logs").exists()  # no actor was started
 
 
 def test_a_parallel_sweep_gives_every_member_its_own_folder_and_wandb_run(tmp_path):

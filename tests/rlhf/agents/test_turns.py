@@ -148,3 +148,31 @@ def test_dapos_overlong_punishment_counts_the_models_tokens_only(tiny_model):
     groups = Groups(PromptBatch([{"prompt": "p"}], [[0]], [""]), [[episode]], RewardResult({}, [0.0], {}))
     add_overlong_punishment(groups, cfg)
     assert groups.rewards.shaping["overlong"] == [0.0]
+
+
+def test_a_row_too_long_for_an_episode_follows_data_bad_rows(tiny_model):
+    from rlhf.data import PromptStream
+
+    r, _ = runner(tiny_model, "env.tools=[tests_agent_helpers:add]")
+    overhead = r.prompt_overhead()  # the tools' descriptions in the episode's system prompt
+    rows = [{"prompt": "short"}, {"prompt": "word " * 40}]
+    lengths = [row["_length"] for row in PromptStream(rows, r.tokenizer, None, 10_000, 0).table]
+    limit = lengths[0] + overhead + 1  # the short row fits with the tools, the long one does not
+    kept = PromptStream(rows, r.tokenizer, None, limit, 0, bad_rows="skip", reserved_tokens=overhead)
+    assert len(kept) == 1 and lengths[1] < limit  # the long row alone would have fitted
+    with pytest.raises(ValueError, match=f"an episode adds {overhead} for the tools' descriptions"):
+        PromptStream(rows, r.tokenizer, None, limit, 0, bad_rows="error", reserved_tokens=overhead)
+
+
+def test_another_formats_tag_without_a_read_call_is_warned_once(tiny_model, caplog):
+    r, _ = runner(tiny_model, "env.tools=[tests_agent_helpers:add]")
+    episodes = []
+    for _ in range(2):
+        [episode], [env] = start(r, [{"prompt": "p"}])
+        r._after_turn(episode, env, turn(r.tokenizer, '[TOOL_CALLS] [{"name": "add"}]'), last=True)
+        episodes.append(episode)
+    with caplog.at_level("WARNING"):
+        r._warn_other_format(episodes)
+        r._warn_other_format(episodes)
+    warnings = [m for m in caplog.messages if "opening tag of the 'mistral' format" in m]
+    assert len(warnings) == 1 and "env.tool_format=hermes" in warnings[0]
