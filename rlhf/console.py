@@ -70,12 +70,45 @@ def _copy(read: int, log: RotatingFile, echo: int | None) -> None:
             os.write(echo, chunk)
 
 
-def configure_driver_logging(mode: str) -> None:
-    """The driver's own loggers (rlhf, actors) at INFO; everything else at WARNING unless verbose."""
+# Libraries' warnings that every local run prints and that ask nothing of the user: logger -> how they begin. They go
+# to <output_dir>/logs/driver.log instead of the console. Ray enables token authentication for the instance it starts
+# (and says so); DeepSpeed, imported by transformers in the driver, says it found no GPU.
+TO_DRIVER_LOG = {
+    "ray._private.authentication.authentication_token_setup": "Token authentication is",
+    "DeepSpeed": "Setting accelerator to CPU",
+}
+
+
+def configure_driver_logging(mode: str, output_dir: str) -> None:
+    """The driver's own loggers (rlhf, actors) at INFO; everything else at WARNING unless verbose; the lines of
+    `TO_DRIVER_LOG` into `logs/driver.log`."""
     logging.getLogger().setLevel(logging.INFO if mode == "verbose" else logging.WARNING)
     logging.getLogger("ray").setLevel(logging.INFO if mode == "verbose" else logging.WARNING)  # it has a handler of its own
     for name in ("rlhf", "actors", "__main__"):
         logging.getLogger(name).setLevel(logging.INFO)
+    driver_log = logging.FileHandler(os.path.join(output_dir, "logs", "driver.log"), delay=True)  # opened if used
+    driver_log.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    for name, opening in TO_DRIVER_LOG.items():
+        logger = logging.getLogger(name)  # a filter on the logger itself: these loggers have handlers of their own
+        for old in [f for f in logger.filters if isinstance(f, ToDriverLog)]:  # an earlier run's, in this process
+            logger.removeFilter(old)
+            old.handler.close()
+        logger.addFilter(ToDriverLog(opening, driver_log))
+
+
+class ToDriverLog(logging.Filter):
+    """Sends a record that begins with `opening` to `handler` (the driver's log) and keeps it off every other."""
+
+    def __init__(self, opening: str, handler: logging.Handler):
+        super().__init__()
+        self.opening, self.handler = opening, handler
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(self.opening):
+            return True
+        os.makedirs(os.path.dirname(self.handler.baseFilename), exist_ok=True)
+        self.handler.handle(record)
+        return False
 
 
 def startup_summary(cfg, roles: dict, route: str) -> str:
@@ -101,6 +134,16 @@ def eval_line(step: int, metrics: dict[str, float], passing) -> str:
     figures = ", ".join(f"{key.removeprefix('eval/')} {value:.4g}" for key, value in metrics.items()
                         if key.startswith("eval/"))
     return f"step {step} eval: {figures}; {passing.describe()}"
+
+
+def finished_table(metrics: dict[str, float], columns: int = 3) -> str:
+    """The last step's own metrics (not the per-objective, eval or timing ones: those hold a "/") as a short table,
+    `columns` name-value pairs a line, each value a number to 4 significant figures, aligned."""
+    shown = [(key, value) for key, value in metrics.items() if "/" not in key]
+    width = max((len(key) for key, _ in shown), default=0)
+    cells = [f"{key:<{width}} {value:>10.4g}" for key, value in shown]
+    rows = ["   ".join(cells[i : i + columns]) for i in range(0, len(cells), columns)]
+    return "\n".join(["finished; the last step:", *(f"  {row}" for row in rows)])
 
 
 def final_summary(history: list[dict], seconds: float, output_dir: str) -> str:

@@ -72,7 +72,7 @@ def check_mismatch(step: int, metrics: dict, max_kl: float | None) -> None:
 def run(cfg: Config, stop: StopRequest | None = None) -> dict[str, float]:
     """Train for `cfg.steps` steps, or until `stop` is requested (SIGINT / SIGTERM: rlhf/stopping.py); return the last
     step's metrics."""
-    configure_driver_logging(cfg.logging.console)
+    configure_driver_logging(cfg.logging.console, cfg.output_dir)
     trainer = Trainer(cfg, stop or StopRequest())
     try:
         return trainer.train()

@@ -36,6 +36,7 @@ def user_message(err: BaseException) -> str | None:
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     os.environ.setdefault("WANDB_SILENT", "true")
+    from rlhf.console import finished_table
     from rlhf.driver import run
     from rlhf.stopping import StopRequest
 
@@ -55,7 +56,7 @@ def main(cfg: DictConfig) -> float:
     if stop.requested:
         print(f"stopped by signal after step {stop.after_step}: resume with resume=auto", file=sys.stderr)
         sys.exit(stop.exit_code)
-    log.info("finished: %s", {k: f"{v:.4g}" for k, v in metrics.items() if "/" not in k})
+    log.info("%s", finished_table(metrics))
     return metrics.get("reward", float("nan"))
 
 
