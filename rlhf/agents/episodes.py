@@ -97,10 +97,10 @@ class EpisodeRunner:
         self.actors = actors
 
     def prompt_overhead(self) -> int:
-        """Tokens an episode's prompt holds beyond the row's own templated prompt: the tools' descriptions (every
-        environment's, in multi-environment mode); the data
-        stream counts them against data.max_prompt_tokens, so a row too long for an episode follows data.bad_rows
-        (an observation that makes a prompt too long is named when the episode starts)."""
+        """Tokens an episode's prompt holds beyond the row's own templated prompt: the tools' descriptions (the
+        longest list, in multi-environment mode). The data stream counts them against data.max_prompt_tokens, so a
+        row too long for an episode follows data.bad_rows (an observation that makes a prompt too long is named when
+        the episode starts)."""
         probe = [{"role": "user", "content": "probe"}]
         bare = self.renderer.prompt(probe, schemas=[])
         longest = max(len(self.renderer.prompt(probe, schemas)) for schemas in self.schemas.values())
