@@ -181,3 +181,15 @@ def test_a_signature_that_takes_every_keyword_passes_and_environments_only_with_
     check_reward_sources(sources(("takes_its_own", {"scale": 2}), ("needs_column", {})), ["answer"], False)
     with pytest.raises(ValueError, match="no parameter named environments"):
         check_reward_sources(sources(("takes_its_own", {"scale": 2})), ["answer"], True)
+
+
+def test_what_the_start_up_check_expects_is_what_a_call_gives():
+    # the check's list of TRL's extras and the scorer's call must not drift apart: a function that names exactly the
+    # keywords the check expects (no **kwargs) passes it and is then called without a TypeError
+    from rlhf.rewards.scoring import TrainerState, check_reward_sources
+
+    check_reward_sources(sources(("takes_its_own", {"scale": 2})), ["answer"], False)
+    spec = {"name": f"{HERE}:takes_its_own", "weight": 1.0, "kwargs": {"scale": 2}}
+    got = RewardScorer([spec], 10.0).score(["p"], ["a"], {"answer": ["a"]},
+                                           {"completion_ids": [[1]], "trainer_state": TrainerState(0, 1)})
+    assert got == {f"{HERE}:takes_its_own": [0.0]}
