@@ -7,12 +7,17 @@ import ray
 
 from rlhf.console import capture_output
 from rlhf.engines.base import EngineSettings, Sample, SamplingSettings
-from rlhf.engines.streaming import Request, RequestStream, StreamReport
+from rlhf.engines.streaming import HOLD_CAUSES, Request, RequestStream, StreamReport
 from rlhf.training.memory import building
 
 
 class StaleWeightsError(RuntimeError):
-    """The engine holds other weights than the driver expects (it was restarted after a crash)."""
+    """The engine holds other weights than the driver expects (it was restarted after a crash, or a push to it
+    stopped half-way)."""
+
+
+class WeightsUpdatingError(RuntimeError):
+    """A weight update is half-way on the engine (a GPU route's push spans several calls): ask again after it."""
 
 
 @ray.remote
@@ -29,6 +34,8 @@ class RolloutActor:
         self.version = 0  # weight pushes received; 0 = the initial weights
         self.in_group = False  # a member of the NCCL route's weight group
         self.stream = None  # rollout.mode=async: the requests streamed through the engine (submit / advance)
+        self.updating = False  # between `pause` and the end of a weight update: nothing generates
+        self.damaged = False  # a weight update stopped half-way: nothing generates until a whole one lands
         self.incarnation = uuid.uuid4().hex  # a restart is a new process: the stream's requests are gone with the old
         if not ray.get_runtime_context().was_current_actor_reconstructed:
             with building():
@@ -61,66 +68,110 @@ class RolloutActor:
         """`version`: the oldest weights the caller accepts (None: any). A restarted actor is back at version 0;
         newer weights than asked for are fine (a push that overtook a one-step-off-policy rollout)."""
         engine = self._engine()
+        if self.updating:  # its weights are half-loaded: the caller asks again (rlhf/sampling.py::generate)
+            raise WeightsUpdatingError("a weight update is under way on this engine")
+        if self.damaged:
+            raise StaleWeightsError(f"the weight update after version {self.version} stopped half-way on this engine")
         if version is not None and self.version < version:
             raise StaleWeightsError(f"engine holds weights version {self.version}, the driver expects {version}")
-        with self._stream_held():
+        with self._stream_held("eval"):
             return engine.generate(prompts, n, sampling)
 
     # rollout.mode=async: requests streamed through the engine, which the driver steps slice by slice
     def submit(self, requests: list[Request], partial: bool) -> None:
         if self.stream is None:
             self.stream = RequestStream(self._engine(), partial)
-        self.stream.submit(requests, self.version)
+        if self.updating or self.damaged:  # the engine gets them when the update ends (`_updated`)
+            self.stream.queue(requests, self.version)
+        else:
+            self.stream.submit(requests, self.version)
 
     def advance(self, seconds: float) -> StreamReport:
-        """Step the streamed requests for at most `seconds` (less once one finishes); what finished."""
-        report = self.stream.advance(seconds, self.version) if self.stream else StreamReport([], self.version, 0, 0.0, 0)
+        """Step the streamed requests for at most `seconds` (less once none runs); what finished. Nothing steps while
+        a weight update is under way."""
+        if self.stream is None:
+            report = StreamReport([], self.version, 0, 0.0, {cause: 0 for cause in HOLD_CAUSES})
+        elif self.updating or self.damaged:
+            report = self.stream.report(self.version)
+        else:
+            report = self.stream.advance(seconds, self.version)
         report.incarnation = self.incarnation
         return report
 
     @contextmanager
-    def _stream_held(self):
-        """Nothing of the stream runs meanwhile (the weights change, or another generation runs); it goes on after,
-        on the version the engine then holds."""
+    def _stream_held(self, cause: str):
+        """Nothing of the stream runs meanwhile (another generation runs); it goes on after."""
         if self.stream is not None:
-            self.stream.hold()
+            self.stream.hold(cause)
         try:
             yield
         finally:
             if self.stream is not None and self.engine is not None:
                 self.stream.release(self.version)
 
+    # A weight update: `pause`, the load (one call, or begin / one bucket per call / finish on the GPU routes), then
+    # `_updated`. Between the calls of a GPU route's push other driver threads call this actor (an episode's next
+    # turn, the async producer, a one-step-off rollout) while the engine's layers wait for their weights (vLLM 0.33
+    # puts them on the meta device, and its add_request / step check nothing): until the update ends nothing
+    # generates, streamed requests wait with the held ones, and `generate` asks its caller to come back.
+    def pause(self) -> None:
+        """A weight update begins: the stream is held (without partial rollouts its running requests run to their
+        end first: the route waits for that under rollout.drain_timeout_s, not the push's timeout)."""
+        self._engine()
+        if self.stream is not None:
+            self.stream.hold("push")
+        self.updating = True
+
+    def _updated(self, version: int) -> None:
+        self.version, self.updating, self.damaged = version, False, False
+        if self.stream is not None:
+            self.stream.release(version)
+
+    @contextmanager
+    def _update(self):
+        """A weight update in this one call: an engine whose load raised holds weights of two versions."""
+        self.pause()
+        try:
+            yield
+        except BaseException:
+            self.abandon_weight_update()
+            raise
+
+    def abandon_weight_update(self) -> None:
+        """The route gave up half-way: the engine holds parts of two weight versions and refuses to generate (as a
+        restarted one does) until a whole push reaches it."""
+        if self.updating:
+            self.updating, self.damaged = False, True
+
     def load_weights(self, folder: str, version: int | None = None) -> None:
         engine = self._engine()
-        with self._stream_held():
+        with self._update():
             engine.load_weights(folder)
-            self.version = self.version + 1 if version is None else version
+        self._updated(self.version + 1 if version is None else version)
 
     def load_state(self, exported: dict, version: int) -> None:
         """Object-store route: the learner's exported arrays (Ray fetches them to this node, read in place)."""
         from rlhf.training.weight_transfer import from_arrays
 
         engine = self._engine()
-        with self._stream_held():
+        with self._update():
             engine.load_state(from_arrays(exported))
-            self.version = version
+        self._updated(version)
 
-    # CUDA-IPC route: begin, one load_bucket per bucket, finish (which sets the version); the stream is held from
-    # begin to finish
+    # CUDA-IPC route: begin, one load_bucket per bucket, finish (which sets the version)
     def begin_weight_update(self) -> None:
         engine = self._engine()
-        if self.stream is not None:
-            self.stream.hold()
-        engine.begin_weight_update()
+        with self._update():
+            engine.begin_weight_update()
 
     def load_bucket(self, bucket: dict) -> None:
-        self._engine().load_bucket(bucket)
+        with self._update():
+            self._engine().load_bucket(bucket)
 
     def finish_weight_update(self, version: int) -> None:
-        self._engine().finish_weight_update()
-        self.version = version
-        if self.stream is not None:
-            self.stream.release(version)
+        with self._update():
+            self._engine().finish_weight_update()
+        self._updated(version)
 
     # NCCL route (UNTESTED: needs two GPUs): join once; per push begin, receive_bucket per bucket, finish
     def join_weight_group(self, host: str, port: int, rank: int, world: int, bucket_bytes: int) -> None:
@@ -136,7 +187,8 @@ class RolloutActor:
         self.in_group = False
 
     def receive_bucket(self, bucket: dict) -> None:
-        self._engine().receive_bucket(bucket)
+        with self._update():
+            self._engine().receive_bucket(bucket)
 
     def sleep(self) -> None:
         if self.engine is not None:  # one not yet started holds no memory

@@ -11,10 +11,13 @@ A route has one method, `push()` (one at a time, under a lock; a route implement
 - `auto`: cuda_ipc when the learner's rank 0 and every engine compute on the same CUDA GPU, object_store when an
   engine is on another node than learner rank 0, else shm.
 Every learner rank takes part in a push (ZeRO-3 gathers the full weights once, collectively); rank 0 sends them,
-tied embeddings included. Every wait is bounded by `rollout.sync_timeout_s` and fails naming the route, the engine
-and what it was doing. With `sleep` (vLLM sleep mode, engines sharing the learner's GPU) `before_train` puts the
-engines to sleep and a push wakes their weights, loads, then wakes their KV cache: vLLM's order for not running out
-of memory during an update.
+tied embeddings included. A push first pauses every engine (`RolloutActor.pause`: nothing generates on it until the
+update ends; without partial rollouts its running requests run to their end first, waited for under
+`rollout.drain_timeout_s`); every other wait is bounded by `rollout.sync_timeout_s`; both fail naming the route, the
+engine and what it was doing. `push()` returns the engines it reached: a GPU route reaches none while an engine
+restarted after a crash is not started yet. With `sleep` (vLLM sleep mode, engines sharing the learner's GPU)
+`before_train` puts the engines to sleep and a push wakes their weights, loads, then wakes their KV cache: vLLM's
+order for not running out of memory during an update.
 """
 
 import logging
@@ -31,30 +34,37 @@ log = logging.getLogger(__name__)
 
 
 class WeightSyncTimeout(RuntimeError):
-    """An engine (or the learner) took longer than rollout.sync_timeout_s over its part of a push."""
+    """An engine (or the learner) took longer than rollout.sync_timeout_s over its part of a push (or than
+    rollout.drain_timeout_s to let its running requests finish first)."""
+
+
+# An engine that died during a push, or restarted and is not started yet
+ENGINE_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, StaleWeightsError)
 
 
 class WeightSyncRoute(ABC):
     name: str
     version: int = 0  # pushes so far; engines report the version they hold, so a restarted one is caught
 
-    def __init__(self, policy, rollouts: list, timeout_s: float, sleep: bool = False):
+    def __init__(self, policy, rollouts: list, timeout_s: float, drain_timeout_s: float, sleep: bool = False):
         """`policy`: the policy's LearnerGroup."""
         self.policy, self.rollouts, self.timeout_s, self.sleep = policy, rollouts, timeout_s, sleep
+        self.drain_timeout_s = drain_timeout_s
         self.version = 0
         # One push at a time: in one-step-off-policy runs a retried background rollout pushes while the loop may
         # too. Interleaved, two pushes would corrupt the version and the reload list, rewrite a weight file being
         # read, and send the learner ranks their gather calls in different orders (a ZeRO-3 deadlock).
         self.lock = threading.RLock()
 
-    def push(self) -> None:
-        """Make every engine generate with the learner's current weights, and count the push in `version`."""
+    def push(self) -> list[int]:
+        """Make every engine generate with the learner's current weights, and count the push in `version`; the
+        indices of the engines it reached (their load calls sent, or done)."""
         with self.lock:
-            self.transfer()
+            return self.transfer()
 
     @abstractmethod
-    def transfer(self) -> None:
-        """One push (the caller holds the lock)."""
+    def transfer(self) -> list[int]:
+        """One push (the caller holds the lock); the engines it reached."""
 
     def before_train(self) -> None:
         """Called before the learners train when a push follows: sleeping engines free their GPU memory."""
@@ -70,13 +80,34 @@ class WeightSyncRoute(ABC):
             results.append(self.wait(ref, f"rollout engine {index}", doing, deadline))
         return results
 
-    def wait(self, ref, who: str, doing: str, deadline: float | None = None):
-        deadline = deadline or time.monotonic() + self.timeout_s
+    def wait(self, ref, who: str, doing: str, deadline: float | None = None,
+             setting: str = "rollout.sync_timeout_s"):
+        bound = self.drain_timeout_s if setting == "rollout.drain_timeout_s" else self.timeout_s
+        deadline = deadline or time.monotonic() + bound
         try:
             return ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
         except ray.exceptions.GetTimeoutError:
             raise WeightSyncTimeout(f"weight sync route {self.name}: {who} did not finish {doing} within "
-                                    f"rollout.sync_timeout_s={self.timeout_s:g} s") from None
+                                    f"{setting}={bound:g} s") from None
+
+    def pause_engines(self, refs: list) -> None:
+        """Wait for every engine's `pause`: a stream without partial rollouts first runs its requests to their end,
+        which may take as long as a whole completion and has its own bound."""
+        deadline = time.monotonic() + self.drain_timeout_s
+        for index, ref in enumerate(refs):
+            self.wait(ref, f"rollout engine {index}", DRAINING, deadline, "rollout.drain_timeout_s")
+
+    def paused(self, send) -> None:
+        """A push in several calls per engine (the GPU routes): every engine paused first, then `send()`. One that
+        stops half-way leaves the engines refusing to generate until a whole push lands (`abandon_weight_update`,
+        not waited for: an engine that hangs cannot answer), rather than paused for good or on half-loaded weights."""
+        try:
+            self.pause_engines([r.pause.remote() for r in self.rollouts])
+            send()
+        except BaseException:
+            for rollout in self.rollouts:
+                rollout.abandon_weight_update.remote()
+            raise
 
     def every_engine_started(self) -> bool:
         """For the GPU routes, whose pushes need every engine at once: False, logged, when an engine restarted after a
@@ -99,34 +130,41 @@ class WeightSyncRoute(ABC):
         pass
 
 
+DRAINING = ("its running requests before a weight update (rollout.partial_rollouts=false: a push lets them finish "
+            "on the old weights; raise rollout.drain_timeout_s, or set rollout.partial_rollouts=true)")
+
+
 class ReloadingRoute(WeightSyncRoute):
     """A route where learner rank 0 publishes the full weights once and each engine reloads them whole.
 
-    With `overlap` (one-step-off-policy runs) `push` returns once the weights are published: each engine reloads
-    after the generation it is busy with, before any later one (an actor runs its calls in the order they were
+    With `overlap` (one-step-off-policy and async runs) `push` returns once the weights are published: each engine
+    reloads after the generation it is busy with, before any later one (an actor runs its calls in the order they were
     sent), so the reload (~0.8 s on SmolLM2) leaves the step's critical path. The next push first waits for those
     reloads (and reports their failures).
     """
 
     load_method: str  # the rollout actor's method that takes what `publish` returns, and the version
 
-    def __init__(self, policy, rollouts: list, timeout_s: float, overlap: bool = False, sleep: bool = False):
-        super().__init__(policy, rollouts, timeout_s, sleep)
+    def __init__(self, policy, rollouts: list, timeout_s: float, drain_timeout_s: float, overlap: bool = False,
+                 sleep: bool = False):
+        super().__init__(policy, rollouts, timeout_s, drain_timeout_s, sleep)
         self.overlap = overlap
-        self.loading = []  # reloads in flight
+        self.loading = []  # reloads in flight: (engine index, its pause call, its load calls)
 
     @abstractmethod
     def publish(self):
         """Make the learner's current weights readable by the engines; returns what their load method takes."""
 
-    def transfer(self) -> None:
+    def transfer(self) -> list[int]:
         self.wait_for_reloads()
         weights = self.publish()
         self.version += 1
-        self.loading = [(index, ref) for index, rollout in enumerate(self.rollouts)
-                        for ref in self.reload(rollout, weights)]
-        if not self.overlap:
-            self.wait_for_reloads()
+        self.loading = [(index, rollout.pause.remote(), self.reload(rollout, weights))
+                        for index, rollout in enumerate(self.rollouts)]
+        if self.overlap:
+            return list(range(len(self.rollouts)))  # the load calls are sent: each engine's next call comes after
+        failed = self.wait_for_reloads()
+        return [index for index in range(len(self.rollouts)) if index not in failed]
 
     def reload(self, rollout, weights) -> list:
         """The engine's reload calls, in the order the actor runs them: its weights woken first and its KV cache
@@ -135,18 +173,32 @@ class ReloadingRoute(WeightSyncRoute):
         calls.append(getattr(rollout, self.load_method).remote(weights, self.version))
         return calls + ([rollout.wake_up.remote(["kv_cache"])] if self.sleep else [])
 
-    def wait_for_reloads(self) -> None:
-        loading, self.loading = self.loading, []
+    def wait_for_reloads(self) -> set[int]:
+        """Wait for the reloads in flight: every pause under the drain bound, then the loads; the engines that died
+        or are not started."""
+        loading, self.loading, failed = self.loading, [], set()
+        drained_by = time.monotonic() + self.drain_timeout_s
+        for index, pause, _ in loading:
+            if self._gone(index, [pause], DRAINING, drained_by, "rollout.drain_timeout_s"):
+                failed.add(index)
         deadline = time.monotonic() + self.timeout_s
-        for index, ref in loading:
-            try:
-                self.wait(ref, f"rollout engine {index}", "reloading the weights", deadline)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, StaleWeightsError) as err:
-                # the engine died, or restarted and is not started yet: its weight version stays behind, which its
-                # next generate call reports, and the driver's retry starts it and pushes again
-                log.warning("weight sync route %s: rollout engine %d died during a push or is not started after a "
-                            "restart (%s); the next rollout waits for it and pushes again", self.name, index,
-                            type(err).__name__)
+        for index, _, calls in loading:
+            if index not in failed and self._gone(index, calls, "reloading the weights", deadline):
+                failed.add(index)
+        return failed
+
+    def _gone(self, index: int, refs: list, doing: str, deadline: float, setting: str = "rollout.sync_timeout_s"):
+        """Wait for an engine's calls; True when it died (or restarted and is not started yet): its weight version
+        stays behind, which its next generate call reports, and the driver's retry starts it and pushes again."""
+        try:
+            for ref in refs:
+                self.wait(ref, f"rollout engine {index}", doing, deadline, setting)
+        except ENGINE_GONE as err:
+            log.warning("weight sync route %s: rollout engine %d died during a push or is not started after a "
+                        "restart (%s); the next rollout waits for it and pushes again", self.name, index,
+                        type(err).__name__)
+            return True
+        return False
 
     def close(self) -> None:
         with self.lock:
@@ -161,9 +213,9 @@ class SharedMemoryRoute(ReloadingRoute):
 
     name, load_method = "shm", "load_weights"
 
-    def __init__(self, policy, rollouts: list, sync_dir: str, timeout_s: float, overlap: bool = False,
-                 sleep: bool = False):
-        super().__init__(policy, rollouts, timeout_s, overlap, sleep)
+    def __init__(self, policy, rollouts: list, sync_dir: str, timeout_s: float, drain_timeout_s: float,
+                 overlap: bool = False, sleep: bool = False):
+        super().__init__(policy, rollouts, timeout_s, drain_timeout_s, overlap, sleep)
         self.folder = self.wait(policy.ranks[0].new_weight_folder.remote(sync_dir), "policy rank 0",
                                 "naming the weight folder")
 
@@ -210,14 +262,19 @@ class CudaIpcRoute(WeightSyncRoute):
 
     name = "cuda_ipc"
 
-    def __init__(self, policy, rollouts: list, timeout_s: float, bucket_mb: float, sleep: bool = False):
-        super().__init__(policy, rollouts, timeout_s, sleep)
+    def __init__(self, policy, rollouts: list, timeout_s: float, drain_timeout_s: float, bucket_mb: float,
+                 sleep: bool = False):
+        super().__init__(policy, rollouts, timeout_s, drain_timeout_s, sleep)
         self.bucket_bytes = int(bucket_mb * 1024**2)
 
-    def transfer(self) -> None:
+    def transfer(self) -> list[int]:
         self.version += 1  # counted even when skipped: engines left behind then refuse to generate
         if not self.every_engine_started():
-            return
+            return []
+        self.paused(self.send)
+        return list(range(len(self.rollouts)))
+
+    def send(self) -> None:
         sender = self.policy.ranks[0]
         count = self.run_learners("prepare_ipc_push", self.bucket_bytes, doing="gathering the weights")
         try:
@@ -248,8 +305,9 @@ class NcclBroadcastRoute(WeightSyncRoute):
 
     name = "nccl"
 
-    def __init__(self, policy, rollouts: list, timeout_s: float, bucket_mb: float, tensor_parallel_size: int = 1):
-        super().__init__(policy, rollouts, timeout_s)
+    def __init__(self, policy, rollouts: list, timeout_s: float, drain_timeout_s: float, bucket_mb: float,
+                 tensor_parallel_size: int = 1):
+        super().__init__(policy, rollouts, timeout_s, drain_timeout_s)
         self.bucket_bytes = int(bucket_mb * 1024**2)
         self.tensor_parallel_size = tensor_parallel_size
         self.form_group()
@@ -276,11 +334,15 @@ class NcclBroadcastRoute(WeightSyncRoute):
         self.wait(self.policy.ranks[0].leave_weight_group.remote(), "policy rank 0", "leaving the NCCL weight group")
         self.form_group()
 
-    def transfer(self) -> None:
+    def transfer(self) -> list[int]:
         self.version += 1  # counted even when skipped: engines left behind then refuse to generate
         if not self.every_engine_started():
-            return
+            return []
         self.reform_if_an_engine_restarted()
+        self.paused(self.send)
+        return list(range(len(self.rollouts)))
+
+    def send(self) -> None:
         sender = self.policy.ranks[0]
         buckets = self.run_learners("prepare_nccl_push", self.bucket_bytes, doing="gathering the weights")
         try:
@@ -328,15 +390,15 @@ def _where(info: dict) -> str:
 
 
 def make_route(kind: str, policy, rollouts: list, sync_dir: str, overlap: bool, timeout_s: float,
-               bucket_mb: float, sleep: bool, tensor_parallel_size: int = 1) -> WeightSyncRoute:
+               drain_timeout_s: float, bucket_mb: float, sleep: bool, tensor_parallel_size: int = 1) -> WeightSyncRoute:
     learner = ray.get(policy.ranks[0].device_info.remote(), timeout=timeout_s)
     engines = ray.get([r.device_info.remote() for r in rollouts], timeout=timeout_s)
     chosen = pick_route(kind, learner, engines, tensor_parallel_size)
     log.info("weight sync: %s%s", chosen, f" (rollout.weight_sync={kind})" if kind != chosen else "")
     if chosen == "cuda_ipc":
-        return CudaIpcRoute(policy, rollouts, timeout_s, bucket_mb, sleep)
+        return CudaIpcRoute(policy, rollouts, timeout_s, drain_timeout_s, bucket_mb, sleep)
     if chosen == "nccl":
-        return NcclBroadcastRoute(policy, rollouts, timeout_s, bucket_mb, tensor_parallel_size)
+        return NcclBroadcastRoute(policy, rollouts, timeout_s, drain_timeout_s, bucket_mb, tensor_parallel_size)
     if chosen == "object_store":
-        return ObjectStoreRoute(policy, rollouts, timeout_s, overlap, sleep)
-    return SharedMemoryRoute(policy, rollouts, sync_dir, timeout_s, overlap, sleep)
+        return ObjectStoreRoute(policy, rollouts, timeout_s, drain_timeout_s, overlap, sleep)
+    return SharedMemoryRoute(policy, rollouts, sync_dir, timeout_s, drain_timeout_s, overlap, sleep)

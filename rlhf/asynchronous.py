@@ -31,59 +31,24 @@ import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import ray
 
-from rlhf.engines.streaming import Request
+from rlhf.async_jobs import Engine, Job
+from rlhf.engines.streaming import HOLD_CAUSES, Request
 from rlhf.groups import Groups
 from rlhf.schedules import ACTOR_DIED, make_experience, wait_for_restarts
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Job:
-    """One admitted group: its prompt row, its engine, its samples as they come back."""
-    number: int  # admission order, from 0 in this process
-    row: int  # index of its prompt row in the data
-    work: object  # the rollout source's group (start / receive / result)
-    batch: object  # its row, prepared (a PromptBatch of one)
-    engine: int
-    admitted_at: int  # the policy version (updates) of the engines' newest weights when it was admitted
-    lock: threading.Lock = field(default_factory=threading.Lock)  # its samples come back on several threads
-    requests: int = 0  # sent, to tell request ids apart
-    groups: Groups | None = None  # once scored
-    oldest: int | None = None  # the policy version of its oldest sampled token, once finished
-
-
-@dataclass
-class Engine:
-    """What the producer knows of one rollout engine."""
-    actor: object
-    running: int = 0  # requests sent and not back
-    alive: bool = True
-    refused: bool = False  # restarted: takes no group until it reports the current weights
-    polled_at: float = 0.0  # when an engine without work was last asked how it is (a refused one: its weights)
-    pending: object = None  # its advance call in flight
-    busy_s: float = 0.0  # seconds it spent generating, over all its processes
-    interrupted: int = 0  # requests its pushes interrupted, likewise
-    reported: tuple = (0.0, 0)  # its current process's own counts of both, at its last report
-    incarnation: str | None = None  # the actor process it last heard from
-
-    def count(self, report) -> None:
-        """Add what the engine did since its last report (a new process counts from 0)."""
-        if self.incarnation is None:
-            self.reported = (0.0, 0)
-        self.busy_s += report.busy_s - self.reported[0]
-        self.interrupted += report.interrupted - self.reported[1]
-        self.reported, self.incarnation = (report.busy_s, report.interrupted), report.incarnation
-
-
 class Asynchronous:
-    def __init__(self, actors, cfg, sampler, prompts, pad_id: int, weight_sync):
+    def __init__(self, actors, cfg, sampler, prompts, pad_id: int, weight_sync, gpu_guard):
+        """`gpu_guard`: held while the learners train where engines share their GPU; a restarted engine starts
+        under it (vLLM's start-up must see no other allocation on its GPU)."""
         self.actors, self.cfg, self.sampler, self.prompts, self.pad_id = actors, cfg, sampler, prompts, pad_id
-        self.weight_sync, self.source = weight_sync, sampler.source
+        self.weight_sync, self.source, self.gpu_guard = weight_sync, sampler.source, gpu_guard
         r = cfg.rollout
         self.per_step, self.group_size = cfg.prompts_per_step, cfg.algo.group_size
         self.max_staleness, self.push_every, self.partial, self.advance_s = (r.max_staleness, r.push_every,
@@ -94,12 +59,15 @@ class Asynchronous:
         self.buffer: list[Job] = []  # scored, waiting for the learner
         self.requeue: deque[int] = deque()  # rows to admit before drawing new ones (a resume's, a dead engine's)
         self.admitted = self.retired = 0  # groups admitted; of them, dropped without training (DAPO, stale, lost)
+        self.warmup_batches = 0  # batches the critic's warm-up took (the policy's version stays): P slots each
+        self.uninformative: list[Job] = []  # DAPO: dropped since the last batch, the first P kept to top one up
+        self.dropped_since = 0  # DAPO: groups dropped as uninformative since the last batch
         self.updates = 0  # policy updates so far
         self.base = 0  # policy updates when the producer started (a resumed run's)
         self.pushes = {}  # weight_sync.version -> the policy version that push carried
         self.newest = 0  # the policy version of the newest weights sent to every engine (a push that has returned)
         self.counts = Counter()  # since the last batch: admitted, discarded, uninformative, lost
-        self.interrupted_before = 0  # the engines' interrupted requests at the last batch
+        self.interrupted_before = Counter()  # the engines' interrupted requests at the last batch, by cause
         self.error: BaseException | None = None
         self.restarted = False  # an engine came back after a crash and waits for weights
         self.closing = threading.Event()
@@ -118,6 +86,7 @@ class Asynchronous:
                 with self.cond:
                     if (picked := self._pick()) is not None:
                         metrics = self._metrics(picked, time.perf_counter() - waited)
+                        self._taken(step)
                         break
                     if self.error is not None:
                         raise RuntimeError(f"step {step}: the asynchronous rollout stopped: {self.error!r}") from self.error
@@ -129,7 +98,16 @@ class Asynchronous:
                 # (the engines that stayed alive could not feed it: a regular push would never come)
                 self._push()
         groups = Groups.concat([job.groups for job in picked])
+        groups.topped_up = metrics["sampling/uninformative_in_batch"] if self.cfg.algo.sampling.dynamic else 0
         return groups, metrics, make_experience(self.actors, groups, self.pad_id, timer)
+
+    def _taken(self, step: int) -> None:
+        """A batch left the buffer (caller holds the lock). The critic's warm-up trains no policy and pushes nothing:
+        admission counts its batches as it counts versions, or the pipeline would shrink by one batch per warm-up
+        step and stop for good once they reach max_staleness + 1."""
+        if step < self.cfg.algo.critic.warmup_steps:
+            self.warmup_batches += 1
+            self.cond.notify_all()
 
     def _pick(self) -> list[Job] | None:
         """The batch for update `self.updates`, or None while it is not ready (caller holds the lock).
@@ -142,7 +120,7 @@ class Asynchronous:
         for job in [job for job in self.buffer if job.oldest + self.max_staleness < now]:  # only after a restart
             self._drop(job, "discarded")
         if len(self.buffer) < self.per_step:
-            return None
+            return self._topped_up()
         deadline = lambda job: (job.admitted_at if job.oldest is None else job.oldest) + self.max_staleness  # noqa: E731
         self.buffer.sort(key=lambda job: (deadline(job), job.number))
         batch = self.buffer[:self.per_step]
@@ -151,15 +129,35 @@ class Asynchronous:
             taken = sum(deadline(job) <= due_by for job in batch)
             if taken < self.per_step and due - taken > (due_by - now) * self.per_step:
                 return None  # a running group is due too soon to be left for later updates
-        self.buffer = self.buffer[self.per_step:]
-        for job in batch:
+        return self._take(batch, [])
+
+    def _topped_up(self) -> list[Job] | None:
+        """DAPO: once `algo.sampling.max_rounds` x P groups were scored for this batch and fewer than P are
+        informative, the batch is topped up with uninformative ones (last, masked out of the loss), as the
+        synchronous sampler does after its last round; None until then. It waits for no running group: at
+        max_staleness 0 one may then pass its bound (counted as discarded)."""
+        sampling = self.cfg.algo.sampling
+        if not sampling.dynamic or len(self.buffer) + self.dropped_since < sampling.max_rounds * self.per_step:
+            return None
+        trained = sorted(self.buffer, key=lambda job: (job.oldest, job.number))
+        fill = self.uninformative[:self.per_step - len(trained)]
+        self.retired -= len(fill)  # trained after all: they hold their admission slots as trained groups do
+        return self._take(trained, fill)
+
+    def _take(self, trained: list[Job], fill: list[Job]) -> list[Job]:
+        """The batch: `trained`, then the uninformative groups that `fill` it (caller holds the lock)."""
+        self.buffer = [job for job in self.buffer if job not in trained]
+        for job in trained:
             del self.live[job.number]
-        return batch
+        self.counts["filled"] = len(fill)
+        # the synchronous sampler forgets a step's dropped groups: a batch starts the count again
+        self.uninformative, self.dropped_since = [], 0
+        return trained + fill
 
     def _metrics(self, picked: list[Job], waited_s: float) -> dict[str, float]:
         """The batch's staleness and the stream's state since the last batch (caller holds the lock)."""
         lags = []  # of every trained token: the learner's version minus the one that sampled it
-        for job in picked:
+        for job in picked[:len(picked) - self.counts["filled"]]:  # the filling groups take no part in the loss
             for sample in (s for group in job.groups.samples for s in group):
                 trained = getattr(sample, "model_mask", None) or [1] * len(sample.versions)
                 lags += [self.updates - v for v, m in zip(sample.versions, trained) if m]
@@ -172,14 +170,17 @@ class Asynchronous:
                    "async/buffer_depth": len(self.buffer), "async/running": len(self.live) - len(self.buffer),
                    "async/admitted": self.counts["admitted"], "async/discarded": self.counts["discarded"],
                    "async/lost": self.counts["lost"],
-                   "async/interrupted": sum(e.interrupted for e in self.engines) - self.interrupted_before,
                    "async/learner_idle": min(waited_s / wall, 1.0),
                    "weights_behind": max(lags, default=0), "step_retries": 0}
+        interrupted = sum((engine.interrupted for engine in self.engines), Counter())
+        for cause in HOLD_CAUSES:  # a push, or an evaluation between two slices
+            metrics[f"async/interrupted_{cause}"] = interrupted[cause] - self.interrupted_before[cause]
         if self.cfg.algo.sampling.dynamic:
             metrics["sampling/uninformative"] = self.counts["uninformative"]
+            metrics["sampling/uninformative_in_batch"] = self.counts["filled"]
         for i, (b, before) in enumerate(zip(busy, busy_before)):
             metrics[f"async/engine{i}_idle"] = max(0.0, 1.0 - (b - before) / wall)
-        self.counts, self.interrupted_before = Counter(), sum(e.interrupted for e in self.engines)
+        self.counts, self.interrupted_before = Counter(), interrupted
         return {**metrics, **self.source.metrics([job.groups.samples[0] for job in picked])}
 
     def after_update(self, timer) -> None:
@@ -192,9 +193,13 @@ class Asynchronous:
         """The learner's weights (version `self.updates`) to every engine (the driver's thread, the learner idle)."""
         # known before the push: an engine may sample with the new weights before push() returns
         self.pushes[self.weight_sync.version + 1] = self.updates
-        self.weight_sync.push()
-        with self.cond:  # every engine has the load call now: requests sent from here on come after it
-            self.newest = self.updates
+        reached = set(self.weight_sync.push())
+        with self.cond:
+            # every engine that takes groups has the load call now: requests sent from here on come after it. A push
+            # that skipped one (a GPU route while a restarted engine is not started) moved no engine's weights, and
+            # admitting against it would let the engines run ahead of the bound
+            if all(i in reached for i, e in enumerate(self.engines) if e.alive and not e.refused):
+                self.newest = self.updates
             self.cond.notify_all()  # admission may go on
 
     def prefetch(self, step: int) -> None:
@@ -245,7 +250,8 @@ class Asynchronous:
         sends = {}
         with self.cond:
             newest = self.newest
-            allowed = (newest - self.base + self.max_staleness + 1) * self.per_step + self.retired
+            versions = newest - self.base + self.warmup_batches  # a warm-up batch counts as a version
+            allowed = (versions + self.max_staleness + 1) * self.per_step + self.retired
             while self.admitted < allowed:
                 ready = [i for i, e in enumerate(self.engines) if e.alive and not e.refused]
                 if not ready:
@@ -292,7 +298,9 @@ class Asynchronous:
             with self.cond:
                 self.cond.wait(0.05)  # nothing runs: wait for a push (admission) or a scored group
             return
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.05)
+        ready, waiting = ray.wait(list(pending), num_returns=1, timeout=0.05)
+        if ready and waiting:  # and every other engine that answered meanwhile: none waits for a later turn
+            ready += ray.wait(waiting, num_returns=len(waiting), timeout=0)[0]
         for ref in ready:
             engine = pending[ref]
             engine.pending = None
@@ -343,6 +351,11 @@ class Asynchronous:
                 return
             if not keep:  # DAPO: a group whose rewards are all equal teaches nothing; its slot goes to another
                 self._drop(job, "uninformative")
+                self.dropped_since += 1
+                if len(self.uninformative) < self.per_step:  # kept to fill a batch if the rounds run out
+                    job.groups, job.oldest = groups, job.admitted_at
+                    self.uninformative.append(job)
+                self.cond.notify_all()
                 return
             job.groups, job.oldest = groups, min(min(s.versions, default=job.admitted_at) for s in samples)
             self.buffer.append(job)
@@ -370,7 +383,7 @@ class Asynchronous:
 
         def recover():
             try:
-                wait_for_restarts(self.actors, only=[engine.actor])
+                wait_for_restarts(self.actors, gpu_guard=self.gpu_guard, only=[engine.actor])
             except BaseException as failure:
                 with self.cond:
                     self.error = failure

@@ -127,6 +127,7 @@ class Trainer:
             self.weight_sync = make_route(
                 cfg.rollout.weight_sync, self.actors.policy, self.actors.rollouts, cfg.rollout.sync_dir,
                 overlap=cfg.rollout.mode != "sync", timeout_s=cfg.rollout.sync_timeout_s,
+                drain_timeout_s=cfg.rollout.drain_timeout_s,
                 bucket_mb=cfg.rollout.sync_bucket_mb, sleep=engine_sleeps(cfg),
                 tensor_parallel_size=cfg.rollout.tensor_parallel_size)
             self.metrics_log = MetricsLog(

@@ -9,10 +9,12 @@ completion per sample, below) and `rlhf.agents.episodes.EpisodeRunner` (multi-tu
 environments) are the two; the sampler and the evaluator take whichever `rollout_source` gives them."""
 
 import contextlib
+import functools
 import json
 import logging
 import math
 import random
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import ray
 import torch
 from tqdm import tqdm
 
+from actors.rollout import WeightsUpdatingError
 from rlhf.algorithms.reward_shaping import informative_groups, soft_overlong_punishment
 from rlhf.config import Config
 from rlhf.data import PromptBatch, PromptStream
@@ -207,15 +210,24 @@ class Sampler:
 
 def generate(actors, prompts: list[list[int]], n: int, sampling: SamplingSettings, version: int | None = None):
     """Share the prompts among the rollout engines; results come back in prompt order. Prompt i keeps the
-    seeds it would get from a single engine. `version`: the weights every engine must hold."""
+    seeds it would get from a single engine. `version`: the weights every engine must hold. An engine in the middle
+    of a weight update (a GPU route's push from another thread) is asked again until the update is over."""
     engines = actors.rollouts
     chunk = math.ceil(len(prompts) / len(engines))
-    results = ray.get([
-        engine.generate.remote(prompts[start : start + chunk], n,
-                               replace(sampling, seed=sampling.seed + start * n) if sampling.seed is not None else sampling,
+    calls = [functools.partial(engine.generate.remote, prompts[start : start + chunk], n,
+                               sampling if sampling.seed is None else replace(sampling, seed=sampling.seed + start * n),
                                version)
-        for engine, start in zip(engines, range(0, len(prompts), chunk))
-    ])
+             for engine, start in zip(engines, range(0, len(prompts), chunk))]
+    refs = [call() for call in calls]
+    results = []
+    for call, ref in zip(calls, refs):
+        while True:
+            try:
+                results.append(ray.get(ref))
+                break
+            except WeightsUpdatingError:
+                time.sleep(0.05)
+                ref = call()
     return [group for part in results for group in part]
 
 

@@ -153,6 +153,12 @@ class Synchronous:
         return {"prompts": self.prompts.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        unfinished = state.get("async_requeue")  # absent from the checkpoints of synchronous runs
+        if unfinished:
+            raise ValueError(f"this checkpoint was written by a rollout.mode=async run with {len(unfinished)} "
+                             "groups admitted and not yet trained (async_requeue in driver.json): a "
+                             f"rollout.mode={self.cfg.rollout.mode} resume would never train their prompts; resume it "
+                             "with rollout.mode=async")
         self.prompts.load_state_dict(state["prompts"])
 
     def prefetch(self, step: int) -> None:
@@ -198,6 +204,6 @@ def make_schedule(actors: Actors, cfg, sampler: Sampler, prompts: PromptStream, 
     if cfg.rollout.mode == "async":
         from rlhf.asynchronous import Asynchronous
 
-        return Asynchronous(actors, cfg, sampler, prompts, pad_id, weight_sync)
+        return Asynchronous(actors, cfg, sampler, prompts, pad_id, weight_sync, gpu_guard)
     schedule = OneStepOff if cfg.rollout.mode == "one_step_off" else Synchronous
     return schedule(actors, cfg, sampler, prompts, pad_id, weight_sync, gpu_guard)

@@ -58,7 +58,8 @@ def run_layout(name: str, args, work: Path) -> dict:
     if "async/learner_idle" in timed[0]:
         idle = {k.removeprefix("async/"): statistics.mean(h[k] for h in timed) for k in timed[0] if k.endswith("_idle")}
         idle["staleness_mean"] = statistics.mean(h["async/staleness_mean"] for h in timed)
-        idle["interrupted_per_step"] = statistics.mean(h["async/interrupted"] for h in timed)
+        idle["interrupted_per_step"] = statistics.mean(h["async/interrupted_push"] + h["async/interrupted_eval"]
+                                                        for h in timed)
     else:  # estimated from the phases: engines generate only in `generate`, the learner computes only in `train`
         step = phases["step"]
         idle = {"engines_idle (est.)": max(0.0, 1 - phases.get("generate", 0.0) / step),

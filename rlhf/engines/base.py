@@ -83,7 +83,9 @@ class GenerationEngine(ABC):
                                   "rollout.engine=vllm")
 
     def step(self) -> list[tuple[str, Sample, bool]]:
-        """One step of every running request: (request id, its sample so far, whether it finished) for each."""
+        """One step of every running request: (request id, the tokens, logprobs and text this step added, whether it
+        finished) for each. Only what the step added: the caller keeps the rest (a whole history at every step would
+        make the host's work grow with the square of the length)."""
         raise NotImplementedError(f"{type(self).__name__} cannot stream requests")
 
     def abort(self, request_ids: list[str]) -> None:

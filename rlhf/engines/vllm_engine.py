@@ -101,23 +101,28 @@ class VLLMEngine(GenerationEngine):
         return [[_sample(c) for c in output.outputs] for output in outputs]
 
     @staticmethod
-    def _params(sampling: SamplingSettings, n: int, seed: int | None):
+    def _params(sampling: SamplingSettings, n: int, seed: int | None, **extra):
         from vllm import SamplingParams
 
         return SamplingParams(
             n=n, temperature=0.0 if sampling.greedy else sampling.temperature,
             top_p=1.0 if sampling.greedy else sampling.top_p, max_tokens=sampling.max_new_tokens, logprobs=0,
-            seed=seed, ignore_eos=sampling.ignore_eos)
+            seed=seed, ignore_eos=sampling.ignore_eos, **extra)
 
     # Streaming: vLLM's own engine, stepped here (what LLM.generate does inside). One sample per request; the
     # samples of a prompt share its cached prefill in whole blocks, as n > 1 does.
     def add_request(self, request_id: str, prompt: list[int], sampling: SamplingSettings) -> None:
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
+        # DELTA: each step hands out only the new tokens, their logprobs and text. vLLM's default for a streamed
+        # request (CUMULATIVE) hands out its whole history at every step, which the caller then copied: host work
+        # growing with the square of the length (LLM.generate avoids it with FINAL_ONLY)
         self.llm.llm_engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt),
-                                        self._params(sampling, 1, sampling.seed))
+                                        self._params(sampling, 1, sampling.seed, output_kind=RequestOutputKind.DELTA))
 
     def step(self) -> list[tuple[str, Sample, bool]]:
+        """(request id, the tokens this step added, finished) of every request that moved."""
         return [(output.request_id, _sample(output.outputs[0]), output.finished)
                 for output in self.llm.llm_engine.step()]
 
@@ -130,7 +135,7 @@ class VLLMEngine(GenerationEngine):
     def load_weights(self, folder: str) -> None:
         # model.load_weights fails on CPU (vLLM repacks linear weights at load); a reload from a folder works.
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder, "is_checkpoint_format": True})
-        self.llm.reset_prefix_cache()
+        self._reset_prefix_cache()
 
     def load_state(self, state: dict) -> None:
         if self.tensor_parallel_size > 1:
@@ -145,7 +150,7 @@ class VLLMEngine(GenerationEngine):
         # the same in-place reload as from a folder, fed from memory (exact on CPU, where load_weights is not)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items()),
                                                           "is_checkpoint_format": True})
-        self.llm.reset_prefix_cache()
+        self._reset_prefix_cache()
 
     def begin_weight_update(self) -> None:
         if self.transfer is None:
@@ -159,7 +164,15 @@ class VLLMEngine(GenerationEngine):
 
     def finish_weight_update(self) -> None:
         self.llm.collective_rpc("finish_weight_update")
-        self.llm.reset_prefix_cache()
+        self._reset_prefix_cache()
+
+    def _reset_prefix_cache(self) -> None:
+        """After new weights: no cached prefix computed with the old ones may be reused. vLLM refuses (returns False,
+        and only logs) while running requests hold KV blocks; the rollout actor holds its stream before every load,
+        so a refusal means a request ran through the update."""
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM did not reset its prefix cache after a weight update: requests were running, so "
+                               "KV blocks computed with the old weights would be reused")
 
     def join_nccl(self, host: str, port: int, rank: int, world: int, bucket_bytes: int) -> None:
         # vLLM's NCCL weight-transfer engine joins the learner's group (its TP workers take ranks rank .. rank + TP - 1);

@@ -33,8 +33,14 @@ class EngineRecorder:
         self.log.append(("leave", self.group))
         self.group = None
 
+    def pause(self):
+        self.log.append(("pause",))
+
     def begin_weight_update(self):
         self.log.append(("begin", self.group))
+
+    def abandon_weight_update(self):
+        self.log.append(("abandon",))
 
     def receive_bucket(self, bucket):
         self.log.append(("receive", bucket["names"], self.group))
@@ -88,17 +94,18 @@ class Ranks:
 
 def test_a_restarted_engine_makes_the_group_form_again_before_the_next_push(ray_cluster):
     learner, engines = LearnerRecorder.remote(), [EngineRecorder.remote(), EngineRecorder.remote()]
-    route = NcclBroadcastRoute(Ranks(learner), engines, timeout_s=30, bucket_mb=1)
+    route = NcclBroadcastRoute(Ranks(learner), engines, timeout_s=30, drain_timeout_s=30, bucket_mb=1)
     route.push()
     first = ("join", 40001)
     assert ray.get(learner.calls.remote())[0] == (*first, 0, 3)
-    assert ray.get(engines[1].calls.remote()) == [(*first, 2, 3), ("begin", 40001), ("receive", ["embed"], 40001),
-                                                  ("receive", ["head"], 40001), ("finish", 1)]
+    assert ray.get(engines[1].calls.remote()) == [(*first, 2, 3), ("pause",), ("begin", 40001),
+                                                  ("receive", ["embed"], 40001), ("receive", ["head"], 40001),
+                                                  ("finish", 1)]
 
     ray.kill(engines[1], no_restart=False)  # a crash: Ray brings it back as a new process
     wait_until(lambda: back_after_restart(engines[1], 1), "the engine recorder back after its kill")
-    route.push()  # its engine is not started yet: this push reaches no engine, and is still counted
-    assert route.version == 2 and ray.get(engines[1].calls.remote()) == []
+    # its engine is not started yet: this push reaches no engine (it says so), and is still counted
+    assert route.push() == [] and route.version == 2 and ray.get(engines[1].calls.remote()) == []
     assert ray.get(engines[0].calls.remote())[-1] == ("finish", 1)
 
     ray.get(engines[1].start.remote())  # what the driver's wait_for_restarts does
@@ -106,10 +113,11 @@ def test_a_restarted_engine_makes_the_group_form_again_before_the_next_push(ray_
     second = ("join", 40002)
     assert ray.get(learner.calls.remote())[-4:] == [("leave", 40001), (*second, 0, 3), ("broadcast", 0, 40002),
                                                     ("broadcast", 1, 40002)]
-    assert ray.get(engines[0].calls.remote())[-6:] == [("leave", 40001), (*second, 1, 3), ("begin", 40002),
-                                                       ("receive", ["embed"], 40002), ("receive", ["head"], 40002),
-                                                       ("finish", 3)]
-    assert ray.get(engines[1].calls.remote()) == [(*second, 2, 3), ("begin", 40002), ("receive", ["embed"], 40002),
-                                                  ("receive", ["head"], 40002), ("finish", 3)]
+    assert ray.get(engines[0].calls.remote())[-7:] == [("leave", 40001), (*second, 1, 3), ("pause",),
+                                                       ("begin", 40002), ("receive", ["embed"], 40002),
+                                                       ("receive", ["head"], 40002), ("finish", 3)]
+    assert ray.get(engines[1].calls.remote()) == [(*second, 2, 3), ("pause",), ("begin", 40002),
+                                                  ("receive", ["embed"], 40002), ("receive", ["head"], 40002),
+                                                  ("finish", 3)]
     for actor in (learner, *engines):
         ray.kill(actor, no_restart=True)

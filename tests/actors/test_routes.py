@@ -50,7 +50,7 @@ def test_pushes_from_two_threads_run_one_at_a_time():
         name = "recording"
 
         def __init__(self):
-            super().__init__(policy=None, rollouts=[], timeout_s=1.0)
+            super().__init__(policy=None, rollouts=[], timeout_s=1.0, drain_timeout_s=1.0)
             self.spans = []
 
         def transfer(self):

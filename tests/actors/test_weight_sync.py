@@ -64,7 +64,8 @@ def test_engine_generates_with_the_learners_newest_weights(ray_cluster, tiny_mod
 
     metrics = policy.run("train_step", before)
     assert metrics["grad_norm"] > 0 and torch.isfinite(torch.tensor(metrics["loss"]))
-    route = make_route(kind, policy, [rollout], str(tmp_path / "sync"), overlap, timeout_s=60, bucket_mb=16, sleep=False)
+    route = make_route(kind, policy, [rollout], str(tmp_path / "sync"), overlap, timeout_s=60, drain_timeout_s=60,
+                       bucket_mb=16, sleep=False)
     assert route.name == kind
     if kind == "shm":  # named after learner rank 0's process, which writes and removes it, not after the driver's
         pid = ray.get(policy.ranks[0].__ray_call__.remote(lambda self: os.getpid()))
@@ -105,7 +106,8 @@ def test_gpu_routes_ask_the_actors_where_they_compute(ray_cluster, tiny_model, t
     # on this machine every actor computes on the CPU: auto falls back to shm, cuda_ipc and nccl refuse by name
     rollout = start_rollout("hf", tiny_model)
     policy = start_policy(tiny_model, zero_stage=0, batch_size=8)
-    settings = dict(sync_dir=str(tmp_path / "sync"), overlap=False, timeout_s=60, bucket_mb=16, sleep=False)
+    settings = dict(sync_dir=str(tmp_path / "sync"), overlap=False, timeout_s=60, drain_timeout_s=60, bucket_mb=16,
+                    sleep=False)
     assert isinstance(make_route("auto", policy, [rollout], **settings), SharedMemoryRoute)
     with pytest.raises(RuntimeError, match=r"cuda_ipc needs .* policy rank 0 on the CPU .*rollout engine 0 on the CPU"):
         make_route("cuda_ipc", policy, [rollout], **settings)
@@ -113,12 +115,12 @@ def test_gpu_routes_ask_the_actors_where_they_compute(ray_cluster, tiny_model, t
         make_route("nccl", policy, [rollout], **settings)
 
     # every wait is bounded: an actor that does not finish its part of a push in time is named, with the route
-    route = SharedMemoryRoute(policy, [rollout], str(tmp_path / "sync"), timeout_s=60)
+    route = SharedMemoryRoute(policy, [rollout], str(tmp_path / "sync"), timeout_s=60, drain_timeout_s=60)
     route.timeout_s = 1e-3
     with pytest.raises(WeightSyncTimeout, match=r"route shm: policy rank 0 did not finish writing the weight file "
                                                 r"within rollout.sync_timeout_s=0.001 s"):
         route.push()
-    route.loading = [(0, rollout.load_weights.remote(route.folder, 1))]
+    route.loading = [(0, rollout.pause.remote(), [rollout.load_weights.remote(route.folder, 1)])]
     with pytest.raises(WeightSyncTimeout, match=r"route shm: rollout engine 0 did not finish reloading"):
         route.wait_for_reloads()
     route.timeout_s = 60

@@ -74,7 +74,7 @@ def test_async_learns_and_a_slow_engine_never_makes_a_trained_token_too_stale(ra
     assert [h["step"] for h in steps] == list(range(32))
     assert all(h["async/staleness_max"] <= 2 for h in steps) and max(h["async/staleness_max"] for h in steps) >= 1
     assert sum(h["async/discarded"] for h in steps) == 0  # the bound held by admission, not by throwing away
-    assert sum(h["async/interrupted"] for h in steps) > 0  # pushes landed mid-generation: partial rollouts
+    assert sum(h["async/interrupted_push"] for h in steps) > 0  # pushes landed mid-generation: partial rollouts
     assert max(h["async/engine1_idle"] for h in steps) > 0.5  # the second engine was the slow one
     # learns as the synchronous GRPO run of test_driver does on this task (10 x BLEU, 32 steps: a rise of > 3)
     rewards = [h["reward"] for h in steps]

@@ -37,6 +37,22 @@ def weights(tiny_model, tmp_path):
     return str(tmp_path / "weights"), model
 
 
+@pytest.fixture
+def other_weights(tiny_model, tmp_path):
+    """Different weights: every parameter moved by noise. The full state dict, tied embeddings included (a missing
+    lm_head would only be logged by vLLM, and give wrong logits)."""
+    from rlhf.training.weight_file import write_weights
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    (tmp_path / "other").mkdir()
+    write_weights(model.state_dict(), str(tmp_path / "other" / "model.safetensors"))
+    return str(tmp_path / "other"), model
+
+
 def requests(tag: str, count: int = 4) -> list[Request]:
     # every sample runs to the budget: the interruption lands mid-way in each
     sampling = SamplingSettings(LENGTH, temperature=1.0, top_p=1.0, seed=11, ignore_eos=True)
@@ -67,9 +83,9 @@ def test_a_push_interrupts_running_requests_which_go_on_from_their_tokens(rollou
 
     folder, model = weights
     ray.get(rollout.submit.remote(requests("p"), True))
-    before = ray.get(rollout.advance.remote(0.0)).interrupted
+    before = ray.get(rollout.advance.remote(0.0)).interrupted["push"]
     finished, report = run_to_end(rollout, version_load=(folder, 1))
-    assert report.interrupted - before == 4 and report.version == 1
+    assert report.interrupted["push"] - before == 4 and report.version == 1
     for request in requests("p"):
         sample = finished[request.id]
         assert len(sample.completion_ids) == len(sample.logprobs) == len(sample.versions) == LENGTH
@@ -85,12 +101,32 @@ def test_a_push_interrupts_running_requests_which_go_on_from_their_tokens(rollou
                                                                                skip_special_tokens=True)
 
 
+def test_a_request_continues_across_a_real_weight_change_on_the_new_weights(rollout, other_weights, tiny_model):
+    folder, new = other_weights
+    old = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    version = ray.get(rollout.advance.remote(0.0)).version
+    ray.get(rollout.load_weights.remote(tiny_model, version + 1))  # the initial weights again (earlier tests' loads)
+    ray.get(rollout.submit.remote(requests("c", 2), True))
+    finished, _ = run_to_end(rollout, version_load=(folder, version + 2))
+    for request in requests("c", 2):
+        sample = finished[request.id]
+        cut = sample.versions.index(version + 2)
+        assert 0 < cut < LENGTH and sample.versions == [version + 1] * cut + [version + 2] * (LENGTH - cut)
+        engine = torch.tensor(sample.logprobs)
+        on_old = teacher_forced_logprobs(old, request.prompt_ids, sample.completion_ids)
+        on_new = teacher_forced_logprobs(new, request.prompt_ids, sample.completion_ids)
+        # the first part sampled by the old weights, the continuation by the new ones, each token's logprob its own
+        assert torch.allclose(engine[:cut], on_old[:cut], atol=1e-4)
+        assert torch.allclose(engine[cut:], on_new[cut:], atol=1e-4)
+        assert (on_new[cut:] - on_old[cut:]).abs().max() > 1e-2  # the weights did change
+
+
 def test_without_partial_rollouts_a_push_waits_for_running_requests(ray_cluster, weights, tiny_model):
     fresh = start(tiny_model)  # a stream takes its mode from the first submit: an actor of its own
     try:
         ray.get(fresh.submit.remote(requests("w"), False))
         finished, report = run_to_end(fresh, version_load=(weights[0], 1))
-        assert report.interrupted == 0 and report.version == 1
+        assert report.interrupted == {"push": 0, "eval": 0} and report.version == 1
         # every token came from the weights the requests started with: the load waited for them
         assert all(s.versions == [0] * LENGTH for s in finished.values()) and len(finished) == 4
     finally:
@@ -99,10 +135,12 @@ def test_without_partial_rollouts_a_push_waits_for_running_requests(ray_cluster,
 
 def test_a_generation_between_slices_leaves_the_stream_whole(rollout):
     ray.get(rollout.submit.remote(requests("g", 2), True))
-    ray.get(rollout.advance.remote(0.02))
+    before = ray.get(rollout.advance.remote(0.02)).interrupted
     sampling = SamplingSettings(8, temperature=1.0, top_p=1.0, seed=3)
     alone = ray.get(rollout.generate.remote([[5, 6, 7]], 2, sampling))
-    finished, _ = run_to_end(rollout)
+    finished, report = run_to_end(rollout)
+    # counted as interrupted by an evaluation, not by a push
+    assert report.interrupted["eval"] - before["eval"] == 2 and report.interrupted["push"] == before["push"]
     assert sorted(finished) == ["g0", "g1"] and all(len(s.completion_ids) == LENGTH for s in finished.values())
     # the evaluation's samples are what the engine gives with nothing else running
     assert [s.completion_ids for s in ray.get(rollout.generate.remote([[5, 6, 7]], 2, sampling))[0]] == \
