@@ -111,8 +111,9 @@ class ToDriverLog(logging.Filter):
         return False
 
 
-def startup_summary(cfg, roles: dict, route: str) -> str:
-    """A few lines: model, algorithm, roles and where they run, weight route, steps and what a step holds."""
+def startup_summary(cfg, roles: dict, route: str, precision: str | None = None) -> str:
+    """A few lines: model, algorithm, roles and where they run, weight route, steps and what a step holds, and the
+    CPU roles' precision where it was chosen by measurement (`precision`, rlhf/precision.py)."""
     step = (f"{cfg.prompts_per_step} prompts x {cfg.algo.group_size} "
             + (f"episodes of at most {cfg.env.max_turns} turns and {cfg.env.max_episode_tokens} tokens"
                if cfg.env.enabled else f"samples of at most {cfg.rollout.max_new_tokens} tokens"))
@@ -125,7 +126,9 @@ def startup_summary(cfg, roles: dict, route: str) -> str:
         f"model {cfg.model.source} {cfg.model.path or ''}".rstrip() + f"; algorithm {cfg.algo.name} (loss "
         f"{cfg.algo.loss.name}, estimator {cfg.algo.estimator.name}, correction {cfg.algo.correction.mode})",
         f"roles ({cfg.placement.layout}): {where}; weights through {route}",
-        f"{cfg.steps} steps of {step}, rollout {mode}; outputs in {cfg.output_dir} (actors' logs in logs/)"])
+        f"{cfg.steps} steps of {step}, rollout {mode}; outputs in {cfg.output_dir} (actors' logs in logs/)",
+        *([f"precision: {precision} (train.bf16={cfg.train.bf16}, rollout.dtype={cfg.rollout.dtype})"]
+          if precision else [])])
 
 
 def eval_line(step: int, metrics: dict[str, float], passing) -> str:

@@ -43,15 +43,16 @@ def resolve_device(role: str) -> torch.device:
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """`auto`: bfloat16 on a GPU, float32 on the CPU (fp32 keeps the engine's and learner's logprobs equal; this
-    project's CPUs have no fast bf16 units)."""
+    """`auto`: bfloat16 on a GPU, float32 on the CPU (a run resolves a CPU engine's `auto` before, to the learner's
+    precision: rlhf/precision.py; this is the fallback of scripts that build an engine alone)."""
     if setting == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, setting)
 
 
 def resolve_bf16(setting: bool | None, device: torch.device) -> bool:
-    """A learner's `bf16`: null means bf16 on a GPU, fp32 on the CPU."""
+    """A learner's `bf16`: null means bf16 on a GPU, fp32 on the CPU (a run resolves a CPU learner's null before, by
+    measurement: rlhf/precision.py)."""
     return device.type == "cuda" if setting is None else setting
 
 

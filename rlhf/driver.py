@@ -45,6 +45,8 @@ from rlhf.schedules import ACTOR_DIED, ACTOR_RESTARTED, PhaseTimer, make_schedul
 from rlhf.stopping import StopRequest
 from rlhf.models import resolve_model_path
 from rlhf.models.folders import write_text_atomically
+from rlhf.models.resolve import cache_root
+from rlhf.precision import resolve_precision
 from rlhf.tracking import MetricsLog
 from rlhf.rewards.scoring import check_reward_sources
 from rlhf.training import memory, sync_folders
@@ -89,6 +91,9 @@ class Trainer:
         self.cfg, self.stop = cfg, stop
         self.output_dir = Path(cfg.output_dir).absolute()
         self.model_path = resolve_model_path(cfg.model.source, cfg.model.path)
+        # the CPU roles' precision where the config leaves it open: measured on this CPU (rlhf/precision.py)
+        cfg, self.precision = resolve_precision(cfg, self.model_path, cache_root() / "precision.json")
+        self.cfg = cfg
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.pad_id = tokenizer.pad_token_id
         check_model_fits(self.model_path, cfg)
@@ -139,7 +144,7 @@ class Trainer:
             if self.started_ray:  # the actors go with the Ray instance this run started
                 ray.shutdown()
             raise
-        log.info("%s", startup_summary(cfg, self.actors.placement.demands, self.weight_sync.name))
+        log.info("%s", startup_summary(cfg, self.actors.placement.demands, self.weight_sync.name, self.precision))
         for warning in settings_that_cannot_act(cfg):
             log.warning(warning)
         self.estimate_advantages = ADVANTAGE_ESTIMATORS.get(cfg.algo.estimator.name)

@@ -202,7 +202,7 @@ class TrainConfig:
     max_grad_norm: float = MISSING
     micro_batch_size: int = MISSING
     zero_stage: int = MISSING
-    bf16: Optional[bool] = MISSING  # None: bf16 on a GPU, fp32 on the CPU
+    bf16: Optional[bool] = MISSING  # None: bf16 on a GPU, measured on the CPU (rlhf/precision.py)
     offload_optimizer: bool = MISSING
     attn_implementation: str = MISSING
     gradient_checkpointing: bool = MISSING

@@ -61,3 +61,26 @@ def test_an_episodes_environment_tokens_carry_no_gradient(tiny_model, monkeypatc
     model_token[:, 0] = 1.0
     other = step(replace(experience, advantages=experience.advantages + 5.0 * model_token))
     assert other["grad_norm"] != pytest.approx(base["grad_norm"], rel=1e-3)
+
+
+def test_bf16_computes_in_bf16_over_fp32_master_weights_and_adam_state(tiny_model, monkeypatch):
+    # what train.bf16=true keeps on the CPU (rlhf/precision.py's docstring): the module in bf16, DeepSpeed's fp32
+    # master copy of every weight, and fp32 Adam moments; a step moves the master weights
+    from transformers import AutoConfig
+
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29563", "RANK": "0", "WORLD_SIZE": "1",
+                       "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, os.environ.get(key, value))
+    cfg = load_config(compose_config("experiment=smoke", "algo.kl.beta=0", "train.bf16=true", "train.zero_stage=1",
+                                     "train.micro_batch_size=4", "output_dir=/tmp/unused"))
+    learner = PolicyLearner(tiny_model, cfg.train, cfg.algo, 4, 5, 1.0, 0)
+    engine = learner.engine
+    assert {p.dtype for p in engine.module.parameters()} == {torch.bfloat16}
+    masters = [p for group in engine.optimizer.fp32_groups_flat_partition for p in group] \
+        if hasattr(engine.optimizer, "fp32_groups_flat_partition") else engine.optimizer.single_partition_of_fp32_groups
+    assert masters and {m.dtype for m in masters} == {torch.float32}
+    before = [m.detach().clone() for m in masters]
+    learner.train_step(batch(AutoConfig.from_pretrained(tiny_model).vocab_size))
+    states = [s for s in engine.optimizer.optimizer.state.values()]
+    assert states and {v.dtype for s in states for k, v in s.items() if k in ("exp_avg", "exp_avg_sq")} == {torch.float32}
+    assert any(not torch.equal(a, b) for a, b in zip(before, masters))
