@@ -17,6 +17,7 @@ class Job:
     engine: int
     admitted_at: int  # the policy version (updates) of the engines' newest weights when it was admitted
     lock: threading.Lock = field(default_factory=threading.Lock)  # its samples come back on several threads
+    complete: bool = False  # every sample is back (the group went to be scored once)
     requests: int = 0  # sent, to tell request ids apart
     groups: Groups | None = None  # once scored
     oldest: int | None = None  # the policy version of its oldest sampled token, once finished

@@ -73,6 +73,10 @@ class Asynchronous:
         self.closing = threading.Event()
         self.producer = None
         self.scorers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="async-score")
+        # what comes back is received here: an episode's turn runs its tools in this pool of its own (so a slow tool
+        # holds back no group's scoring), single turns in the scorers'
+        self.turns = ThreadPoolExecutor(max_workers=cfg.env.tool_workers, thread_name_prefix="async-turn") \
+            if cfg.env.enabled else self.scorers
         self.last = None  # (time, each engine's busy seconds) when the learner last took a batch
 
     # ---- the learner's side (the driver's thread)
@@ -224,6 +228,7 @@ class Asynchronous:
         self.closing.set()
         if self.producer is not None:
             self.producer.join()
+        self.turns.shutdown(wait=True, cancel_futures=True)
         self.scorers.shutdown(wait=True, cancel_futures=True)
 
     # ---- the producer (its own thread)
@@ -321,27 +326,35 @@ class Asynchronous:
                         for request_id, sample in report.finished]
             for job, key, sample in jobs:
                 if job is not None:  # None: given back when its engine died, or dropped
-                    self.scorers.submit(self._receive, job, key, sample)
+                    self.turns.submit(self._guarded, self._receive, job, key, sample)
 
-    def _receive(self, job: Job, key: int, sample) -> None:
-        """A request of `job` came back (scorer thread): the source's next requests, or the group scored."""
+    def _guarded(self, work, *args) -> None:
+        """`work(*args)` in a pool's thread; what it raises stops the run from the learner's side."""
         try:
-            with job.lock:
-                sample.versions = [self.pushes[v] for v in sample.versions]  # pushes -> policy versions
-                requests = [self._request(job, *request) for request in job.work.receive(key, sample)]
-                samples = job.work.result()
-            if requests:
-                with self.cond:
-                    if job.number not in self.live or not self.engines[job.engine].alive:
-                        return
-                    self.engines[job.engine].running += len(requests)
-                self.engines[job.engine].actor.submit.remote(requests, self.partial)
-            elif samples is not None:
-                self._score(job, samples)
+            work(*args)
         except BaseException as err:
             with self.cond:
                 self.error = err
                 self.cond.notify_all()
+
+    def _receive(self, job: Job, key: int, sample) -> None:
+        """A request of `job` came back: the source's next requests (an episode's turn is answered here, its tools
+        run, beside its group's other episodes: each touches only its own), or, once all are back, the group goes to
+        be scored."""
+        sample.versions = [self.pushes[v] for v in sample.versions]  # pushes -> policy versions
+        answered = job.work.receive(key, sample)
+        with job.lock:
+            requests = [self._request(job, *request) for request in answered]
+            samples = None if job.complete else job.work.result()
+            job.complete = samples is not None
+        if requests:
+            with self.cond:
+                if job.number not in self.live or not self.engines[job.engine].alive:
+                    return
+                self.engines[job.engine].running += len(requests)
+            self.engines[job.engine].actor.submit.remote(requests, self.partial)
+        elif samples is not None:
+            self.scorers.submit(self._guarded, self._score, job, samples)
 
     def _score(self, job: Job, samples: list) -> None:
         groups = self.sampler.score(job.batch, [samples], self.updates)

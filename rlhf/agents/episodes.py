@@ -290,6 +290,7 @@ class EpisodeGroup:
         self.runner, self.sampling = runner, sampling
         self.episodes, self.envs = runner._start(batch, size, sampling.seed)
         self.turns = [0] * size
+        self.finished = [False] * size  # set last, once an episode's reward is read: episodes answer side by side
 
     def start(self) -> list[tuple]:
         return [self._request(j) for j in range(len(self.episodes))]
@@ -310,11 +311,12 @@ class EpisodeGroup:
         self.runner._turn_reward(episode, env)
         if episode.done:
             self.runner._finish(episode, env)
+            self.finished[j] = True
             return []
         return [self._request(j)]
 
     def result(self) -> list[Episode] | None:
-        return self.episodes if all(e.done for e in self.episodes) else None
+        return self.episodes if all(self.finished) else None
 
 
 MALFORMED = ("the tool call could not be read; write it as <tool_call>{\"name\": \"<tool name>\", \"arguments\": "

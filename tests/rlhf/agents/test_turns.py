@@ -176,3 +176,27 @@ def test_another_formats_tag_without_a_read_call_is_warned_once(tiny_model, capl
         r._warn_other_format(episodes)
     warnings = [m for m in caplog.messages if "opening tag of the 'mistral' format" in m]
     assert len(warnings) == 1 and "env.tool_format=hermes" in warnings[0]
+
+
+def test_a_groups_episodes_answer_side_by_side_and_the_group_is_whole_only_once_all_are_finished(tiny_model):
+    # async: each episode's turn comes back on a thread of its own; a slow tool in one holds back no other, and
+    # the group is complete only once every episode's reward has been read
+    import threading
+    import time
+
+    from rlhf.engines.base import SamplingSettings
+
+    r, _ = runner(tiny_model, "env.factory=tests_agent_helpers:Counter", "env.tools=[tests_agent_helpers:hang]",
+                  "env.max_turns=2", "env.tool_timeout_s=5")
+    group = r.group(PromptBatch([{"prompt": "p"}], [[0]], [""]), 2, SamplingSettings(8, 1.0, 1.0, seed=0))
+    group.start()
+    slow = threading.Thread(target=group.receive, args=(0, turn(r.tokenizer, call("hang", '{"seconds": 1.5}'))))
+    started = time.monotonic()
+    slow.start()
+    time.sleep(0.2)
+    assert group.receive(1, turn(r.tokenizer, "done")) == [] and time.monotonic() - started < 1.0
+    assert group.result() is None  # episode 0 is still in its tool
+    slow.join()
+    assert group.result() is None  # ...and then waits for its next turn
+    assert group.receive(0, turn(r.tokenizer, "done")) == []
+    assert [e.env_reward for e in group.result()] == [0.0, 0.0]
