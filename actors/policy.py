@@ -7,6 +7,7 @@ import ray
 from actors.learner_group import LearnerRank
 from rlhf.console import capture_output
 from rlhf.experience import Experience
+from rlhf.sft import learner as sft_learner
 from rlhf.training import sync_folders
 
 
@@ -69,3 +70,16 @@ class PolicyActor(LearnerRank):
 
     def save_pretrained(self, folder: str, tokenizer_path: str) -> str:
         return self.learner.save_pretrained(folder, tokenizer_path)
+
+    # supervised fine-tuning on the same engine (rlhf/sft/learner.py): algo=sft, or an RL run's warm start
+    def sft_step(self, sequences, plan: list, targets: int, packing: bool) -> dict:
+        return sft_learner.train_step(self.learner, sequences, plan, targets, packing)
+
+    def sft_nll(self, sequences, plan: list, packing: bool) -> dict:
+        return sft_learner.nll(self.learner, sequences, plan, packing)
+
+    def start_sft(self, lr: float) -> None:
+        sft_learner.start_phase(self.learner, lr)
+
+    def end_sft(self, lr: float) -> None:
+        sft_learner.end_phase(self.learner, lr)

@@ -75,6 +75,10 @@ def run(cfg: Config, stop: StopRequest | None = None) -> dict[str, float]:
     """Train for `cfg.steps` steps, or until `stop` is requested (SIGINT / SIGTERM: rlhf/stopping.py); return the last
     step's metrics."""
     configure_driver_logging(cfg.logging.console, cfg.output_dir)
+    if cfg.algo.name == "sft":  # supervised fine-tuning, a loop of its own on the same actors (rlhf/sft/trainer.py)
+        from rlhf.sft.trainer import run_sft
+
+        return run_sft(cfg, stop or StopRequest())
     trainer = Trainer(cfg, stop or StopRequest())
     try:
         return trainer.train()

@@ -7,7 +7,7 @@ from rlhf.algorithms.losses import AGGREGATION_MODES, KL_ESTIMATORS
 from rlhf.config.combinations import check_combinations
 from rlhf.config.rules import _choice, _get, _positive
 from rlhf.config.schema import Config
-from rlhf.config.sections import validate_correction, validate_env, validate_eval, validate_mode
+from rlhf.config.sections import validate_correction, validate_env, validate_eval, validate_mode, validate_sft
 from rlhf.rewards.aggregation import REWARD_AGGREGATIONS
 
 
@@ -139,6 +139,7 @@ def validate(c: Config) -> None:
     _positive("reward.max_unscorable_steps", c.reward.max_unscorable_steps)
     validate_eval(c)
     validate_env(c)
+    validate_sft(c)
     check_combinations(c)
 
 

@@ -26,6 +26,7 @@ class DataConfig:
     bad_rows: str = MISSING  # error | skip
     chat_template: Optional[str] = MISSING  # a Jinja file replacing the policy tokenizer's chat template
     chat_template_kwargs: Optional[dict[str, Any]] = MISSING  # passed to every chat template (prompts, reward models)
+    truncate: bool = MISSING  # SFT: a demonstration over the token budget is cut (and counted) instead of bad_rows
 
 
 @dataclass
@@ -214,6 +215,13 @@ class TrainConfig:
 
 
 @dataclass
+class PolicyTrainConfig(TrainConfig):
+    # SFT: a micro-batch holds at most this many token positions (rows x the longest, padding included); None: micro-
+    # batches of micro_batch_size sequences
+    max_tokens_per_micro_batch: Optional[int] = MISSING
+
+
+@dataclass
 class CriticConfig(TrainConfig):
     model_path: Optional[str] = MISSING
 
@@ -306,6 +314,20 @@ class EnvConfig:
 
 
 @dataclass
+class SftConfig:
+    """Supervised fine-tuning (rlhf/sft/): `algo=sft` trains on `data` for `steps` steps; `sft.steps` > 0 warm-starts
+    an RL run on `sft.data` first."""
+    data: Optional[dict[str, Any]] = MISSING  # the warm start's demonstrations, as overrides of `data` (None: `data`)
+    steps: int = MISSING  # warm start: SFT steps before the RL steps (0: none; algo=sft counts `steps`)
+    lr: float = MISSING  # warm start's learning rate (algo=sft: train.lr)
+    batch_size: int = MISSING  # demonstrations per optimizer step
+    assistant_only_loss: bool = MISSING  # `messages`: only the assistant turns are targets
+    completion_only_loss: bool = MISSING  # `prompt` + `completion`: only the completion is a target
+    packing: bool = MISSING  # padding-free: the micro-batch's sequences in one row (flash-attention only)
+    reference: str = MISSING  # warm start: the RL reference is the warm-started policy | base (the model folder)
+
+
+@dataclass
 class PlacementConfig:
     layout: str = MISSING
     timeout_s: float = MISSING
@@ -341,7 +363,7 @@ class Config:
     algo: AlgoConfig = MISSING
     reward: RewardConfig = MISSING
     rollout: RolloutConfig = MISSING
-    train: TrainConfig = MISSING
+    train: PolicyTrainConfig = MISSING
     critic: CriticConfig = MISSING
     reference: ReferenceConfig = MISSING
     reward_actor: RewardActorConfig = MISSING
@@ -350,6 +372,7 @@ class Config:
     checkpoint: CheckpointConfig = MISSING
     eval: EvalConfig = MISSING
     env: EnvConfig = MISSING
+    sft: SftConfig = MISSING
     placement: PlacementConfig = MISSING
     fault_tolerance: FaultToleranceConfig = MISSING
     preflight: PreflightConfig = MISSING

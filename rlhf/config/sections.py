@@ -108,3 +108,33 @@ def validate_eval(c: Config) -> None:
         if not e.every:
             raise ValueError(f"checkpoint.keep_best={best!r} ranks checkpoints by an eval metric: set eval.every > 0")
         _choice("checkpoint.keep_best", best, e.metric_names(c.reward))
+
+
+def validate_sft(c: Config) -> None:
+    """Supervised fine-tuning: `algo=sft` on its own, or a warm start (`sft.steps` > 0) before an RL run."""
+    s = c.sft
+    _positive("sft.steps", s.steps, allow_zero=True)
+    _positive("sft.lr", s.lr)
+    _positive("sft.batch_size", s.batch_size)
+    _choice("sft.reference", s.reference, {"policy", "base"})
+    if c.train.max_tokens_per_micro_batch is not None:
+        _positive("train.max_tokens_per_micro_batch", c.train.max_tokens_per_micro_batch)
+    unknown = set(s.data or {}) - set(DataConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"sft.data: {sorted(unknown)} are not data settings; choose from "
+                         f"{sorted(DataConfig.__dataclass_fields__)}")
+    if c.algo.name == "sft" and s.steps:
+        raise ValueError(f"sft.steps={s.steps} warm-starts an RL run, but algo=sft is a supervised run of its own: it "
+                         "trains `steps` steps on `data`; set sft.steps=0 (or choose an RL algorithm)")
+    if s.packing and not (c.train.attn_implementation == "flash_attention_2" and c.train.num_gpus > 0):
+        raise ValueError("sft.packing=true puts a micro-batch's demonstrations in one row without padding, told apart "
+                         "only by their position ids: only flash-attention reads them as separate sequences "
+                         "(train.attn_implementation=flash_attention_2, on a GPU: train.num_gpus > 0). SDPA and eager "
+                         f"(train.attn_implementation={c.train.attn_implementation}, "
+                         f"{'on a GPU' if c.train.num_gpus else 'on the CPU'}) would let each demonstration attend to "
+                         "the ones before it; set sft.packing=false (length-sorted micro-batches by "
+                         "train.max_tokens_per_micro_batch keep the padding small)")
+    if s.steps and c.train.lora.rank and s.reference == "policy":
+        raise ValueError("sft.steps > 0 with train.lora.rank > 0 and sft.reference=policy: with LoRA the reference is "
+                         "the policy with its adapter off, the base model, so it cannot be the warm-started policy; "
+                         "set sft.reference=base")

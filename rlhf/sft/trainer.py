@@ -1,0 +1,267 @@
+"""`algo=sft`: supervised fine-tuning as a run of its own, top-down: draw demonstrations, cut them into micro-batches
+by the token budget, train the policy learner on them, evaluate, log, checkpoint.
+
+It runs on the RL run's pieces: the policy learner actors (DeepSpeed ZeRO 0-3 over `train.ranks`, LoRA), checkpoints
+and exact resume (`rlhf/checkpoint.py`: the learner's state and the demonstrations' cursor), metrics.jsonl and wandb,
+the progress bar, console summaries, `final/`. No reference, reward or critic trains. With `eval.every` > 0 the
+rollout engines start (and the reward functions that score them): every `eval.every` steps the current weights are
+pushed to them and the run's `Evaluator` generates on the held-out demonstrations' prompts, scored against their
+targets (so held-out BLEU is the RL run's figure), beside `eval/nll`, the learner's cross-entropy of their targets.
+"""
+
+import logging
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import ray
+from tqdm import tqdm
+
+from actors.launch import Actors, engine_sleeps, launch_actors
+from actors.learner_group import LearnerGroup, RankDied
+from actors.weight_sync import make_route
+from rlhf.checkpoint import check_no_later_checkpoints, find_checkpoint, read_driver_state, remove_unfinished, \
+    save_checkpoint
+from rlhf.config import Config, settings_that_cannot_act
+from rlhf.console import eval_line
+from rlhf.driver import Trainer, check_model_fits, checkpoint_due, connect_ray, save_learners
+from rlhf.evaluation import Evaluator
+from rlhf.evaluation import due as evaluation_due
+from rlhf.models import resolve_model_path
+from rlhf.rewards.scoring import check_reward_sources
+from rlhf.sampling import reward_columns, rollout_source
+from rlhf.schedules import ACTOR_DIED, ACTOR_RESTARTED, PhaseTimer
+from rlhf.sft.batching import BudgetError, plan_micro_batches
+from rlhf.sft.data import Demonstrations, Sequences, demonstration_sets
+from rlhf.sft.plots import SftMetricsLog, sft_final_summary
+from rlhf.stopping import StopRequest
+
+log = logging.getLogger(__name__)
+
+
+def run_sft(cfg: Config, stop: StopRequest) -> dict[str, float]:
+    trainer = SftTrainer(cfg, stop)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
+
+
+def actor_config(cfg: Config) -> Config:
+    """What `launch_actors` starts for SFT: the policy learner; engines and the scorers of their completions only
+    with evaluation (the run's reward functions, or eval.rewards' actor)."""
+    reward = cfg.reward
+    if not cfg.eval.every or cfg.eval.rewards:
+        reward = replace(reward, functions=[], models=[])
+    return replace(cfg, reward=reward, rollout=replace(cfg.rollout, engines=cfg.rollout.engines if cfg.eval.every else 0))
+
+
+def check_budget(cfg: Config, *sets: Demonstrations | None) -> None:
+    budget = cfg.train.max_tokens_per_micro_batch
+    longest = max(d.longest() for d in sets if d is not None)
+    if budget is not None and longest > budget:
+        raise ValueError(f"train.max_tokens_per_micro_batch={budget} is below the longest demonstration ({longest} "
+                         "tokens): raise it, or lower data.max_prompt_tokens and the completion budget")
+
+
+def plan(sequences: Sequences, cfg: Config) -> list:
+    try:
+        return plan_micro_batches(sequences.lengths, cfg.train.max_tokens_per_micro_batch, cfg.train.micro_batch_size,
+                                  cfg.train.ranks)
+    except BudgetError as err:  # checked at start-up: a demonstration cannot grow
+        raise ValueError(str(err)) from err
+
+
+class SftTrainer:
+    """One SFT run: its actors, demonstrations and loop state."""
+
+    best_checkpoint = Trainer.best_checkpoint  # the same rule as an RL run's (checkpoint.keep_best)
+
+    def __init__(self, cfg: Config, stop: StopRequest):
+        from transformers import AutoTokenizer
+
+        self.cfg, self.stop = cfg, stop
+        self.output_dir = Path(cfg.output_dir).absolute()
+        self.model_path = resolve_model_path(cfg.model.source, cfg.model.path)
+        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        check_model_fits(self.model_path, cfg)
+        # the evaluation's generation: single turns, or episodes (the demonstrations' tools)
+        self.source = rollout_source(None, cfg, tokenizer) if cfg.eval.every else None
+        overhead = self.source.prompt_overhead() if self.source is not None else 0
+        self.demos, self.held_out, self.eval_prompts = demonstration_sets(cfg, tokenizer, overhead)
+        check_budget(cfg, self.demos, self.held_out)
+
+        self.checkpoints = Path(cfg.checkpoint.dir or self.output_dir / "checkpoints").absolute()
+        self.resume_from = find_checkpoint(cfg.resume, self.checkpoints)
+        self.state = read_driver_state(self.resume_from) if self.resume_from else None
+        if self.state and "sft" not in self.state:
+            raise ValueError(f"{self.resume_from} was written by an RL run: resume it with its algorithm")
+        check_no_later_checkpoints(self.checkpoints, self.state["step"] if self.state else -1)
+        remove_unfinished(self.checkpoints)
+        if self.eval_prompts is not None:  # the eval's scorers, before any actor
+            columns = reward_columns(self.eval_prompts.rows[0], cfg.env.enabled)
+            functions = cfg.eval.rewards or cfg.reward.functions
+            check_reward_sources(replace(cfg.reward, functions=functions, models=[] if cfg.eval.rewards
+                                         else cfg.reward.models), columns, bool(cfg.env.factory),
+                                 "eval.rewards" if cfg.eval.rewards else "reward.functions (scoring the eval)")
+        self.started_ray = connect_ray(cfg)
+        self.stop.install()
+        self.weight_sync = None
+        try:
+            self.actors: Actors = launch_actors(actor_config(cfg), self.model_path)
+            if self.actors.rollouts:
+                self.weight_sync = make_route(
+                    cfg.rollout.weight_sync, self.actors.policy, self.actors.rollouts, cfg.rollout.sync_dir,
+                    overlap=False, timeout_s=cfg.rollout.sync_timeout_s, drain_timeout_s=cfg.rollout.drain_timeout_s,
+                    bucket_mb=cfg.rollout.sync_bucket_mb, sleep=engine_sleeps(cfg),
+                    tensor_parallel_size=cfg.rollout.tensor_parallel_size)
+            self.metrics_log = SftMetricsLog(
+                str(self.output_dir), cfg.logging.run_name or self.output_dir.name, cfg.logging.wandb_mode,
+                cfg.logging.wandb_project, cfg.logging.wandb_entity, asdict(cfg), cfg.logging.plot,
+                resume_step=self.state["step"] + 1 if self.state else None,
+                wandb_id=self.state["wandb_id"] if self.state else None)
+        except BaseException:
+            if self.started_ray:
+                ray.shutdown()
+            raise
+        log.info("%s", self.startup_summary())
+        for warning in settings_that_cannot_act(cfg):
+            log.warning(warning)
+        if self.source is not None:
+            self.source.bind(self.actors)
+        self.evaluator = Evaluator(self.actors, cfg, self.eval_prompts, self.source) if self.eval_prompts else None
+        self.pushed = True  # the engines hold the learner's weights (both the model folder's at the start)
+
+    def startup_summary(self) -> str:
+        cfg, roles = self.cfg, self.actors.placement.demands
+        where = ", ".join(f"{role} {d.count} x ({d.num_cpus:g} CPU" + (f", {d.num_gpus:g} GPU)" if d.num_gpus else ")")
+                          for role, d in roles.items())
+        held = f", {len(self.held_out)} held out" if self.held_out is not None else ""
+        budget = cfg.train.max_tokens_per_micro_batch
+        micro = (f"micro-batches of at most {budget} token positions" if budget is not None
+                 else f"micro-batches of {cfg.train.micro_batch_size} demonstrations")
+        return "\n".join([
+            f"model {cfg.model.source} {cfg.model.path or ''}".rstrip() + f"; algorithm sft ({len(self.demos)} "
+            f"demonstrations{held}, {self.demos.targets()} target tokens, the longest {self.demos.longest()} tokens)",
+            f"roles ({cfg.placement.layout}): {where}" + (f"; weights through {self.weight_sync.name}"
+                                                          if self.weight_sync else ""),
+            f"{cfg.steps} steps of {cfg.sft.batch_size} demonstrations at lr {cfg.train.lr:g}, {micro}; outputs in "
+            f"{cfg.output_dir} (actors' logs in logs/)"])
+
+    def train(self) -> dict[str, float]:
+        started = time.perf_counter()
+        try:
+            return self._train()
+        finally:
+            log.info("%s", sft_final_summary(self.metrics_log.history, time.perf_counter() - started,
+                                             str(self.output_dir)))
+
+    def _train(self) -> dict[str, float]:
+        cfg = self.cfg
+        first_step = self.prepare()
+        bar = tqdm(range(first_step, cfg.steps), desc="sft", disable=not cfg.logging.progress_bar,
+                   dynamic_ncols=True, initial=first_step, total=cfg.steps)
+        metrics, step = {}, first_step
+        try:
+            for step in bar:
+                if self.stop.requested:
+                    self.stop.after_step = step - 1
+                    return metrics
+                timer = PhaseTimer()
+                eval_metrics = self.evaluate(step, timer)  # the weights of `step` updates
+                indices = self.demos.draw(cfg.sft.batch_size)
+                cursor = self.demos.state_dict()  # where a resume continues
+                with timer("train"):
+                    metrics = self.learn(indices)
+                metrics = {**metrics, **eval_metrics, **timer.seconds()}
+                self.metrics_log.log(step, {"phase": "sft", **metrics})
+                bar.set_postfix(loss=f"{metrics['sft/loss']:.3f}", acc=f"{metrics['sft/token_accuracy']:.3f}",
+                                tok_s=f"{metrics['sft/tokens_per_s']:.0f}", s_per_step=f"{metrics['time/step']:.1f}")
+                if step % 5 == 4:
+                    self.metrics_log.plot()
+                if checkpoint_due(step, cfg) or (self.stop.requested and cfg.checkpoint.on_stop):
+                    self.save(step, cursor)
+                if self.stop.requested:
+                    self.stop.after_step = step
+                    log.warning("step %d: stopped by signal; resume with resume=auto", step)
+                    return metrics
+        except (*ACTOR_DIED, RankDied) as err:
+            raise RuntimeError(f"step {step}: a learner rank died ({type(err).__name__}); the run stops. Checkpoints in "
+                               f"{self.checkpoints} are intact: rerun the same command with resume=auto. Each actor's "
+                               f"output is in {self.output_dir / 'logs'}") from err
+        final_eval = self.evaluate(cfg.steps, PhaseTimer())
+        if final_eval:
+            self.metrics_log.log(cfg.steps, {"phase": "sft", **final_eval})
+            metrics = {**metrics, **final_eval}
+        if cfg.save_final:
+            self.actors.policy.run("save_pretrained", str(self.output_dir / "final"), self.model_path)
+            log.info("final policy saved to %s", self.output_dir / "final")
+        return metrics
+
+    def prepare(self) -> int:
+        if not self.state:
+            return 0
+        ray.get(self.actors.policy.call("load_checkpoint", str(self.resume_from / "policy")))
+        self.demos.load_state_dict(self.state["sft"])
+        self.pushed = False
+        log.info("resumed from %s: continuing at step %d", self.resume_from, self.state["step"] + 1)
+        return self.state["step"] + 1
+
+    def learn(self, indices: list[int]) -> dict[str, float]:
+        cfg = self.cfg
+        sequences = self.demos.sequences(indices)
+        refs = self.actors.policy.call("sft_step", ray.put(sequences), plan(sequences, cfg), sequences.targets,
+                                       cfg.sft.packing)
+        metrics = LearnerGroup.reduce(ray.get(refs))
+        self.pushed = False
+        return step_metrics(metrics)
+
+    def evaluate(self, step: int, timer: PhaseTimer) -> dict[str, float]:
+        if not evaluation_due(step, self.cfg) or self.held_out is None:
+            return {}
+        with timer("eval"):
+            metrics = self.held_out_nll()
+            if self.evaluator is not None:
+                if not self.pushed:
+                    self.weight_sync.push()
+                    self.pushed = True
+                try:
+                    metrics.update(self.evaluator.evaluate(step, self.weight_sync.version, self.output_dir))
+                except ACTOR_RESTARTED as err:
+                    log.warning("step %d: evaluation skipped: an engine or reward actor died or is restarting (%s)",
+                                step, type(err).__name__)
+                    self.pushed = False
+        log.info("%s", eval_line(step, metrics, self.evaluator.passing) if self.evaluator else
+                 f"step {step} eval: nll {metrics['eval/nll']:.4g}")
+        return metrics
+
+    def held_out_nll(self) -> dict[str, float]:
+        sequences = self.held_out.everything()
+        refs = self.actors.policy.call("sft_nll", ray.put(sequences), plan(sequences, self.cfg), self.cfg.sft.packing)
+        parts = ray.get(refs)
+        return {"eval/nll": sum(p["nll_sum"] for p in parts) / max(sum(p["nll_tokens"] for p in parts), 1)}
+
+    def save(self, step: int, cursor: dict) -> None:
+        state = {"step": step, "sft": cursor, "wandb_id": self.metrics_log.wandb_id}
+        path = save_checkpoint(self.checkpoints, step, lambda folder: save_learners(self.actors, folder), state,
+                               self.cfg.checkpoint.keep_last, self.best_checkpoint())
+        log.info("step %d: checkpoint written to %s", step, path)
+
+    def close(self) -> None:
+        if self.weight_sync is not None:
+            self.weight_sync.close()
+        if self.source is not None:
+            self.source.close()
+        self.metrics_log.close()
+        self.actors.kill()
+        if self.started_ray:
+            ray.shutdown()
+
+
+def step_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The learners' sums as the step's figures: the padding share of the positions computed and tokens per second
+    (real tokens, the prompts' too, over the slowest rank's time)."""
+    positions = metrics.pop("sft/positions")
+    metrics["sft/padding"] = 1 - metrics["sft/input_tokens"] / max(positions, 1)
+    metrics["sft/tokens_per_s"] = metrics["sft/input_tokens"] / max(metrics["time/learner"], 1e-9)
+    return metrics
