@@ -91,8 +91,13 @@ class SingleTurnGroup:
 
 
 def rollout_source(actors, cfg: Config, tokenizer):
-    """Episodes when `env` names a factory or tools, else single turns. `actors` may be None (`bind` them later): the
-    driver builds the source before Ray, so an environment, tool or template that cannot serve is named at once."""
+    """Episodes when `env` names a factory or tools, an agent's episodes when it names `agent`, else single turns.
+    `actors` may be None (`bind` them later): the driver builds the source before Ray, so an environment, tool or
+    template that cannot serve is named at once."""
+    if cfg.env.agent:
+        from rlhf.agents.openai_agents import AgentRunner
+
+        return AgentRunner(actors, cfg, tokenizer)
     if cfg.env.enabled:
         from rlhf.agents.episodes import EpisodeRunner
 
@@ -165,8 +170,10 @@ class Sampler:
         r_ref = None
         if self.aggregation.needs_reference_rewards:
             r_ref = torch.stack([self.reference_rewards[text] for text in batch.texts for _ in range(size)])
-        total = self.aggregation.combine_rewards(objectives, self.weights, size, r_ref)
-        return RewardResult(per_objective, total.tolist(), {})
+        total = self.aggregation.combine_rewards(objectives, self.weights, size, r_ref).tolist()
+        # an episode whose agent failed (raised, hung) is unscorable, whatever its messages score
+        total = [math.nan if getattr(s, "failed", None) else t for s, t in zip(samples, total)]
+        return RewardResult(per_objective, total, {})
 
     def estimate_reference_rewards(self, prompts: PromptStream, cache: Path) -> dict[str, torch.Tensor]:
         """LSC's r_ref per prompt: the `reward.lsc.quantile` of each objective over `reward.lsc.ref_samples`

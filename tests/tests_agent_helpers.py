@@ -259,3 +259,44 @@ def turns_seen(prompts, completions, completion_ids, environments, trainer_state
     log_extra("step_seen", [trainer_state.global_step] * len(completions))
     log_extra("max_steps_seen", [trainer_state.max_steps] * len(completions))
     return turns
+
+
+# ---- agents written against the OpenAI client (env.agent) ----
+
+SEEN = []  # what the agents of a test saw come back, for the test to compare with the episode
+
+
+async def two_calls(client, row):
+    """A two-call tool loop, written as agents are: the real openai client, the reply appended as the SDK gives it,
+    a tool's answer after it."""
+    tools = [{"type": "function", "function": {"name": "add", "description": "Add two integers.", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}]
+    messages = [{"role": "user", "content": row["question"]}]
+    first = await client.chat.completions.create(model="policy", messages=messages, tools=tools, max_tokens=6,
+                                                 logprobs=True)
+    messages += [first.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": "call_x", "content": "5"}]
+    second = await client.chat.completions.create(model="policy", messages=messages, tools=tools, max_tokens=6,
+                                                  logprobs=True, stream=False)
+    SEEN.append([first, second])
+    return 1.0
+
+
+async def rewrites(client, row):
+    """Starts over with a summary of its history on its second call: a new segment."""
+    first = await client.chat.completions.create(model="policy", messages=[{"role": "user", "content": row["question"]}],
+                                                 max_tokens=4)
+    summary = f"Earlier you said: {first.choices[0].message.content!r}. Say it again."
+    await client.chat.completions.create(model="policy", messages=[{"role": "user", "content": summary}], max_tokens=4)
+    return {"said": 0.5}
+
+
+async def hangs(client, row):
+    await asyncio.sleep(3600)
+
+
+def sync_agent(client, row):
+    """A plain function: it gets a sync client and runs in a thread."""
+    reply = client.chat.completions.create(model="policy", messages=[{"role": "user", "content": row["question"]}],
+                                           max_tokens=4)
+    return float(len(reply.choices[0].message.content or "") > 0)

@@ -48,6 +48,10 @@ def add_environment_reward(config: Config) -> None:
 
     if any(f.name == "env" for f in config.reward.functions):
         return
+    if config.env.agent and not config.reward.functions and not config.reward.models:
+        # an agent that scores its episodes (rlhf/agents/openai_agents.py): its return is the reward
+        config.reward.functions = [RewardFunctionConfig(name="env", label="agent")]
+        return
     label = environment_reward_label(config.env)
     if label is not None:
         config.reward.functions = [*config.reward.functions, RewardFunctionConfig(name="env", label=label)]

@@ -308,9 +308,13 @@ class EnvConfig:
     python_memory_mb: int = MISSING
     python_output_bytes: int = MISSING
 
+    agent: Optional[str] = MISSING  # import path of an agent written against the OpenAI client: run(client, row)
+    agent_timeout_s: float = MISSING  # one agent episode's wall clock
+    agent_host: str = MISSING  # where the run's OpenAI endpoint listens (loopback by default)
+
     @property
     def enabled(self) -> bool:
-        return bool(self.factory or self.tools)
+        return bool(self.factory or self.tools or self.agent)
 
 
 @dataclass

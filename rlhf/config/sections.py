@@ -69,6 +69,12 @@ def validate_env(c: Config) -> None:
             not e.factory or not all(isinstance(v, str) for v in e.factory.values())):
         raise ValueError(f"env.factory={e.factory!r}: give an import path (pkg.module:factory) or a dict of them "
                          "(name -> path, TRL's multi-environment mode)")
+    if e.agent and (e.factory or e.tools):
+        raise ValueError("env.agent runs an agent of its own (its tools are its business): set it without env.factory "
+                         "and env.tools")
+    if e.agent and c.rollout.mode == "async":
+        raise ValueError("env.agent runs with rollout.mode=sync or one_step_off; async is not built for it yet")
+    _positive("env.agent_timeout_s", e.agent_timeout_s)
     if e.reply and not e.factory:
         raise ValueError(f"env.reply={e.reply!r} names a method of the environment, but env.factory is not set")
     if e.enabled and e.max_episode_tokens < c.rollout.max_new_tokens:
@@ -76,8 +82,9 @@ def validate_env(c: Config) -> None:
                          f"{c.rollout.max_new_tokens}, one turn's budget: raise it (it holds every turn and every tool "
                          "answer of an episode)")
     uses_env_reward = any(f.name == "env" for f in [*c.reward.functions, *c.eval.rewards])
-    if uses_env_reward and not e.factory:
-        raise ValueError("reward.functions names `env` (the environment's get_reward), but env.factory is not set")
+    if uses_env_reward and not (e.factory or e.agent):
+        raise ValueError("reward.functions names `env` (the environment's get_reward, or the agent's return), but "
+                         "neither env.factory nor env.agent is set")
 
 
 def validate_eval(c: Config) -> None:

@@ -97,9 +97,17 @@ def conciseness(prompts, completions, max_words: int = 64, **_) -> list[float]:
 
 
 @REWARD_FUNCTIONS.register("env")
-def env(prompts, completions, env_reward=None, **_) -> list[float | None]:
-    """The environment's own reward (`get_reward()` of each episode's environment, env.factory): the objective `env`."""
-    return list(_needs("env_reward", env_reward, "env (an env.factory whose class defines get_reward)"))
+def env(prompts, completions, env_reward=None, key: str | None = None, **_) -> list[float | None]:
+    """The episode's own reward: `get_reward()` of its environment (env.factory), or what the agent returned
+    (env.agent); `key` picks one entry of an agent's dict of rewards."""
+    values = list(_needs("env_reward", env_reward, "env (an env.factory whose class defines get_reward, or env.agent)"))
+    if key is not None:
+        return [v.get(key) if isinstance(v, dict) else None for v in values]
+    if any(isinstance(v, dict) for v in values):
+        found = sorted({k for v in values if isinstance(v, dict) for k in v})
+        raise ValueError(f"the episodes' rewards are dicts (keys {found}): read each with "
+                         "{name: env, label: <name>, kwargs: {key: <key>}} in reward.functions")
+    return values
 
 
 # Their reward is 1 for a right answer (a matching format): a completion passes eval/pass@k there. The others

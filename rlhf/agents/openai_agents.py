@@ -1,0 +1,307 @@
+"""Agents written against the OpenAI client, trained unchanged: a rollout source (`env.agent=pkg.module:run`).
+
+`run(client, row) -> float | dict | None` gets an `openai.AsyncOpenAI` whose base_url is the run's endpoint and whose
+key names its episode (a sync `run` gets an `openai.OpenAI` and runs in a thread), and the data row under its own
+column names. It drives any agent loop it likes (a hand loop, the Agents SDK, LangGraph, smolagents) and returns the
+episode's reward: a number, a dict of them (each read by `{name: env, kwargs: {key: ...}}`), or None to leave
+scoring to `reward.functions`, which get the conversation as TRL's multi-turn `completions`.
+
+Token in, token out: a call's messages are rendered with the chat template (and its tools) only where they start
+the episode; a call whose messages extend the conversation as served (its messages, then the reply it got) appends
+just the new messages' tokens, as the template writes them after the model's turn (Renderer.environment_tokens), mask
+0; the sampled tokens are the engine's own, never re-tokenized, with their logprobs. A call that rewrote its history
+(a summary, a dropped turn) starts a new segment (counted in `rollout/agent_segments`); this version trains the last
+segment of an episode only. Tool calls are read by vLLM's tool parsers, as in episodes.
+
+A step's episodes advance together: once every live agent waits on a call (or finished), their calls go to the
+engines as one batched generate call, so a step costs about as many generate calls as its longest episode has turns.
+Limits: `env.max_turns` calls, `env.max_episode_tokens`, `env.agent_timeout_s` per episode; a call past a limit is
+refused (400), an agent that raises or hangs is one failed episode (unscorable, its traceback in the driver's log),
+and a step where most episodes fail stops the run naming the agent.
+"""
+
+import asyncio
+import inspect
+import json
+import logging
+import math
+import random
+import secrets
+import threading
+import traceback
+from dataclasses import dataclass, field, replace
+
+from rlhf.agents.episodes import Episode, source_columns
+from rlhf.agents.openai_api import ChatCall, RequestError, assistant_message, chat_response, comparable
+from rlhf.agents.rendering import SYSTEM_TOOLS, Renderer
+from rlhf.agents.tools import event_loop
+from rlhf.imports import import_object
+
+log = logging.getLogger(__name__)
+
+
+class AgentFailure(ValueError):
+    """Most of a step's episodes failed: the agent, not the policy, is at fault."""
+
+
+@dataclass
+class Pending:
+    prompt_ids: list[int]  # what the engine continues: the episode's tokens so far
+    max_new_tokens: int
+    future: asyncio.Future  # on the endpoint's loop
+    call: ChatCall
+    taken: bool = False  # sent to the engines
+
+
+@dataclass
+class AgentEpisode(Episode):
+    failed: str | None = None  # why the agent's episode failed (it raised, hung or broke a limit)
+    segments: int = 0  # conversations the agent started afresh (1: it only ever extended its first)
+
+
+@dataclass
+class Session:
+    """One episode of a black-box agent: its key, its row, its tokens so far."""
+
+    key: str
+    index: int
+    row: dict
+    episode: AgentEpisode = field(default_factory=lambda: AgentEpisode([], [], "", False))
+    history: list | None = None  # the conversation as served: the last call's messages and the reply, comparable
+    tools: list | None = None
+    stop: int | None = None  # the last turn's stop token (None: cut short)
+    pending: Pending | None = None
+    done: bool = False
+    result: object = None
+
+
+class AgentRunner:
+    """The rollout source of `env.agent`; its endpoint starts with the first rollout and ends with `close`."""
+
+    def __init__(self, actors, cfg, tokenizer):
+        from rlhf.data.prompts import read_chat_template
+
+        self.actors, self.cfg, self.env, self.tokenizer = actors, cfg, cfg.env, tokenizer
+        self.agent = import_object(cfg.env.agent)
+        if not callable(self.agent):
+            raise ValueError(f"env.agent={cfg.env.agent!r} is not a function (client, row) -> reward")
+        self.renderer = Renderer(tokenizer, [], cfg.env.tool_format, cfg.env.tools_prompt, None,
+                                 read_chat_template(cfg.data.chat_template, tokenizer),
+                                 dict(cfg.data.chat_template_kwargs or {}))
+        self.columns = {k: v for k, v in cfg.data.columns.items() if v is not None}
+        self.cond = threading.Condition()
+        self.sessions: dict[str, Session] = {}
+        self.endpoint = None
+        self.warned = set()
+
+    def bind(self, actors) -> None:
+        self.actors = actors
+
+    def prompt_overhead(self) -> int:
+        return 0  # the agent writes its own prompts
+
+    # ---- the endpoint's side (its loop's thread)
+
+    async def serve(self, key: str, call: ChatCall) -> dict:
+        with self.cond:
+            session = self.sessions.get(key)
+        if session is None or session.done:
+            raise RequestError("no live episode has this key (each episode gets its own, as its client's api_key)",
+                               status=401)
+        for name in call.ignored:
+            self._warn_once(name, f"the agent's {name} is ignored: the run samples at rollout.{name}, which the "
+                                  "learner scores at")
+        pending = self._prepare(session, call, asyncio.get_running_loop().create_future())
+        with self.cond:
+            session.pending = pending
+            self.cond.notify_all()
+        return self._respond(session, pending, await pending.future)
+
+    def _prepare(self, session: Session, call: ChatCall, future) -> Pending:
+        episode = session.episode
+        if episode.turns >= self.env.max_turns:
+            raise RequestError(f"this episode made its env.max_turns={self.env.max_turns} calls")
+        history = [comparable(m) for m in call.messages]
+        extends = (session.history is not None and call.tools == session.tools
+                   and history[:len(session.history)] == session.history)
+        if extends:
+            new = call.messages[len(session.history):]
+            tokens = self.renderer.environment_tokens(session.stop, new) if new else []
+            if len(episode.completion_ids) + len(tokens) >= self.env.max_episode_tokens:
+                raise RequestError(f"this episode's tokens would pass env.max_episode_tokens="
+                                   f"{self.env.max_episode_tokens}")
+            episode.add(tokens, None)
+            episode.messages += new
+        else:  # the first call, or a history the agent rewrote: a segment of its own
+            ids = self._prompt_ids(call.messages, call.tools)
+            if len(ids) > self.cfg.data.max_prompt_tokens:
+                raise RequestError(f"the prompt has {len(ids)} tokens, more than data.max_prompt_tokens="
+                                   f"{self.cfg.data.max_prompt_tokens}")
+            episode.prompt_ids, episode.prompt, episode.messages = ids, call.messages, []
+            episode.completion_ids, episode.logprobs, episode.model_mask, episode.versions = [], [], [], None
+            episode.segments += 1
+        room = self.env.max_episode_tokens - len(episode.completion_ids)
+        budget = min(call.max_tokens or self.cfg.rollout.max_new_tokens, self.cfg.rollout.max_new_tokens, room)
+        return Pending(episode.prompt_ids + episode.completion_ids, budget, future, call)
+
+    def _prompt_ids(self, messages: list[dict], schemas: list[dict]) -> list[int]:
+        """A conversation rendered afresh: the tools in the template's `tools=`, or in the system message for
+        templates without them (as episodes show them)."""
+        if schemas and not self.renderer.template_tools:
+            listed = SYSTEM_TOOLS.format(schemas="\n".join(json.dumps(s["function"]) for s in schemas))
+            if messages[0].get("role") == "system":
+                messages = [{**messages[0], "content": f"{messages[0].get('content') or ''}\n\n{listed}"}, *messages[1:]]
+            else:
+                messages = [{"role": "system", "content": listed}, *messages]
+        return self.renderer.encode(self.renderer.render(messages, generation_prompt=True, schemas=schemas))
+
+    def _respond(self, session: Session, pending: Pending, sample) -> dict:
+        episode, ids = session.episode, sample.completion_ids
+        episode.add(ids, sample.logprobs, sample.versions)
+        episode.turns += 1
+        session.stop = None if sample.truncated or not ids else ids[-1]
+        content, calls, _ = self.renderer.parse(self.renderer.raw_text(ids, stopped=session.stop is not None))
+        if not calls:
+            content = sample.text
+        for call in calls:
+            call.id = f"call_{session.index}_{episode.tool_calls}"
+            episode.tool_calls += 1
+        message = assistant_message(content, calls)
+        episode.messages.append(message)
+        session.history = [comparable(m) for m in pending.call.messages] + [comparable(message)]
+        session.tools = pending.call.tools
+        finish = "tool_calls" if calls else ("length" if sample.truncated else "stop")
+        tokens = [self.tokenizer.decode([i]) for i in ids] if pending.call.logprobs else None
+        return chat_response(message, finish, len(pending.prompt_ids), sample.logprobs if tokens else None, tokens,
+                             "policy")
+
+    # ---- the driver's side
+
+    def rollout(self, batch, group_size: int, sampling, version: int, timer) -> list[list[AgentEpisode]]:
+        """G episodes of the agent for each row of `batch`, played to their end."""
+        from rlhf.sampling import generate
+
+        sessions = self._start(batch, group_size)
+        try:
+            for round_ in range(self.env.max_turns + 1):
+                with self.cond:  # every live agent waits on a call, or has finished (a hang ends at its timeout)
+                    self.cond.wait_for(lambda: all(s.done or (s.pending and not s.pending.taken) for s in sessions))
+                    ready = [s for s in sessions if not s.done and s.pending and not s.pending.taken]
+                    for s in ready:
+                        s.pending.taken = True
+                if not ready:
+                    break
+                seed = None if sampling.seed is None else random.Random(f"{sampling.seed}/agent/{round_}").getrandbits(48)
+                for budget in sorted({s.pending.max_new_tokens for s in ready}):
+                    same = [s for s in ready if s.pending.max_new_tokens == budget]
+                    with timer("generate"):
+                        outputs = generate(self.actors, [s.pending.prompt_ids for s in same], 1,
+                                           replace(sampling, max_new_tokens=budget, seed=seed), version)
+                    for s, [sample] in zip(same, outputs):
+                        self.endpoint.loop.call_soon_threadsafe(s.pending.future.set_result, sample)
+            with self.cond:
+                self.cond.wait_for(lambda: all(s.done for s in sessions), timeout=self.env.agent_timeout_s)
+        finally:
+            with self.cond:
+                for s in sessions:
+                    self.sessions.pop(s.key, None)
+        episodes = [self._finish(s) for s in sessions]
+        return [episodes[g * group_size:(g + 1) * group_size] for g in range(len(batch.rows))]
+
+    def _start(self, batch, group_size: int) -> list[Session]:
+        if self.endpoint is None:
+            from rlhf.agents.openai_server import Endpoint
+
+            self.endpoint = Endpoint(self.serve, self.env.agent_host)
+        sessions = []
+        for row in batch.rows:
+            for _ in range(group_size):
+                session = Session(secrets.token_hex(16), len(sessions), source_columns(row, self.columns))
+                session.episode.prompt = row["prompt"]
+                sessions.append(session)
+        with self.cond:
+            self.sessions.update((s.key, s) for s in sessions)
+        for session in sessions:
+            asyncio.run_coroutine_threadsafe(self._play(session), event_loop())
+        return sessions
+
+    async def _play(self, session: Session) -> None:
+        import openai
+
+        episode = session.episode
+        try:
+            if inspect.iscoroutinefunction(self.agent):
+                async with openai.AsyncOpenAI(base_url=self.endpoint.base_url, api_key=session.key, max_retries=0,
+                                              timeout=self.env.agent_timeout_s) as client:
+                    result = await asyncio.wait_for(self.agent(client, session.row), self.env.agent_timeout_s)
+            else:
+                with openai.OpenAI(base_url=self.endpoint.base_url, api_key=session.key, max_retries=0,
+                                   timeout=self.env.agent_timeout_s) as client:
+                    result = await asyncio.wait_for(asyncio.to_thread(self.agent, client, session.row),
+                                                    self.env.agent_timeout_s)
+            session.result = checked_result(result, self.cfg.env.agent)
+        except Exception as err:  # noqa: BLE001 - the agent's: one failed episode, its traceback in the log
+            if isinstance(err, asyncio.TimeoutError):
+                episode.failed = f"timed out after env.agent_timeout_s={self.env.agent_timeout_s:g} s"
+            else:
+                episode.failed = f"raised {type(err).__name__}: {err}"
+            log.warning("env.agent %s: an episode failed: %s\n%s", self.cfg.env.agent, episode.failed,
+                        "".join(traceback.format_exception(err)))
+        finally:
+            with self.cond:
+                session.done = True
+                self.cond.notify_all()
+
+    def _finish(self, session: Session) -> AgentEpisode:
+        episode = session.episode
+        episode.done = True
+        episode.text = next((m.get("content") or "" for m in reversed(episode.messages)
+                             if m.get("role") == "assistant"), "")
+        episode.env_reward = None if episode.failed else session.result
+        return episode
+
+    def group(self, batch, group_size: int, sampling):
+        raise ValueError("env.agent runs with rollout.mode=sync or one_step_off; async is not built yet")
+
+    def metrics(self, groups: list[list[AgentEpisode]]) -> dict[str, float]:
+        episodes = [e for g in groups for e in g]
+        failed = [e.failed for e in episodes if e.failed]
+        if len(failed) * 2 > len(episodes):
+            raise AgentFailure(f"env.agent={self.cfg.env.agent!r}: {len(failed)} of {len(episodes)} episodes of the "
+                               f"step failed (e.g. it {failed[0]}); tracebacks in <output_dir>/logs/driver.log")
+        if any(isinstance(e.env_reward, (int, float)) for e in episodes) and not self._reads_agent_reward():
+            self._warn_once("unread", "the agent returns rewards, but no objective reads them: list {name: env} in "
+                                      "reward.functions")
+        count = max(len(episodes), 1)
+        return {"rollout/turns": sum(e.turns for e in episodes) / count,
+                "rollout/tool_calls": sum(e.tool_calls for e in episodes) / count,
+                "rollout/agent_segments": sum(e.segments for e in episodes) / count,
+                "rollout/agent_failures": len(failed),
+                "rollout/env_tokens": sum(len(e.model_mask) - e.model_tokens for e in episodes) / count}
+
+    def _reads_agent_reward(self) -> bool:
+        return any(f.name == "env" for f in self.cfg.reward.functions)
+
+    def _warn_once(self, what: str, message: str) -> None:
+        if what not in self.warned:
+            self.warned.add(what)
+            log.warning("%s", message)
+
+    def close(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()
+            self.endpoint = None
+
+
+def checked_result(result, agent: str):
+    """The agent's return: a finite number, a dict of them, or None."""
+    if result is None or isinstance(result, dict):
+        return result
+    try:
+        value = float(result)
+    except (TypeError, ValueError):
+        raise ValueError(f"env.agent={agent!r} returned {type(result).__name__}, not a number, a dict of numbers or "
+                         "None") from None
+    if math.isinf(value):
+        raise ValueError(f"env.agent={agent!r} returned {value}: rewards must be finite")
+    return value
