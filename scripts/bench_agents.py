@@ -1,8 +1,9 @@
 """Episodes per second and model tokens per second of multi-turn episodes, at 1, 2 and 4 turns, on the default
-model; and TRL 1.16's GRPOTrainer on the same work where it can run it.
+model; the same episodes played by an agent written against the OpenAI client through the run's endpoint
+(`--endpoint`: `rlhf.agents.tasks:go_on`, env.agent); and TRL 1.16's GRPOTrainer on the same work where it can run it.
 
     python scripts/bench_agents.py                         # 1, 2, 4 turns, 2 prompts x 4 episodes, 3 timed steps
-    python scripts/bench_agents.py --turns 1 2 --steps 4 --skip-trl
+    python scripts/bench_agents.py --turns 1 2 --steps 4 --skip-trl --endpoint
 
 Work: SmolLM2-135M-Instruct, gsm_symbolic prompts, 4 episodes per prompt, turns of at most 32 tokens, the
 environment `rlhf.agents.tasks:GoOn` (it answers every turn with "Go on.", so every episode has exactly N turns),
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--trl-gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--endpoint", action="store_true", help="also the OpenAI-client agent (env.agent) per turns")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_agents")
     parser.add_argument("--ours", nargs="*", default=["rollout.mode=one_step_off", "algo/correction=tis",
                                                       "rollout.threads=1", "train.threads=1", "reference.threads=1"])
@@ -61,6 +63,16 @@ def main() -> None:
         print(f"ours  {turns} turn(s): {ours['seconds_per_step']:.2f} s/step, {ours['samples_per_second']:.3f} episodes/s, "
               f"{ours['tokens_per_second']:.1f} model tokens/s; phases " +
               ", ".join(f"{k.removeprefix('time/')} {v:.2f}" for k, v in ours["phases"].items()), flush=True)
+        if args.endpoint:  # the same episodes, an agent's own loop through the OpenAI endpoint
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            args.ours = [*base, "env.agent=rlhf.agents.tasks:go_on", f"env.max_turns={turns}",
+                         f"env.max_episode_tokens={turns * 56}", "data.max_prompt_tokens=512"]
+            agent = run_ours(args, args.prompts, 0.0, work)
+            results[-1].update(endpoint=agent, endpoint_ratio=agent["samples_per_second"] / ours["samples_per_second"])
+            print(f"agent {turns} turn(s): {agent['seconds_per_step']:.2f} s/step, "
+                  f"{agent['samples_per_second']:.3f} episodes/s ({results[-1]['endpoint_ratio']:.2f}x the "
+                  "environment's)", flush=True)
         path.write_text(json.dumps(results, indent=1))
     if not args.skip_trl and 1 in args.turns:
         model = str(resolve_model_path("smollm2", None))
@@ -78,11 +90,13 @@ def main() -> None:
         print(f"TRL   1 turn: {trl['seconds_per_step']:.2f} s/step, {trl['samples_per_second']:.3f} episodes/s; ours/TRL "
               f"{one['speedup']:.2f}x", flush=True)
         path.write_text(json.dumps(results, indent=1))
-    print(f"\n{'turns':>5} {'ours s/step':>11} {'episodes/s':>10} {'model tok/s':>11} {'TRL episodes/s':>14}")
+    print(f"\n{'turns':>5} {'ours s/step':>11} {'episodes/s':>10} {'model tok/s':>11} {'agent episodes/s':>16} "
+          f"{'TRL episodes/s':>14}")
     for r in results:
         trl = f"{r['trl']['samples_per_second']:.3f}" if "trl" in r else "n/a"
+        agent = f"{r['endpoint']['samples_per_second']:.3f}" if "endpoint" in r else "n/a"
         print(f"{r['turns']:>5} {r['ours']['seconds_per_step']:>11.2f} {r['ours']['samples_per_second']:>10.3f} "
-              f"{r['ours']['tokens_per_second']:>11.1f} {trl:>14}")
+              f"{r['ours']['tokens_per_second']:>11.1f} {agent:>16} {trl:>14}")
     print(f"figures: {path}")
 
 

@@ -45,3 +45,17 @@ class GoOn:
 
     def respond(self, text: str) -> str:
         return "Go on."
+
+
+async def go_on(client, row) -> None:
+    """GoOn written as an agent against the OpenAI client (env.agent): it answers every turn with "Go on." until the
+    run's env.max_turns refuses a call, and leaves scoring to reward.functions (scripts/bench_agents.py)."""
+    import openai
+
+    messages = [{"role": "user", "content": row["question"]}]
+    while True:
+        try:
+            reply = await client.chat.completions.create(model="policy", messages=messages)
+        except openai.BadRequestError:  # the episode's turns are used up
+            return None
+        messages += [reply.choices[0].message.model_dump(exclude_none=True), {"role": "user", "content": "Go on."}]
