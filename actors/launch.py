@@ -122,8 +122,10 @@ def needs_reference(cfg: Config) -> bool:
 
 
 def needs_reference_actor(cfg: Config) -> bool:
-    """With LoRA the policy scores the reference itself (its base model, adapter off): no copy is loaded."""
-    return needs_reference(cfg) and not cfg.train.lora.rank
+    """With LoRA the policy scores the reference itself (its base model, adapter off): no copy is loaded. After a warm
+    start whose policy is the reference (sft.reference=policy) the policy actor holds that copy."""
+    warm_reference = cfg.sft.steps > 0 and cfg.sft.reference == "policy"
+    return needs_reference(cfg) and not cfg.train.lora.rank and not warm_reference
 
 
 def role_demands(cfg: Config, learners: bool) -> dict[str, RoleDemand]:

@@ -83,3 +83,6 @@ class PolicyActor(LearnerRank):
 
     def end_sft(self, lr: float) -> None:
         sft_learner.end_phase(self.learner, lr)
+
+    def load_reference(self, folder: str, bf16: bool | None, attn_implementation: str) -> None:
+        sft_learner.load_reference(self.learner, folder, bf16, attn_implementation)

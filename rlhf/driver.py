@@ -42,6 +42,7 @@ from rlhf.rewards import REWARD_AGGREGATIONS
 from rlhf.rewards.aggregation import Aggregation
 from rlhf.sampling import Sampler, reward_columns, rollout_source
 from rlhf.schedules import ACTOR_DIED, ACTOR_RESTARTED, PhaseTimer, make_schedule
+from rlhf.sft.warm_start import WarmStart
 from rlhf.stopping import StopRequest
 from rlhf.models import resolve_model_path
 from rlhf.models.folders import write_text_atomically
@@ -107,6 +108,8 @@ class Trainer:
         # named before Ray starts; an episode's prompt holds the tools' descriptions beside the row's
         self.source = rollout_source(None, cfg, tokenizer)
         self.prompts, self.eval_prompts = prompt_sets(cfg, tokenizer, self.source.prompt_overhead())
+        # sft.steps > 0: supervised steps on demonstrations before the RL steps (rlhf/sft/warm_start.py)
+        self.warm_start = WarmStart(cfg, tokenizer) if cfg.sft.steps else None
 
         self.checkpoints = Path(cfg.checkpoint.dir or self.output_dir / "checkpoints").absolute()
         self.resume_from = find_checkpoint(cfg.resume, self.checkpoints)
@@ -230,9 +233,13 @@ class Trainer:
         if self.cfg.preflight.enabled:
             memory_preflight(self.actors, self.cfg, self.prompts, self.output_dir)
         if not self.state:
+            if self.warm_start:
+                self.warm_start.run(self)
             return 0
         restore(self.actors, self.resume_from, self.state, self.schedule, self.kl_control, self.reward_moments)
         self.weight_sync.push()
+        if self.warm_start:
+            self.warm_start.resume(self)
         log.info("resumed from %s: continuing at step %d", self.resume_from, self.state["step"] + 1)
         return self.state["step"] + 1
 

@@ -23,6 +23,7 @@ class MetricsLog:
             self.history = _keep_steps_before(self.path, resume_step)
             _keep_steps_before(self.dir / "samples.jsonl", resume_step)
         self._file = open(self.path, "a", encoding="utf-8")
+        self.phase: str | None = None  # a warm-started run's lines carry theirs (rlhf/sft/warm_start.py)
         self.wandb = None
         if wandb_mode != "disabled":
             import wandb
@@ -37,11 +38,11 @@ class MetricsLog:
         return self.wandb.id if self.wandb is not None else None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        record = {"step": step, **({"phase": self.phase} if self.phase else {}), **{k: _plain(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         self.history.append(record)
-        if self.wandb is not None:
+        if self.wandb is not None and step >= 0:  # a warm start's lines (steps < 0) only here: wandb's cannot be
             self.wandb.log(metrics, step=step)
 
     def log_samples(self, step: int, rows: list[dict]) -> None:
@@ -144,6 +145,8 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     panels = [("reward", ["reward", *per_function] if len(per_function) > 1 else ["reward"]),
               ("KL to the reference (per sequence)", ["rollout_kl"]),
               ("completion length", ["completion_length"])]
+    if any("sft/loss" in h for h in history):  # a warm start (steps < 0)
+        panels.insert(0, ("SFT loss (warm start)", ["sft/loss"]))
     evaluated = [k for k in dict.fromkeys(k for h in history for k in h) if k.startswith("eval/") and k != "eval/length"]
     if evaluated:
         panels.append(("eval (held-out prompts)", evaluated))

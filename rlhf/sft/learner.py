@@ -117,3 +117,16 @@ def end_phase(learner, lr: float) -> None:
     gas = engine.gradient_accumulation_steps()
     engine.micro_steps += -engine.micro_steps % gas
     start_phase(learner, lr)
+
+
+def load_reference(learner, folder: str, bf16: bool | None, attn_implementation: str) -> None:
+    """The warm-started policy (a HF folder) as this rank's frozen reference, loaded as the reference actor loads one
+    (the learner's precision and attention kernel): every rank holds it whole."""
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.devices import resolve_bf16
+    from rlhf.models.loading import load_model
+
+    dtype = torch.bfloat16 if resolve_bf16(bf16, learner.device) else torch.float32
+    model = load_model(AutoModelForCausalLM, folder, dtype, attn_implementation, learner.device).eval()
+    learner.frozen_reference = model.requires_grad_(False)

@@ -18,7 +18,7 @@ import ray
 from tqdm import tqdm
 
 from actors.launch import Actors, engine_sleeps, launch_actors
-from actors.learner_group import LearnerGroup, RankDied
+from actors.learner_group import RankDied
 from actors.weight_sync import make_route
 from rlhf.checkpoint import check_no_later_checkpoints, find_checkpoint, read_driver_state, remove_unfinished, \
     save_checkpoint
@@ -31,8 +31,8 @@ from rlhf.models import resolve_model_path
 from rlhf.rewards.scoring import check_reward_sources
 from rlhf.sampling import reward_columns, rollout_source
 from rlhf.schedules import ACTOR_DIED, ACTOR_RESTARTED, PhaseTimer
-from rlhf.sft.batching import BudgetError, plan_micro_batches
-from rlhf.sft.data import Demonstrations, Sequences, demonstration_sets
+from rlhf.sft import steps as sft_steps
+from rlhf.sft.data import demonstration_sets
 from rlhf.sft.plots import SftMetricsLog, sft_final_summary
 from rlhf.stopping import StopRequest
 
@@ -56,22 +56,6 @@ def actor_config(cfg: Config) -> Config:
     return replace(cfg, reward=reward, rollout=replace(cfg.rollout, engines=cfg.rollout.engines if cfg.eval.every else 0))
 
 
-def check_budget(cfg: Config, *sets: Demonstrations | None) -> None:
-    budget = cfg.train.max_tokens_per_micro_batch
-    longest = max(d.longest() for d in sets if d is not None)
-    if budget is not None and longest > budget:
-        raise ValueError(f"train.max_tokens_per_micro_batch={budget} is below the longest demonstration ({longest} "
-                         "tokens): raise it, or lower data.max_prompt_tokens and the completion budget")
-
-
-def plan(sequences: Sequences, cfg: Config) -> list:
-    try:
-        return plan_micro_batches(sequences.lengths, cfg.train.max_tokens_per_micro_batch, cfg.train.micro_batch_size,
-                                  cfg.train.ranks)
-    except BudgetError as err:  # checked at start-up: a demonstration cannot grow
-        raise ValueError(str(err)) from err
-
-
 class SftTrainer:
     """One SFT run: its actors, demonstrations and loop state."""
 
@@ -89,7 +73,7 @@ class SftTrainer:
         self.source = rollout_source(None, cfg, tokenizer) if cfg.eval.every else None
         overhead = self.source.prompt_overhead() if self.source is not None else 0
         self.demos, self.held_out, self.eval_prompts = demonstration_sets(cfg, tokenizer, overhead)
-        check_budget(cfg, self.demos, self.held_out)
+        sft_steps.check_budget(cfg, self.demos, self.held_out)
 
         self.checkpoints = Path(cfg.checkpoint.dir or self.output_dir / "checkpoints").absolute()
         self.resume_from = find_checkpoint(cfg.resume, self.checkpoints)
@@ -208,13 +192,9 @@ class SftTrainer:
         return self.state["step"] + 1
 
     def learn(self, indices: list[int]) -> dict[str, float]:
-        cfg = self.cfg
-        sequences = self.demos.sequences(indices)
-        refs = self.actors.policy.call("sft_step", ray.put(sequences), plan(sequences, cfg), sequences.targets,
-                                       cfg.sft.packing)
-        metrics = LearnerGroup.reduce(ray.get(refs))
+        metrics = sft_steps.train(self.actors.policy, self.demos.sequences(indices), self.cfg)
         self.pushed = False
-        return step_metrics(metrics)
+        return metrics
 
     def evaluate(self, step: int, timer: PhaseTimer) -> dict[str, float]:
         if not evaluation_due(step, self.cfg) or self.held_out is None:
@@ -236,10 +216,7 @@ class SftTrainer:
         return metrics
 
     def held_out_nll(self) -> dict[str, float]:
-        sequences = self.held_out.everything()
-        refs = self.actors.policy.call("sft_nll", ray.put(sequences), plan(sequences, self.cfg), self.cfg.sft.packing)
-        parts = ray.get(refs)
-        return {"eval/nll": sum(p["nll_sum"] for p in parts) / max(sum(p["nll_tokens"] for p in parts), 1)}
+        return {"eval/nll": sft_steps.nll(self.actors.policy, self.held_out.everything(), self.cfg)}
 
     def save(self, step: int, cursor: dict) -> None:
         state = {"step": step, "sft": cursor, "wandb_id": self.metrics_log.wandb_id}
@@ -257,11 +234,3 @@ class SftTrainer:
         if self.started_ray:
             ray.shutdown()
 
-
-def step_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """The learners' sums as the step's figures: the padding share of the positions computed and tokens per second
-    (real tokens, the prompts' too, over the slowest rank's time)."""
-    positions = metrics.pop("sft/positions")
-    metrics["sft/padding"] = 1 - metrics["sft/input_tokens"] / max(positions, 1)
-    metrics["sft/tokens_per_s"] = metrics["sft/input_tokens"] / max(metrics["time/learner"], 1e-9)
-    return metrics

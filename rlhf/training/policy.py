@@ -57,6 +57,7 @@ class PolicyLearner:
             model = add_adapter(model, train_cfg.lora, "CAUSAL_LM")
         self.engine = make_engine(model, train_cfg, self.mini_batch_size, world)
         self.steps = 0
+        self.frozen_reference = None  # a warm start's policy as the reference (rlhf/sft/warm_start.py)
 
     def train_step(self, experience: Experience) -> dict[str, float]:
         if (self.algo.kl.beta > 0 or self.algo.loss.ratio_against == "reference") and experience.ref_logp is None:
@@ -126,9 +127,12 @@ class PolicyLearner:
     @torch.no_grad()
     def reference_logprobs(self, experience: Experience) -> torch.Tensor:
         """With LoRA the reference is the base model: this rank's share of the batch scored with the adapter off
-        (ranks in order make the whole batch), on the CPU. No reference copy is loaded."""
+        (ranks in order make the whole batch), on the CPU. No reference copy is loaded. After a warm start it is the
+        warm-started policy, a frozen copy this rank holds."""
         self.engine.eval()
         share = experience.rank_share(self.rank, self.world).to(self.device)
+        if self.frozen_reference is not None:
+            return batch_logprobs(self.frozen_reference, share, self.micro_batch_size, self.temperature).cpu()
         with self.engine.module.disable_adapter():
             return batch_logprobs(self.engine, share, self.micro_batch_size, self.temperature).cpu()
 

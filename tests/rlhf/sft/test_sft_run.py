@@ -1,9 +1,8 @@
 """algo=sft through the actor stack (policy learner actor, DeepSpeed, checkpoints; with eval the vLLM engine and
 the BLEU reward): the loss falls on a tiny memorisation set, the held-out figures are logged, a resume continues
-identically."""
+identically, two ZeRO-3 ranks train as one."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -70,3 +69,9 @@ def test_an_sft_resume_continues_identically(ray_cluster, tiny_model, tmp_path):
     keys = ["sft/loss", "sft/token_accuracy", "sft/tokens", "sft/input_tokens", "grad_norm", "lr"]
     assert [[h[k] for k in keys] for h in parts] == [[h[k] for k in keys] for h in whole]
     assert [h["step"] for h in parts] == list(range(5))
+    # two DeepSpeed ranks under ZeRO-3 (each a share of the micro-batches, parameters sharded) train as one rank does
+    run(config(tiny_model, tmp_path, "steps=5", *common, "train.ranks=2", "train.zero_stage=3", "train.num_cpus=0.5",
+               out="zero3"))
+    sharded = records(tmp_path / "zero3")
+    assert [h["sft/loss"] for h in sharded] == pytest.approx([h["sft/loss"] for h in whole], rel=1e-4)
+    assert [h["sft/tokens"] for h in sharded] == [h["sft/tokens"] for h in whole]
