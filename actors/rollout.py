@@ -7,17 +7,11 @@ import ray
 
 from rlhf.console import capture_output
 from rlhf.engines.base import EngineSettings, Sample, SamplingSettings
-from rlhf.engines.streaming import HOLD_CAUSES, Request, RequestStream, StreamReport
+from rlhf.rollout.engine_state import StaleWeightsError, WeightState, WeightsUpdatingError
+from rlhf.rollout.stream import HOLD_CAUSES, Request, RequestStream, StreamReport
 from rlhf.training.memory import building
 
-
-class StaleWeightsError(RuntimeError):
-    """The engine holds other weights than the driver expects (it was restarted after a crash, or a push to it
-    stopped half-way)."""
-
-
-class WeightsUpdatingError(RuntimeError):
-    """A weight update is half-way on the engine (a GPU route's push spans several calls): ask again after it."""
+__all__ = ["RolloutActor", "StaleWeightsError", "WeightsUpdatingError"]  # the errors' old home
 
 
 @ray.remote
@@ -31,11 +25,9 @@ class RolloutActor:
         capture_output()  # into <output_dir>/logs/<role>-<index>.log (rlhf/console.py)
         self.args = (engine, model_path, settings, seed)
         self.engine = None
-        self.version = 0  # weight pushes received; 0 = the initial weights
+        self.weights = WeightState()  # the version it holds; whether an update is under way or stopped half-way
         self.in_group = False  # a member of the NCCL route's weight group
         self.stream = None  # rollout.mode=async: the requests streamed through the engine (submit / advance)
-        self.updating = False  # between `pause` and the end of a weight update: nothing generates
-        self.damaged = False  # a weight update stopped half-way: nothing generates until a whole one lands
         self.incarnation = uuid.uuid4().hex  # a restart is a new process: the stream's requests are gone with the old
         if not ray.get_runtime_context().was_current_actor_reconstructed:
             with building():
@@ -68,12 +60,7 @@ class RolloutActor:
         """`version`: the oldest weights the caller accepts (None: any). A restarted actor is back at version 0;
         newer weights than asked for are fine (a push that overtook a one-step-off-policy rollout)."""
         engine = self._engine()
-        if self.updating:  # its weights are half-loaded: the caller asks again (rlhf/sampling.py::generate)
-            raise WeightsUpdatingError("a weight update is under way on this engine")
-        if self.damaged:
-            raise StaleWeightsError(f"the weight update after version {self.version} stopped half-way on this engine")
-        if version is not None and self.version < version:
-            raise StaleWeightsError(f"engine holds weights version {self.version}, the driver expects {version}")
+        self.weights.check(version)
         with self._stream_held("eval"):
             return engine.generate(prompts, n, sampling)
 
@@ -81,20 +68,20 @@ class RolloutActor:
     def submit(self, requests: list[Request], partial: bool) -> None:
         if self.stream is None:
             self.stream = RequestStream(self._engine(), partial)
-        if self.updating or self.damaged:  # the engine gets them when the update ends (`_updated`)
-            self.stream.queue(requests, self.version)
+        if self.weights.blocked:  # the engine gets them when the update ends (`_updated`)
+            self.stream.queue(requests, self.weights.version)
         else:
-            self.stream.submit(requests, self.version)
+            self.stream.submit(requests, self.weights.version)
 
     def advance(self, seconds: float) -> StreamReport:
         """Step the streamed requests for at most `seconds` (less once none runs); what finished. Nothing steps while
         a weight update is under way."""
         if self.stream is None:
-            report = StreamReport([], self.version, 0, 0.0, {cause: 0 for cause in HOLD_CAUSES})
-        elif self.updating or self.damaged:
-            report = self.stream.report(self.version)
+            report = StreamReport([], self.weights.version, 0, 0.0, {cause: 0 for cause in HOLD_CAUSES})
+        elif self.weights.blocked:
+            report = self.stream.report(self.weights.version)
         else:
-            report = self.stream.advance(seconds, self.version)
+            report = self.stream.advance(seconds, self.weights.version)
         report.incarnation = self.incarnation
         return report
 
@@ -107,7 +94,7 @@ class RolloutActor:
             yield
         finally:
             if self.stream is not None and self.engine is not None:
-                self.stream.release(self.version)
+                self.stream.release(self.weights.version)
 
     # A weight update: `pause`, the load (one call, or begin / one bucket per call / finish on the GPU routes), then
     # `_updated`. Between the calls of a GPU route's push other driver threads call this actor (an episode's next
@@ -120,10 +107,10 @@ class RolloutActor:
         self._engine()
         if self.stream is not None:
             self.stream.hold("push")
-        self.updating = True
+        self.weights.begin()
 
     def _updated(self, version: int) -> None:
-        self.version, self.updating, self.damaged = version, False, False
+        self.weights.finish(version)
         if self.stream is not None:
             self.stream.release(version)
 
@@ -140,14 +127,13 @@ class RolloutActor:
     def abandon_weight_update(self) -> None:
         """The route gave up half-way: the engine holds parts of two weight versions and refuses to generate (as a
         restarted one does) until a whole push reaches it."""
-        if self.updating:
-            self.updating, self.damaged = False, True
+        self.weights.abandon()
 
     def load_weights(self, folder: str, version: int | None = None) -> None:
         engine = self._engine()
         with self._update():
             engine.load_weights(folder)
-        self._updated(self.version + 1 if version is None else version)
+        self._updated(self.weights.version + 1 if version is None else version)
 
     def load_state(self, exported: dict, version: int) -> None:
         """Object-store route: the learner's exported arrays (Ray fetches them to this node, read in place)."""

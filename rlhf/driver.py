@@ -40,8 +40,12 @@ from rlhf.experience import Experience
 from rlhf.groups import Groups
 from rlhf.rewards import REWARD_AGGREGATIONS
 from rlhf.rewards.aggregation import Aggregation
-from rlhf.sampling import Sampler, reward_columns, rollout_source
-from rlhf.schedules import ACTOR_DIED, ACTOR_RESTARTED, PhaseTimer, make_schedule
+from rlhf.rollout.recovery import ACTOR_DIED, ACTOR_RESTARTED
+from rlhf.rollout.sampler import Sampler
+from rlhf.rollout.schedules import make_schedule
+from rlhf.rollout.scoring import reward_columns
+from rlhf.rollout.sources import rollout_source
+from rlhf.rollout.timing import PhaseTimer
 from rlhf.sft.warm_start import WarmStart
 from rlhf.stopping import StopRequest
 from rlhf.models import resolve_model_path

@@ -19,7 +19,8 @@ from rlhf.engines.base import SamplingSettings
 from rlhf.models.folders import write_text_atomically
 from rlhf.passing import pass_rule
 from rlhf.rewards.scoring import TrainerState
-from rlhf.sampling import NO_TIMER, score
+from rlhf.rollout.scoring import score
+from rlhf.rollout.timing import NO_TIMER
 
 
 def pass_at_k(n: int, correct: int, k: int) -> float:
@@ -40,7 +41,7 @@ def due(step: int, cfg: Config) -> bool:
 
 class Evaluator:
     def __init__(self, actors, cfg: Config, prompts: PromptBatch, source):
-        """`source`: the run's rollout source (single turns or episodes, rlhf/sampling.py)."""
+        """`source`: the run's rollout source (single turns or episodes, rlhf/rollout/sources.py)."""
         self.actors, self.cfg, self.prompts, self.source = actors, cfg, prompts, source
         e = cfg.eval
         self.labels = e.objective_labels(cfg.reward)

@@ -68,7 +68,8 @@ def scored_pool(cfg, args):
     from rlhf.groups import objective_matrix
     from rlhf.models import resolve_model_path
     from rlhf.rewards.aggregation import weighted_sum
-    from rlhf.sampling import generate, score
+    from rlhf.rollout.generation import generate
+    from rlhf.rollout.scoring import score
     from tqdm import tqdm
 
     model_path = resolve_model_path(cfg.model.source, cfg.model.path)

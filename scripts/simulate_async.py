@@ -14,8 +14,8 @@ seconds per batch (forward and backward, the proximal logprobs included); a push
 - async: the same split; groups admitted under the staleness bound ((W + max_staleness + 1) x prompts groups while
   the newest weights are W), each to the engine with the fewest sequences; the learner takes the finished groups due
   soonest as soon as `prompts` of them are there (waiting for a group that would pass the bound, as
-  rlhf/asynchronous.py does); with partial rollouts a push pauses each engine `push_s`, without it an engine takes no
-  new sequence until its running ones end, then loads.
+  rlhf/rollout/staleness.py does); with partial rollouts a push pauses each engine `push_s`, without it an engine
+  takes no new sequence until its running ones end, then loads.
 """
 
 import argparse

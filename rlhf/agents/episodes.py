@@ -108,7 +108,7 @@ class EpisodeRunner:
 
     def rollout(self, batch, group_size: int, sampling, version: int, timer) -> list[list[Episode]]:
         """G episodes for each row of `batch`, played to their end; seeds follow `sampling.seed`."""
-        from rlhf.sampling import generate
+        from rlhf.rollout.generation import generate
 
         episodes, envs = self._start(batch, group_size, sampling.seed)
         for turn in range(self.env.max_turns):

@@ -179,8 +179,7 @@ class AgentRunner:
 
     def rollout(self, batch, group_size: int, sampling, version: int, timer) -> list[list[AgentEpisode]]:
         """G episodes of the agent for each row of `batch`, played to their end."""
-        from rlhf.sampling import generate
-
+        from rlhf.rollout.generation import generate
         sessions = self._start(batch, group_size)
         try:
             for round_ in range(self.env.max_turns + 1):

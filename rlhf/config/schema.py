@@ -178,7 +178,7 @@ class RolloutConfig:
     sync_timeout_s: float = MISSING
     drain_timeout_s: float = MISSING  # without partial rollouts: a push's wait for the running requests to finish
     sync_bucket_mb: float = MISSING
-    mode: str = MISSING  # sync | one_step_off | async (rlhf/schedules.py, rlhf/asynchronous.py)
+    mode: str = MISSING  # sync | one_step_off | async (rlhf/rollout/schedules.py)
     max_staleness: int = MISSING  # async: the most policy updates a trained token's weights may lag the learner's
     push_every: int = MISSING  # async: policy updates between weight pushes
     partial_rollouts: bool = MISSING  # async: a push interrupts running requests, which go on with the new weights

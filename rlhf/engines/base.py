@@ -11,7 +11,7 @@ class Sample:
     text: str  # decoded completion, without the stop token
     truncated: bool  # stopped by the token budget rather than by a stop token
     # rollout.mode=async: the weights version (pushes) that sampled each token; a partial rollout's tokens carry
-    # the versions of the weights each part was sampled with (rlhf/engines/streaming.py). None elsewhere.
+    # the versions of the weights each part was sampled with (rlhf/rollout/stream.py). None elsewhere.
     versions: list[int] | None = None
 
 
@@ -76,7 +76,7 @@ class GenerationEngine(ABC):
     def receive_bucket(self, bucket: dict) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot join an NCCL weight group; use rollout.weight_sync=shm")
 
-    # Streaming (rollout.mode=async, rlhf/engines/streaming.py): requests of one sample each are added one by one and
+    # Streaming (rollout.mode=async, rlhf/rollout/stream.py): requests of one sample each are added one by one and
     # the caller steps the engine, so requests join and leave the running batch at any time (continuous batching).
     def add_request(self, request_id: str, prompt: list[int], sampling: SamplingSettings) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot stream requests; rollout.mode=async needs "

@@ -13,8 +13,8 @@ import actors.rollout
 from actors.rollout import StaleWeightsError, WeightsUpdatingError
 from actors.weight_sync import CudaIpcRoute, ReloadingRoute, WeightSyncTimeout
 from rlhf.engines.base import SamplingSettings
-from rlhf.engines.streaming import Request
-from rlhf.sampling import generate
+from rlhf.rollout.stream import Request
+from rlhf.rollout.generation import generate
 from tests_engine_helpers import RecordingRollout
 
 SAMPLING = SamplingSettings(max_new_tokens=3, temperature=1.0, top_p=1.0, seed=5)

@@ -8,14 +8,15 @@ from types import SimpleNamespace
 
 import pytest
 
-import rlhf.asynchronous
-from rlhf.asynchronous import Asynchronous
+import rlhf.rollout.asynchronous
 from rlhf.config import compose_config, load_config
 from rlhf.data import PromptBatch
 from rlhf.engines.base import Sample, SamplingSettings
 from rlhf.groups import Groups, RewardResult
-from rlhf.sampling import SingleTurn
-from rlhf.schedules import PhaseTimer, Synchronous, make_schedule
+from rlhf.rollout.asynchronous import Asynchronous
+from rlhf.rollout.schedules import Synchronous, make_schedule
+from rlhf.rollout.sources import SingleTurn
+from rlhf.rollout.timing import PhaseTimer
 
 
 class Prompts:
@@ -61,7 +62,7 @@ def async_schedule(*overrides, informative=True, reaching=(0,), gpu_guard=None, 
     schedule = Asynchronous(actors, cfg, sampler, Prompts(), 0, Route(reaching), gpu_guard)
     # what _start does, without the producer thread: the test plays the producer
     schedule.pushes[0], schedule.started, schedule.producer = 0, time.perf_counter(), SimpleNamespace(join=lambda: 0)
-    monkeypatch.setattr(rlhf.asynchronous, "make_experience", lambda *args: None)
+    monkeypatch.setattr(rlhf.rollout.asynchronous, "make_experience", lambda *args: None)
     return schedule
 
 
@@ -108,7 +109,7 @@ def test_a_critic_warmup_as_long_as_the_staleness_bound_does_not_stop_the_run(mo
             schedule.after_update(PhaseTimer())
         if step == warmup - 1:  # the pipeline is as full after the warm-up as without one: (max_staleness + 1) batches
             schedule._admit()
-            assert schedule.admitted - (step + 1) * per_step == 2 * per_step
+            assert schedule.staleness.admitted - (step + 1) * per_step == 2 * per_step
 
 
 def test_dapo_in_async_tops_the_batch_up_when_every_group_is_uninformative(monkeypatch):
@@ -123,21 +124,21 @@ def test_dapo_in_async_tops_the_batch_up_when_every_group_is_uninformative(monke
         assert metrics["sampling/uninformative"] >= 3 * per_step  # the rounds were spent first
         schedule.after_update(PhaseTimer())
     # the groups that filled a batch were trained (masked), not dropped: they hold no admission slot twice
-    assert schedule.admitted - schedule.retired - len(schedule.live) == 3 * per_step
+    assert schedule.staleness.admitted - schedule.staleness.retired - len(schedule.live) == 3 * per_step
 
 
 def test_a_push_that_reached_no_engine_does_not_let_admission_run_ahead(monkeypatch):
     # a GPU route skips its push while a restarted engine is not started: the engines still hold the old weights
     schedule = async_schedule("rollout.max_staleness=1", reaching=(), monkeypatch=monkeypatch)
     schedule._admit()
-    admitted = schedule.admitted
+    admitted = schedule.staleness.admitted
     schedule.after_update(PhaseTimer())
     schedule._admit()
-    assert schedule.newest == 0 and schedule.admitted == admitted
+    assert schedule.staleness.newest == 0 and schedule.staleness.admitted == admitted
     schedule.weight_sync.reaching = [0]
     schedule.after_update(PhaseTimer())
     schedule._admit()
-    assert schedule.newest == 2 and schedule.admitted > admitted
+    assert schedule.staleness.newest == 2 and schedule.staleness.admitted > admitted
 
 
 def test_a_restarted_engine_starts_under_the_gpu_guard(monkeypatch):
@@ -150,7 +151,7 @@ def test_a_restarted_engine_starts_under_the_gpu_guard(monkeypatch):
     def wait_for_restarts(actors, gpu_guard, only):
         started.append(gpu_guard)
 
-    monkeypatch.setattr(rlhf.asynchronous, "wait_for_restarts", wait_for_restarts)
+    monkeypatch.setattr(rlhf.rollout.asynchronous, "wait_for_restarts", wait_for_restarts)
     schedule._engine_died(schedule.engines[0], RuntimeError("killed"))
     deadline = time.monotonic() + 5
     while not schedule.restarted and time.monotonic() < deadline:

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import ray
 
-import rlhf.asynchronous
+import rlhf.rollout.asynchronous
 from rlhf.driver import run
 from test_driver import config, write_task
 
@@ -46,7 +46,7 @@ def late(report, seconds: float):
 
 def slow_second_engine(monkeypatch, seconds: float) -> None:
     """The async schedule's second engine answers every advance `seconds` late (the engine itself is unchanged)."""
-    made, Engine = [], rlhf.asynchronous.Engine
+    made, Engine = [], rlhf.rollout.asynchronous.Engine
 
     def engine(actor):
         if made:  # the second engine
@@ -56,7 +56,7 @@ def slow_second_engine(monkeypatch, seconds: float) -> None:
         made.append(Engine(actor))
         return made[-1]
 
-    monkeypatch.setattr(rlhf.asynchronous, "Engine", engine)
+    monkeypatch.setattr(rlhf.rollout.asynchronous, "Engine", engine)
 
 
 def test_async_learns_and_a_slow_engine_never_makes_a_trained_token_too_stale(ray_cluster, tiny_model, tmp_path,

@@ -281,7 +281,7 @@ def run_killing(cfg, prefix: str, after_steps=(1,), restart: bool = True) -> lis
 def test_a_restarted_engine_is_built_only_when_the_driver_starts_it(ray_cluster, tiny_model):
     from actors.launch import Actors
     from actors.rollout import RolloutActor, StaleWeightsError
-    from rlhf.schedules import wait_for_restarts
+    from rlhf.rollout.recovery import wait_for_restarts
     from rlhf.engines import SamplingSettings
     from rlhf.engines.base import EngineSettings
 
@@ -505,7 +505,7 @@ def test_an_actor_whose_restart_cannot_be_built_stops_the_wait_for_it(ray_cluste
 
     from actors.launch import ActorBuildError, Actors
     from actors.reward import RewardActor
-    from rlhf.schedules import wait_for_restarts
+    from rlhf.rollout.recovery import wait_for_restarts
     from tests_flaky_import import FLAG
 
     reward = RewardActor.options(max_restarts=2).remote([{"name": "tests_flaky_import:zero"}], 10.0)

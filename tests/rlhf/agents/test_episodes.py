@@ -11,7 +11,7 @@ from rlhf.agents.episodes import EpisodeRunner, episode_metrics
 from rlhf.config import compose_config, load_config
 from rlhf.data import PromptBatch
 from rlhf.engines.base import EngineSettings, SamplingSettings
-from rlhf.sampling import NO_TIMER
+from rlhf.rollout.timing import NO_TIMER
 
 pytestmark = pytest.mark.integration
 

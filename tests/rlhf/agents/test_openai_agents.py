@@ -14,7 +14,7 @@ from rlhf.agents.openai_agents import AgentFailure, AgentRunner
 from rlhf.config import compose_config, load_config
 from rlhf.data import PromptBatch
 from rlhf.engines.base import EngineSettings, SamplingSettings
-from rlhf.sampling import NO_TIMER
+from rlhf.rollout.timing import NO_TIMER
 
 pytestmark = pytest.mark.integration
 

@@ -138,7 +138,7 @@ def test_a_per_turn_reward_is_credited_at_the_turns_last_model_token(tiny_model)
 
 def test_dapos_overlong_punishment_counts_the_models_tokens_only(tiny_model):
     from rlhf.groups import Groups, RewardResult
-    from rlhf.sampling import add_overlong_punishment
+    from rlhf.rollout.scoring import add_overlong_punishment
 
     _, cfg = runner(tiny_model, "env.tools=[tests_agent_helpers:add]", "algo=dapo",
                     "algo.sampling.overlong_fraction=0.25")

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from vllm.sampling_params import RequestOutputKind
 
 from rlhf.engines.base import SamplingSettings
-from rlhf.engines.streaming import Request, RequestStream
+from rlhf.rollout.stream import Request, RequestStream
 from rlhf.engines.vllm_engine import VLLMEngine
 
 

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from actors.rollout import RolloutActor
 from rlhf.engines.base import EngineSettings, SamplingSettings
-from rlhf.engines.streaming import Request
+from rlhf.rollout.stream import Request
 from rlhf.engines.vllm_engine import engine_environment
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 from rlhf.config import compose_config, load_config
 from rlhf.data import PromptBatch
 from rlhf.engines.base import Sample, SamplingSettings
-from rlhf.sampling import NO_TIMER
+from rlhf.rollout.timing import NO_TIMER
 from rlhf.sft.data import Preparation, make_renderer
 from rlhf.sft.rendering import DemonstrationError, conversation
 
@@ -108,7 +108,7 @@ def test_a_tool_conversation_is_the_episode_the_model_would_play(tiny_model, mon
             out.append([Sample(ids, [-0.5] * len(ids), tokenizer.decode(ids[:-1]), False)])
         return out
 
-    monkeypatch.setattr("rlhf.sampling.generate", engine)
+    monkeypatch.setattr("rlhf.rollout.generation.generate", engine)
     runner = EpisodeRunner(None, cfg, tokenizer)
     batch = PromptBatch([{"prompt": QUESTION}], [[0]], [""])
     [[episode]] = runner.rollout(batch, 1, SamplingSettings(64, 1.0, 1.0, seed=0), None, NO_TIMER)

@@ -8,11 +8,10 @@ they are there; weights are pushed every `rollout.push_every` updates.
 
 Staleness. Versions count policy updates; every token carries the version of the weights that sampled it (with
 partial rollouts a sample's tokens may span versions). A batch trained at update U holds no token older than
-U - max_staleness. Admission control keeps that without discarding: at most (W + max_staleness + 1) x prompts_per_step
-groups are admitted while the engines' newest weights are W (AReaL's rule), and the learner takes the oldest groups
-first and waits for any group admitted at U - max_staleness or earlier that is still running (it would be too stale
-for the next update). A group that is still too stale when taken (possible only after an engine restart) is
-discarded and counted. Groups DAPO's filter drops, and discarded ones, free their admission slots.
+U - max_staleness. Admission control keeps that without discarding (AReaL's rule), and the learner takes the groups
+due soonest and waits for a running group that later updates could not take in time: the rules are
+`rlhf.rollout.staleness.Staleness`'s. A group that is still too stale when taken (possible only after an engine
+restart) is discarded and counted. Groups DAPO's filter drops, and discarded ones, free their admission slots.
 
 Correction. The learner's update is the decoupled PPO objective: the clip is centred on the proximal policy (the
 learner's weights when the batch's update begins: `logp.detach()` with one update per batch, a recomputed forward
@@ -26,7 +25,6 @@ once Ray has restarted it and a push has brought it the current weights, it take
 """
 
 import logging
-import random
 import threading
 import time
 from collections import Counter, deque
@@ -35,10 +33,13 @@ from dataclasses import replace
 
 import ray
 
-from rlhf.async_jobs import Engine, Job
-from rlhf.engines.streaming import HOLD_CAUSES, Request
 from rlhf.groups import Groups
-from rlhf.schedules import ACTOR_DIED, make_experience, wait_for_restarts
+from rlhf.rollout.batches import make_experience
+from rlhf.rollout.jobs import Engine, Job
+from rlhf.rollout.recovery import ACTOR_DIED, wait_for_restarts
+from rlhf.rollout.sampler import step_seed
+from rlhf.rollout.staleness import Staleness
+from rlhf.rollout.stream import HOLD_CAUSES, Request
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,11 @@ class Asynchronous:
         self.live: dict[int, Job] = {}  # admitted and not yet trained or dropped
         self.buffer: list[Job] = []  # scored, waiting for the learner
         self.requeue: deque[int] = deque()  # rows to admit before drawing new ones (a resume's, a dead engine's)
-        self.admitted = self.retired = 0  # groups admitted; of them, dropped without training (DAPO, stale, lost)
-        self.warmup_batches = 0  # batches the critic's warm-up took (the policy's version stays): P slots each
+        self.staleness = Staleness(self.per_step, self.max_staleness)  # admission and the pick
         self.uninformative: list[Job] = []  # DAPO: dropped since the last batch, the first P kept to top one up
         self.dropped_since = 0  # DAPO: groups dropped as uninformative since the last batch
         self.updates = 0  # policy updates so far
-        self.base = 0  # policy updates when the producer started (a resumed run's)
         self.pushes = {}  # weight_sync.version -> the policy version that push carried
-        self.newest = 0  # the policy version of the newest weights sent to every engine (a push that has returned)
         self.counts = Counter()  # since the last batch: admitted, discarded, uninformative, lost
         self.interrupted_before = Counter()  # the engines' interrupted requests at the last batch, by cause
         self.error: BaseException | None = None
@@ -106,34 +104,25 @@ class Asynchronous:
         return groups, metrics, make_experience(self.actors, groups, self.pad_id, timer)
 
     def _taken(self, step: int) -> None:
-        """A batch left the buffer (caller holds the lock). The critic's warm-up trains no policy and pushes nothing:
-        admission counts its batches as it counts versions, or the pipeline would shrink by one batch per warm-up
-        step and stop for good once they reach max_staleness + 1."""
+        """A batch left the buffer (caller holds the lock); one the critic's warm-up took counts as a version."""
         if step < self.cfg.algo.critic.warmup_steps:
-            self.warmup_batches += 1
+            self.staleness.warmup_batch()
             self.cond.notify_all()
 
     def _pick(self) -> list[Job] | None:
-        """The batch for update `self.updates`, or None while it is not ready (caller holds the lock).
-
-        A group is due by update `deadline` (its oldest token's version + max_staleness; a running group's oldest
-        token is at least its admission's version). The batch takes the finished groups due soonest, and waits while
-        some groups due by an update d could not all be trained by then: more than the updates after this one, up
-        to d, can take."""
-        now = self.updates
-        for job in [job for job in self.buffer if job.oldest + self.max_staleness < now]:  # only after a restart
+        """The batch for update `self.updates` (`Staleness.pick`), or None while it is not ready (caller holds the
+        lock)."""
+        now, rules = self.updates, self.staleness
+        for job in [job for job in self.buffer if rules.too_stale(now, job.oldest)]:  # only after a restart
             self._drop(job, "discarded")
         if len(self.buffer) < self.per_step:
             return self._topped_up()
-        deadline = lambda job: (job.admitted_at if job.oldest is None else job.oldest) + self.max_staleness  # noqa: E731
-        self.buffer.sort(key=lambda job: (deadline(job), job.number))
-        batch = self.buffer[:self.per_step]
-        for due_by in sorted({deadline(job) for job in self.live.values()}):
-            due = sum(deadline(job) <= due_by for job in self.live.values())
-            taken = sum(deadline(job) <= due_by for job in batch)
-            if taken < self.per_step and due - taken > (due_by - now) * self.per_step:
-                return None  # a running group is due too soon to be left for later updates
-        return self._take(batch, [])
+        finished = {job.number for job in self.buffer}
+        running = [rules.deadline(job.admitted_at, job.oldest) for job in self.live.values()
+                   if job.number not in finished]
+        picked = rules.pick(now, [(rules.deadline(job.admitted_at, job.oldest), job.number) for job in self.buffer],
+                            running)
+        return None if picked is None else self._take([self.live[number] for number in picked], [])
 
     def _topped_up(self) -> list[Job] | None:
         """DAPO: once `algo.sampling.max_rounds` x P groups were scored for this batch and fewer than P are
@@ -145,7 +134,7 @@ class Asynchronous:
             return None
         trained = sorted(self.buffer, key=lambda job: (job.oldest, job.number))
         fill = self.uninformative[:self.per_step - len(trained)]
-        self.retired -= len(fill)  # trained after all: they hold their admission slots as trained groups do
+        self.staleness.retire(-len(fill))  # trained after all: they hold their admission slots as trained groups do
         return self._take(trained, fill)
 
     def _take(self, trained: list[Job], fill: list[Job]) -> list[Job]:
@@ -203,7 +192,7 @@ class Asynchronous:
             # that skipped one (a GPU route while a restarted engine is not started) moved no engine's weights, and
             # admitting against it would let the engines run ahead of the bound
             if all(i in reached for i, e in enumerate(self.engines) if e.alive and not e.refused):
-                self.newest = self.updates
+                self.staleness.pushed(self.updates)
             self.cond.notify_all()  # admission may go on
 
     def prefetch(self, step: int) -> None:
@@ -234,8 +223,8 @@ class Asynchronous:
     # ---- the producer (its own thread)
 
     def _start(self) -> None:
-        self.base = self.updates
-        self.pushes[self.weight_sync.version] = self.newest = self.updates  # the weights the engines hold now
+        self.staleness.start(self.updates)
+        self.pushes[self.weight_sync.version] = self.updates  # the weights the engines hold now
         self.started = time.perf_counter()
         self.producer = threading.Thread(target=self._produce, name="async-rollout", daemon=True)
         self.producer.start()
@@ -254,10 +243,8 @@ class Asynchronous:
         """Admit groups while the staleness bound allows, each to the engine with the fewest requests running."""
         sends = {}
         with self.cond:
-            newest = self.newest
-            versions = newest - self.base + self.warmup_batches  # a warm-up batch counts as a version
-            allowed = (versions + self.max_staleness + 1) * self.per_step + self.retired
-            while self.admitted < allowed:
+            newest = self.staleness.newest
+            while self.staleness.may_admit():
                 ready = [i for i, e in enumerate(self.engines) if e.alive and not e.refused]
                 if not ready:
                     break
@@ -271,14 +258,13 @@ class Asynchronous:
             self.engines[index].actor.submit.remote(requests, self.partial)
 
     def _new_job(self, row: int, engine: int, newest: int) -> Job:
-        number = self.admitted
-        self.admitted += 1
+        number = self.staleness.admit()
         self.counts["admitted"] += 1
         batch = self.prompts.batch([row])
-        # the seed prompt i of step s gets in a synchronous run (rlhf/sampling.py): with max_staleness 0 an async
-        # run samples exactly what a synchronous one does
-        step, index = divmod(number + self.base * self.per_step, self.per_step)
-        seed = random.Random(f"{self.cfg.seed}/{step}/1").getrandbits(48) + index * self.group_size
+        # the seed prompt i of step s gets in a synchronous run: with max_staleness 0 an async run samples exactly
+        # what a synchronous one does
+        step, index = divmod(number + self.staleness.base * self.per_step, self.per_step)
+        seed = step_seed(self.cfg.seed, step) + index * self.group_size
         work = self.source.group(batch, self.group_size, replace(self.sampler.settings, seed=seed))
         job = Job(number, row, work, batch, engine, newest)
         self.live[number] = job
@@ -379,7 +365,7 @@ class Asynchronous:
         self.live.pop(job.number, None)
         if job in self.buffer:
             self.buffer.remove(job)
-        self.retired += 1
+        self.staleness.retire()
         self.counts[why] += 1
 
     def _engine_died(self, engine: Engine, err: BaseException) -> None:

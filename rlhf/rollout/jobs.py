@@ -1,4 +1,5 @@
-"""What the asynchronous schedule (rlhf/asynchronous.py) knows of each admitted group and of each rollout engine."""
+"""What the asynchronous schedule (rlhf/rollout/asynchronous.py) knows of each admitted group and of each rollout
+engine."""
 
 import threading
 from collections import Counter
