@@ -12,7 +12,20 @@ Parts, each PASSED, FAILED or SKIPPED (with the reason), then a summary; the exi
 5. `two_ranks`: always SKIPPED on one GPU (NCCL cannot put two ranks of one group on one GPU).
 6. `update`: bf16 policy updates on the default model (SmolLM2-135M; a random model of its shape when the model's
    wheel is not installed: the speed is the same), in this process: tokens/s and peak memory.
-The runs use the tiny random model on a small task file written here: no model hub, no reasoning-gym.
+7. `async_partial`: vLLM, `rollout.mode=async` with partial rollouts and `algo/correction=tis`, 3 steps: pushes over
+   CUDA IPC land in several actor calls while the producer submits and advances (nothing may generate on
+   half-loaded weights); prints the interrupted requests and the staleness.
+8. `multi_turn`: vLLM, the guess_number preset (multi-turn episodes, the environment's replies) on the tiny model.
+9. `dapo_one_step_off`: vLLM, `algo=dapo rollout.mode=one_step_off`: the background rollout, DAPO's rounds and a
+   split push on one GPU.
+10. `shm_sleep`: vLLM, `rollout.weight_sync=shm` with `rollout.sleep_mode=true` (the engine sleeps while the learner
+    trains, wakes its weights for the load).
+11. `lora`: vLLM, `train.lora.rank=8`: the merged LoRA weights pushed to the engine (its logprobs then match the
+    learner's).
+The vLLM parts (3, 7-11) are SKIPPED when vLLM is not installed on a machine without CUDA, and FAILED when torch sees
+a CUDA device and `import vllm` fails (the GPU stack is then broken, not absent).
+The runs use the tiny random model on a small task file written here (the env preset: rows of its own): no model hub,
+no reasoning-gym.
 
 `RLHF_GPU_CHECK_ON_CPU=1` runs the same parts on a CPU machine with a GPU declared to Ray (the tiny model for part
 6), to check this script itself: the roles then compute on the CPU, and the output says it is NOT a GPU check.
@@ -48,14 +61,18 @@ def task_file(out: Path) -> Path:
     return path
 
 
-def train_run(engine: str, out: Path, route: str = "auto", placement: str = "single_gpu") -> list[str]:
+def train_run(engine: str, out: Path, route: str = "auto", placement: str = "single_gpu", extra: tuple = (),
+              task: tuple | None = None, gap_limit: float | None = 0.1) -> list[str]:
+    """3 steps of `task` (default: the smoke experiment on our task file) with `extra` overrides. `gap_limit`: the
+    largest engine/learner logprob gap allowed on a GPU (None: not checked, for off-policy runs)."""
     missing = [name for name in RUN_NEEDS if importlib.util.find_spec(name) is None]
     if missing:
         raise Skipped(f"not installed: {', '.join(missing)} (scripts/gpu_wheels.sh lists and fetches them)")
-    overrides = ["experiment=smoke", "data=file", f"data.path={task_file(out)}", f"placement={placement}",
+    task = task if task is not None else ("experiment=smoke", "data=file", f"data.path={task_file(out)}")
+    overrides = [*task, f"placement={placement}",
                  f"rollout.engine={engine}", "steps=3", f"rollout.weight_sync={route}",
                  f"output_dir={out}", f"hydra.run.dir={out}", "logging.wandb_mode=disabled",
-                 "logging.progress_bar=false", "save_final=false", "checkpoint.every=0"]
+                 "logging.progress_bar=false", "save_final=false", "checkpoint.every=0", *extra]
     if ON_CPU:
         overrides.append("ray.num_gpus=1")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray instance of its own
@@ -81,6 +98,11 @@ def train_run(engine: str, out: Path, route: str = "auto", placement: str = "sin
                      f"CUDA_VISIBLE_DEVICES={r.get('cuda_visible_devices')!r}: {gpu}, host peak {r['peak_gib']:.2f} GiB")
     gap = max(h["logprob_gap"] for h in history)
     lines.append(f"largest engine/learner logprob gap: {gap:.2e}")
+    streamed = {key: sum(h.get(key, 0) for h in history) for key in ("async/interrupted_push", "async/discarded")}
+    if any(key in h for h in history for key in streamed):
+        lines.append(f"async: {streamed['async/interrupted_push']:g} requests interrupted by pushes, "
+                     f"{streamed['async/discarded']:g} groups discarded, largest staleness "
+                     f"{max(h.get('async/staleness_max', 0) for h in history):g}")
 
     on_gpu = not ON_CPU and placement == "single_gpu"
     expected_device, expected_route, expected_backend = ("cuda:0", "cuda_ipc", "nccl") if on_gpu else ("cpu", "shm", "gloo")
@@ -99,21 +121,56 @@ def train_run(engine: str, out: Path, route: str = "auto", placement: str = "sin
         problems.append(f"weight sync route {chosen.group(1) if chosen else 'not logged'}, not {expected_route}")
     if reports["policy rank 0"].get("dist_backend") != expected_backend:
         problems.append(f"DeepSpeed backend {reports['policy rank 0'].get('dist_backend')}, not {expected_backend}")
-    if gap > (0.1 if on_gpu else 1e-4):  # bf16 engine and learner differ by ~1e-2; a stale engine by far more
+    if gap_limit is not None and gap > (gap_limit if on_gpu else 1e-4):  # bf16: ~1e-2 apart; a stale engine: far more
         problems.append(f"the engine's logprobs are {gap:.3f} from the learner's: the weights did not arrive")
     if problems:
         raise AssertionError("; ".join(problems) + "\n" + "\n".join(lines))
     return lines
 
 
-def vllm_run(out: Path) -> list[str]:
+def need_vllm() -> None:
+    """A vLLM part runs only with vLLM's CUDA build. Where torch sees a CUDA device, an `import vllm` that fails is a
+    broken GPU stack: FAILED, not SKIPPED."""
+    import torch
+
     try:
         from vllm.platforms import current_platform
-    except ImportError as err:
+    except Exception as err:  # an ImportError, or a build that breaks on import (a wrong torch)
+        if torch.cuda.is_available() and not ON_CPU:
+            raise AssertionError(f"torch sees CUDA but `import vllm` fails: {type(err).__name__}: {err}; "
+                                 "RLHF_EXTRAS=\"gpu test\" bash scripts/install.sh installs vLLM's GPU build") from err
         raise Skipped(f"vLLM is not installed ({err}); RLHF_EXTRAS=\"gpu test\" bash scripts/install.sh installs it")
     if not ON_CPU and not current_platform.is_cuda():
         raise Skipped(f"the installed vLLM is not a CUDA build (platform {current_platform.device_name!r})")
-    return train_run("vllm", out)
+
+
+def vllm_run(out: Path, extra: tuple = (), task: tuple | None = None, gap_limit: float | None = 0.1) -> list[str]:
+    need_vllm()
+    return train_run("vllm", out, extra=extra, task=task, gap_limit=gap_limit)
+
+
+def async_partial(out: Path) -> list[str]:
+    return vllm_run(out, ("rollout.mode=async", "rollout.partial_rollouts=true", "algo/correction=tis",
+                          "rollout.sleep_mode=false"), gap_limit=None)
+
+
+def multi_turn(out: Path) -> list[str]:
+    return vllm_run(out, ("prompts_per_step=2", "eval.every=0", "rollout.max_new_tokens=16", "env.max_turns=3",
+                          "env.max_episode_tokens=128"), task=("experiment=guess_number", "model=tiny"))
+
+
+def dapo_one_step_off(out: Path) -> list[str]:
+    return vllm_run(out, ("algo=dapo", "rollout.mode=one_step_off", "algo/correction=tis", "rollout.sleep_mode=false"),
+                    gap_limit=None)
+
+
+def shm_sleep(out: Path) -> list[str]:
+    need_vllm()
+    return train_run("vllm", out, route="shm", extra=("rollout.sleep_mode=true",))
+
+
+def lora(out: Path) -> list[str]:
+    return vllm_run(out, ("train.lora.rank=8",))
 
 
 def two_ranks() -> list[str]:
@@ -204,7 +261,11 @@ def main() -> int:
     parts = {"cpu_roles": lambda: train_run("hf", out / "cpu_roles", placement="colocated"),
              "hf": lambda: train_run("hf", out / "hf"), "vllm": lambda: vllm_run(out / "vllm"),
              "object_store": lambda: train_run("hf", out / "object_store", route="object_store"),
-             "two_ranks": two_ranks, "update": policy_update}
+             "two_ranks": two_ranks, "update": policy_update,
+             "async_partial": lambda: async_partial(out / "async_partial"),
+             "multi_turn": lambda: multi_turn(out / "multi_turn"),
+             "dapo_one_step_off": lambda: dapo_one_step_off(out / "dapo_one_step_off"),
+             "shm_sleep": lambda: shm_sleep(out / "shm_sleep"), "lora": lambda: lora(out / "lora")}
     results = {}
     for name, part in parts.items():
         (out / name).mkdir(parents=True, exist_ok=True)
