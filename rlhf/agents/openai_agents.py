@@ -15,6 +15,7 @@ segment of an episode only. Tool calls are read by vLLM's tool parsers, as in ep
 
 A step's episodes advance together: once every live agent waits on a call (or finished), their calls go to the
 engines as one batched generate call, so a step costs about as many generate calls as its longest episode has turns.
+In rollout.mode=async each call goes to the engine's request stream as soon as its agent makes it (`AgentGroup`).
 Limits: `env.max_turns` calls, `env.max_episode_tokens`, `env.agent_timeout_s` per episode; a call past a limit is
 refused (400), an agent that raises or hangs is one failed episode (unscorable, its traceback in the driver's log),
 and a step where most episodes fail stops the run naming the agent.
@@ -201,11 +202,15 @@ class AgentRunner:
             with self.cond:
                 self.cond.wait_for(lambda: all(s.done for s in sessions), timeout=self.env.agent_timeout_s)
         finally:
-            with self.cond:
-                for s in sessions:
-                    self.sessions.pop(s.key, None)
-        episodes = [self._finish(s) for s in sessions]
+            episodes = self._close(sessions)
         return [episodes[g * group_size:(g + 1) * group_size] for g in range(len(batch.rows))]
+
+    def _close(self, sessions: list[Session]) -> list[AgentEpisode]:
+        """The sessions' episodes, their keys no longer taken."""
+        with self.cond:
+            for s in sessions:
+                self.sessions.pop(s.key, None)
+        return [self._finish(s) for s in sessions]
 
     def _start(self, batch, group_size: int) -> list[Session]:
         if self.endpoint is None:
@@ -259,8 +264,8 @@ class AgentRunner:
         episode.env_reward = None if episode.failed else session.result
         return episode
 
-    def group(self, batch, group_size: int, sampling):
-        raise ValueError("env.agent runs with rollout.mode=sync or one_step_off; async is not built yet")
+    def group(self, batch, group_size: int, sampling) -> "AgentGroup":
+        return AgentGroup(self, batch, group_size, sampling)
 
     def metrics(self, groups: list[list[AgentEpisode]]) -> dict[str, float]:
         episodes = [e for g in groups for e in g]
@@ -290,6 +295,44 @@ class AgentRunner:
         if self.endpoint is not None:
             self.endpoint.close()
             self.endpoint = None
+
+
+class AgentGroup:
+    """One row's G agent episodes streamed (rollout.mode=async): each episode's next call goes to the engine as soon
+    as its agent makes it. `start` and `receive` wait (in the async producer's threads) until the agent has made its
+    next call or finished."""
+
+    def __init__(self, runner: "AgentRunner", batch, size: int, sampling):
+        self.runner, self.sampling = runner, sampling
+        self.sessions = runner._start(batch, size)
+        self.episodes = None
+
+    def start(self) -> list[tuple]:
+        return [request for j in range(len(self.sessions)) for request in self._next(j)]
+
+    def receive(self, j: int, sample) -> list[tuple]:
+        session = self.sessions[j]
+        self.runner.endpoint.loop.call_soon_threadsafe(session.pending.future.set_result, sample)
+        return self._next(j)
+
+    def _next(self, j: int) -> list[tuple]:
+        """Session j's next call as a request, or none once its agent finished."""
+        session, cond = self.sessions[j], self.runner.cond
+        with cond:
+            cond.wait_for(lambda: session.done or (session.pending and not session.pending.taken))
+            if session.done:
+                return []
+            session.pending.taken = True
+        seed = self.sampling.seed
+        if seed is not None:  # a call's seed of its own
+            seed = random.Random(f"{seed}/agent/{session.episode.turns}").getrandbits(48) + j
+        return [(j, session.pending.prompt_ids,
+                 replace(self.sampling, max_new_tokens=session.pending.max_new_tokens, seed=seed))]
+
+    def result(self) -> list[AgentEpisode] | None:
+        if self.episodes is None and all(s.done for s in self.sessions):
+            self.episodes = self.runner._close(self.sessions)
+        return self.episodes
 
 
 def checked_result(result, agent: str):

@@ -72,8 +72,6 @@ def validate_env(c: Config) -> None:
     if e.agent and (e.factory or e.tools):
         raise ValueError("env.agent runs an agent of its own (its tools are its business): set it without env.factory "
                          "and env.tools")
-    if e.agent and c.rollout.mode == "async":
-        raise ValueError("env.agent runs with rollout.mode=sync or one_step_off; async is not built for it yet")
     _positive("env.agent_timeout_s", e.agent_timeout_s)
     if e.reply and not e.factory:
         raise ValueError(f"env.reply={e.reply!r} names a method of the environment, but env.factory is not set")

@@ -252,6 +252,9 @@ class Asynchronous:
                 row = self.requeue.popleft() if self.requeue else self.prompts.draw(1)[0]
                 job = self._new_job(row, index, newest)
                 requests = [self._request(job, *request) for request in job.work.start()]
+                if not requests:  # a group over at once (each of an agent's episodes ended before its first call)
+                    job.complete = True
+                    self.scorers.submit(self._guarded, self._score, job, job.work.result())
                 self.engines[index].running += len(requests)
                 sends.setdefault(index, []).extend(requests)
         for index, requests in sends.items():  # one call per engine: the requests join one batch

@@ -101,3 +101,32 @@ def test_the_endpoint_refuses_other_keys_and_unknown_fields_in_openais_error_sha
         assert runner.endpoint.host == "127.0.0.1"  # loopback only
     finally:
         runner.close()
+
+
+def test_async_each_call_streams_to_the_engine_as_its_agent_makes_it(tiny_model):
+    # what the async producer does with a group (rlhf/rollout/asynchronous.py): start, then receive each request's
+    # sample, sending on what comes back; the samples here are written, the agent and the endpoint are real
+    from rlhf.engines.base import Sample
+
+    tests_agent_helpers.SEEN.clear()
+    cfg = load_config(compose_config("model=path", f"model.path={tiny_model}", "env.agent=tests_agent_helpers:two_calls",
+                                     "rollout.mode=async", "env.max_episode_tokens=256", "data.max_prompt_tokens=900",
+                                     "output_dir=/tmp/unused"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    runner = AgentRunner(None, cfg, tokenizer)
+    try:
+        group = runner.group(PromptBatch([{"prompt": "Say a."}], [[0]], [""]), 2, SamplingSettings(8, 1.0, 1.0, seed=0))
+        requests = group.start()  # each agent's first call
+        assert sorted(j for j, _, _ in requests) == [0, 1] and {s.max_new_tokens for _, _, s in requests} == {6}
+        sent = 0
+        while requests:
+            j, prompt_ids, _ = requests.pop(0)
+            ids = tokenizer("a a", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            assert group.result() is None
+            requests += group.receive(j, Sample(ids, [-0.5] * len(ids), "a a", False, versions=[sent] * len(ids)))
+            sent += 1
+        episodes = group.result()
+        assert sent == 4 and all(e.turns == 2 and not e.failed and e.env_reward == 1.0 for e in episodes)
+        assert all(e.versions and len(e.versions) == len(e.completion_ids) for e in episodes)  # each token's weights
+    finally:
+        runner.close()
