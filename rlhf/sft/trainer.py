@@ -29,8 +29,10 @@ from rlhf.evaluation import Evaluator
 from rlhf.evaluation import due as evaluation_due
 from rlhf.models import resolve_model_path
 from rlhf.rewards.scoring import check_reward_sources
-from rlhf.sampling import reward_columns, rollout_source
-from rlhf.schedules import ACTOR_DIED, ACTOR_RESTARTED, PhaseTimer
+from rlhf.rollout.recovery import ACTOR_DIED, ACTOR_RESTARTED, wait_for_restarts
+from rlhf.rollout.scoring import reward_columns
+from rlhf.rollout.sources import rollout_source
+from rlhf.rollout.timing import PhaseTimer
 from rlhf.sft import steps as sft_steps
 from rlhf.sft.data import demonstration_sets
 from rlhf.sft.plots import SftMetricsLog, sft_final_summary
@@ -115,6 +117,7 @@ class SftTrainer:
             self.source.bind(self.actors)
         self.evaluator = Evaluator(self.actors, cfg, self.eval_prompts, self.source) if self.eval_prompts else None
         self.pushed = True  # the engines hold the learner's weights (both the model folder's at the start)
+        self.restarted = False  # an evaluation met a dead actor
 
     def startup_summary(self) -> str:
         cfg, roles = self.cfg, self.actors.placement.demands
@@ -202,15 +205,18 @@ class SftTrainer:
         with timer("eval"):
             metrics = self.held_out_nll()
             if self.evaluator is not None:
-                if not self.pushed:
-                    self.weight_sync.push()
-                    self.pushed = True
                 try:
+                    if self.restarted:  # an engine or scorer died at the last evaluation: Ray restarted it
+                        wait_for_restarts(self.actors)
+                        self.restarted, self.pushed = False, False
+                    if not self.pushed:
+                        self.weight_sync.push()
+                        self.pushed = True
                     metrics.update(self.evaluator.evaluate(step, self.weight_sync.version, self.output_dir))
-                except ACTOR_RESTARTED as err:
+                except ACTOR_RESTARTED as err:  # the next evaluation waits for the restart and pushes again
                     log.warning("step %d: evaluation skipped: an engine or reward actor died or is restarting (%s)",
                                 step, type(err).__name__)
-                    self.pushed = False
+                    self.restarted = True
         log.info("%s", eval_line(step, metrics, self.evaluator.passing) if self.evaluator else
                  f"step {step} eval: nll {metrics['eval/nll']:.4g}")
         return metrics

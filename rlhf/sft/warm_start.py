@@ -22,7 +22,7 @@ import ray
 from tqdm import tqdm
 
 from rlhf.console import eval_line
-from rlhf.schedules import PhaseTimer
+from rlhf.rollout.timing import PhaseTimer
 from rlhf.sft.data import Demonstrations, warm_start_demonstrations
 from rlhf.sft import steps as sft_steps
 
