@@ -146,6 +146,7 @@ class Trainer:
                 drain_timeout_s=cfg.rollout.drain_timeout_s,
                 bucket_mb=cfg.rollout.sync_bucket_mb, sleep=engine_sleeps(cfg),
                 tensor_parallel_size=cfg.rollout.tensor_parallel_size)
+            check_overlap_route(cfg.rollout.mode, self.weight_sync.name)
             self.metrics_log = MetricsLog(
                 str(self.output_dir), cfg.logging.run_name or self.output_dir.name, cfg.logging.wandb_mode,
                 cfg.logging.wandb_project, cfg.logging.wandb_entity, asdict(cfg), cfg.logging.plot,
@@ -465,6 +466,17 @@ def check_model_fits(model_path: str, cfg: Config) -> None:
         budget = "env.max_episode_tokens" if cfg.env.enabled else "rollout.max_new_tokens"
         raise ValueError(f"data.max_prompt_tokens + {budget} = {needed} exceeds the model's context "
                          f"of {context} tokens; lower one of them")
+
+
+def check_overlap_route(mode: str, route: str) -> None:
+    """One-step-off over a GPU route that pushes in several actor calls: each call waits behind the background
+    rollout's generate call on the same actor, so the push serialises behind it and can pass rollout.sync_timeout_s
+    (async pauses its stream for a push instead)."""
+    if mode == "one_step_off" and route in ("cuda_ipc", "nccl"):
+        raise ValueError(f"rollout.mode=one_step_off over the {route} weight route: its push would wait behind the "
+                         "background rollout's generate call on every engine (no overlap, and the push can pass "
+                         "rollout.sync_timeout_s); use rollout.mode=async, whose stream pauses for a push, or "
+                         "rollout.weight_sync=shm / object_store")
 
 
 def check_same_tokenizer(policy_tokenizer, critic_path: str) -> None:

@@ -16,8 +16,8 @@ Parts, each PASSED, FAILED or SKIPPED (with the reason), then a summary; the exi
    CUDA IPC land in several actor calls while the producer submits and advances (nothing may generate on
    half-loaded weights); prints the interrupted requests and the staleness.
 8. `multi_turn`: vLLM, the guess_number preset (multi-turn episodes, the environment's replies) on the tiny model.
-9. `dapo_one_step_off`: vLLM, `algo=dapo rollout.mode=one_step_off`: the background rollout, DAPO's rounds and a
-   split push on one GPU.
+9. `dapo_one_step_off`: vLLM, `algo=dapo rollout.mode=one_step_off` over the shm route (one-step-off over CUDA IPC
+   or NCCL is refused): the background rollout and DAPO's rounds on one GPU.
 10. `shm_sleep`: vLLM, `rollout.weight_sync=shm` with `rollout.sleep_mode=true` (the engine sleeps while the learner
     trains, wakes its weights for the load).
 11. `lora`: vLLM, `train.lora.rank=8`: the merged LoRA weights pushed to the engine (its logprobs then match the
@@ -160,8 +160,9 @@ def multi_turn(out: Path) -> list[str]:
 
 
 def dapo_one_step_off(out: Path) -> list[str]:
-    return vllm_run(out, ("algo=dapo", "rollout.mode=one_step_off", "algo/correction=tis", "rollout.sleep_mode=false"),
-                    gap_limit=None)
+    # one-step-off over CUDA IPC / NCCL is refused (the push would serialise behind the background generate): shm
+    return vllm_run(out, ("algo=dapo", "rollout.mode=one_step_off", "algo/correction=tis", "rollout.sleep_mode=false",
+                          "rollout.weight_sync=shm"), gap_limit=None)
 
 
 def shm_sleep(out: Path) -> list[str]:

@@ -13,7 +13,7 @@
 #   async_partial vLLM, rollout.mode=async, partial rollouts, algo/correction=tis: pushes split over actor calls while
 #                 the producer streams (nothing generates on half-loaded weights)
 #   multi_turn    vLLM, the guess_number preset (multi-turn episodes) on the tiny model
-#   dapo_one_step_off  vLLM, algo=dapo in rollout.mode=one_step_off
+#   dapo_one_step_off  vLLM, algo=dapo in rollout.mode=one_step_off over the shm route (over CUDA IPC it is refused)
 #   shm_sleep     vLLM, rollout.weight_sync=shm with rollout.sleep_mode=true
 #   lora          vLLM, train.lora.rank=8: merged LoRA weights pushed to the engine
 # The vLLM parts are SKIPPED without vLLM where torch sees no CUDA, FAILED where it sees CUDA and `import vllm` fails.

@@ -531,3 +531,13 @@ def test_an_actor_whose_restart_cannot_be_built_stops_the_wait_for_it(ray_cluste
     with pytest.raises(ray.exceptions.ActorDiedError):
         wait_for_restarts(Actors([], spent, {}, None, None, None))
     assert time.monotonic() - started < 10
+
+
+def test_one_step_off_over_a_gpu_route_that_pushes_in_several_calls_is_refused_naming_it():
+    from rlhf.driver import check_overlap_route
+
+    for route in ("cuda_ipc", "nccl"):
+        with pytest.raises(ValueError, match=f"rollout.mode=one_step_off over the {route} weight route"):
+            check_overlap_route("one_step_off", route)
+    check_overlap_route("one_step_off", "shm")
+    check_overlap_route("async", "cuda_ipc")  # the stream pauses for a push
