@@ -11,13 +11,13 @@ import torch
 from rlhf.algorithms import aggregate_loss
 from rlhf.config import micro_batch
 from rlhf.devices import resolve_device
-from rlhf.models.loading import load_model
 from rlhf.algorithms.losses import clipped_value_loss
 from rlhf.experience import Experience
 from rlhf.training.policy import NonFiniteLossError
 from rlhf.training.memory import learner_preflight
 from rlhf.training.lora import add_adapter
-from rlhf.training.deepspeed_engine import backward_and_step, load_training_state, make_engine, save_training_state
+from rlhf.training.deepspeed_engine import (backward_and_step, load_learner_model, load_training_state, make_engine,
+                                            save_training_state)
 
 
 def completion_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int):
@@ -39,8 +39,8 @@ class CriticLearner:
         self.algo = algo_cfg
         self.mini_batch_size = batch_size // algo_cfg.update.mini_batches
         self.micro_batch_size = micro_batch(critic_cfg.micro_batch_size, self.mini_batch_size, world)
-        model = load_model(AutoModelForTokenClassification, model_path, torch.float32, critic_cfg.attn_implementation,
-                           self.device, num_labels=heads)
+        model = load_learner_model(AutoModelForTokenClassification, model_path, critic_cfg, self.mini_batch_size, world,
+                                   self.device, num_labels=heads)
         if critic_cfg.lora.rank:  # the value head trains whole (peft keeps it beside the adapter)
             model = add_adapter(model, critic_cfg.lora, "TOKEN_CLS")
         self.rank, self.world = rank, world

@@ -39,6 +39,27 @@ def init_distributed(device: torch.device) -> None:
     deepspeed.init_distributed(dist_backend=dist_backend(device))
 
 
+def load_learner_model(auto_class, model_path: str, train_cfg, batch_size: int, world_size: int,
+                       device: torch.device, **kwargs):
+    """A learner's fp32 model (DeepSpeed's master weights). Under ZeRO-3 it loads straight into each rank's shard
+    (transformers' `from_pretrained` under `HfDeepSpeedConfig`, as the reference loads): no rank ever holds the whole
+    fp32 model, which on a GPU would fill it before DeepSpeed shards anything."""
+    from rlhf.models.loading import load_model
+
+    if train_cfg.zero_stage != 3:
+        return load_model(auto_class, model_path, torch.float32, train_cfg.attn_implementation, device, **kwargs)
+    from transformers.integrations import HfDeepSpeedConfig
+
+    init_distributed(device)  # zero.Init partitions over the ranks' group as it loads
+    config = deepspeed_config(train_cfg, batch_size, world_size, resolve_bf16(train_cfg.bf16, device),
+                              device.type == "cuda")
+    zero3_loading = HfDeepSpeedConfig(config)  # while it lives, from_pretrained loads into shards
+    try:
+        return load_model(auto_class, model_path, torch.float32, train_cfg.attn_implementation, device, **kwargs)
+    finally:
+        del zero3_loading
+
+
 def make_engine(model, train_cfg, batch_size: int, world_size: int = 1):
     """`batch_size` sequences make one optimizer step, on the device the model is on (bf16 there when
     `train.bf16` is null and it is a GPU). The optimizer is a client AdamW: DeepSpeed's own Adam variants

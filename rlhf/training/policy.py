@@ -20,10 +20,10 @@ from rlhf.config import micro_batch
 from rlhf.devices import resolve_device
 from rlhf.experience import Experience
 from rlhf.models.folders import write_atomically
-from rlhf.models.loading import load_model
 from rlhf.training.deepspeed_engine import (
     backward_and_step,
     full_state_dict,
+    load_learner_model,
     load_training_state,
     make_engine,
     save_training_state,
@@ -51,7 +51,7 @@ class PolicyLearner:
         self.micro_batch_size = micro_batch(train_cfg.micro_batch_size, self.mini_batch_size, world)
         self.rank, self.world = rank, world
         # fp32 weights: under bf16 DeepSpeed keeps them as the optimizer's master copy and computes in bf16
-        model = load_model(AutoModelForCausalLM, model_path, torch.float32, train_cfg.attn_implementation, self.device)
+        model = load_learner_model(AutoModelForCausalLM, model_path, train_cfg, self.mini_batch_size, world, self.device)
         disable_dropout(model)
         if train_cfg.lora.rank:
             model = add_adapter(model, train_cfg.lora, "CAUSAL_LM")

@@ -84,3 +84,35 @@ def test_bf16_computes_in_bf16_over_fp32_master_weights_and_adam_state(tiny_mode
     states = [s for s in engine.optimizer.optimizer.state.values()]
     assert states and {v.dtype for s in states for k, v in s.items() if k in ("exp_avg", "exp_avg_sq")} == {torch.float32}
     assert any(not torch.equal(a, b) for a, b in zip(before, masters))
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_zero3_learner_loads_straight_into_its_shards(tiny_model, monkeypatch, stage):
+    # under ZeRO-3 from_pretrained runs while HfDeepSpeedConfig lives (zero.Init: no rank holds the whole fp32 model,
+    # as the reference loads); recorded at the call, then the load stops there
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from rlhf.training.critic import CriticLearner
+
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29564", "RANK": "0", "WORLD_SIZE": "1",
+                       "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, os.environ.get(key, value))
+    seen = []
+
+    class Loaded(Exception):
+        pass
+
+    def record(*args, **kwargs):
+        seen.append(is_deepspeed_zero3_enabled())
+        raise Loaded
+
+    for auto in (AutoModelForCausalLM, AutoModelForTokenClassification):
+        monkeypatch.setattr(auto, "from_pretrained", record)
+    cfg = load_config(compose_config("experiment=smoke", "algo=ppo", f"train.zero_stage={stage}",
+                                     f"critic.zero_stage={stage}", "output_dir=/tmp/unused"))
+    with pytest.raises(Loaded):
+        PolicyLearner(tiny_model, cfg.train, cfg.algo, 4, 5, 1.0, 0)
+    with pytest.raises(Loaded):
+        CriticLearner(tiny_model, cfg.critic, cfg.algo, 4, 0)
+    assert seen == [stage == 3] * 2 and not is_deepspeed_zero3_enabled()  # and it is over once loaded
