@@ -137,6 +137,11 @@ class PolicyLearner:
             return batch_logprobs(self.engine, share, self.micro_batch_size, self.temperature).cpu()
 
     def preflight(self, prompt_len: int, completion_len: int) -> dict:
+        # a push's peak is measured too: its full weights gathered (under ZeRO-3 every rank gathers and clones the
+        # whole model), then let go, as after every push
+        state = full_state_dict(self.engine)
+        del state
+        self.release_push_memory()
         forward = lambda engine, ids, mask, t: completion_logprobs(engine, ids, mask, t, self.temperature)  # noqa: E731
         return learner_preflight(self.engine, forward, self.micro_batch_size, prompt_len, completion_len,
                                  role=f"policy rank {self.rank}")
@@ -154,7 +159,15 @@ class PolicyLearner:
         if state is not None:
             os.makedirs(folder, exist_ok=True)
             write_weights(state, os.path.join(folder, "model.safetensors"))
+        del state
+        self.release_push_memory()
         return folder
+
+    def release_push_memory(self) -> None:
+        """After a push the gathered copy is gone; on a GPU its cached blocks go back to the device, before engines
+        that share it wake up and map their memory again."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def export_weights(self) -> dict | None:
         """The full weights as arrays for Ray's object store (rank 0; None on the others, which take part in the
@@ -186,6 +199,7 @@ class PolicyLearner:
 
     def finish_nccl_push(self) -> None:
         self.nccl_push = None
+        self.release_push_memory()
 
     def prepare_ipc_push(self, bucket_bytes: int) -> int | None:
         """Gather the full weights once and plan the buckets; returns their count on rank 0 (None elsewhere)."""
@@ -202,6 +216,7 @@ class PolicyLearner:
     def finish_ipc_push(self) -> None:
         self.sender.close()
         self.sender = None
+        self.release_push_memory()
 
     def save_pretrained(self, folder: str, tokenizer_path: str) -> str:
         from transformers import AutoTokenizer

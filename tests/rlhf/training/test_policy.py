@@ -116,3 +116,19 @@ def test_a_zero3_learner_loads_straight_into_its_shards(tiny_model, monkeypatch,
     with pytest.raises(Loaded):
         CriticLearner(tiny_model, cfg.critic, cfg.algo, 4, 0)
     assert seen == [stage == 3] * 2 and not is_deepspeed_zero3_enabled()  # and it is over once loaded
+
+
+def test_the_memory_pre_flight_takes_a_pushs_gather_too(tiny_model, monkeypatch):
+    # the push's peak (under ZeRO-3 a gathered copy of the whole model on every rank) is part of what is measured
+    import rlhf.training.policy as policy
+
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29565", "RANK": "0", "WORLD_SIZE": "1",
+                       "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, os.environ.get(key, value))
+    cfg = load_config(compose_config("experiment=smoke", "train.micro_batch_size=4", "output_dir=/tmp/unused"))
+    learner = PolicyLearner(tiny_model, cfg.train, cfg.algo, 4, 5, 1.0, 0)
+    gathered = []
+    real = policy.full_state_dict
+    monkeypatch.setattr(policy, "full_state_dict", lambda engine: gathered.append(engine) or real(engine))
+    report = learner.preflight(8, 5)
+    assert gathered == [learner.engine] and report["peak_gib"] > 0
