@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 from rlhf.models.folders import write_text_atomically
@@ -29,9 +30,17 @@ class MetricsLog:
             import wandb
 
             os.environ.setdefault("WANDB_DIR", str(self.dir))
-            self.wandb = wandb.init(project=project, entity=entity, name=run_name, dir=str(self.dir),
-                                    mode=wandb_mode, config=config, reinit="finish_previous",
-                                    id=wandb_id, resume="allow" if wandb_id else None)
+            for attempt in range(8):
+                try:
+                    self.wandb = wandb.init(project=project, entity=entity, name=run_name, dir=str(self.dir),
+                                            mode=wandb_mode, config=config, reinit="finish_previous",
+                                            id=wandb_id, resume="allow" if wandb_id else None)
+                    break
+                except Exception as err:  # noqa: BLE001 - wandb raises its own kinds
+                    # a resume right after a crash: the dead run's wandb service lets its id go once it notices
+                    if "is in use" not in str(err) or attempt == 7:
+                        raise
+                    time.sleep(1 + attempt)
 
     @property
     def wandb_id(self) -> str | None:

@@ -69,6 +69,7 @@ def scored_pool(cfg, args):
     from rlhf.models import resolve_model_path
     from rlhf.rewards.aggregation import weighted_sum
     from rlhf.rollout.generation import generate
+    from rlhf.rewards.scoring import TrainerState
     from rlhf.rollout.scoring import score
     from tqdm import tqdm
 
@@ -87,7 +88,8 @@ def scored_pool(cfg, args):
             batch = stream.batch(range(start, min(start + chunk, len(stream))))
             samples = generate(actors, batch.token_ids, 1, replace(settings, seed=args.seed + start))
             texts = [group[0].text for group in samples]
-            per_objective = score(actors.reward, actors.reward_models, batch, [group[0] for group in samples], 1)
+            per_objective = score(actors.reward, actors.reward_models, batch, [group[0] for group in samples], 1,
+                                  TrainerState(0, cfg.steps))
             scores += weighted_sum(objective_matrix(per_objective, cfg.reward.objective_labels()), weights).tolist()
             completions += texts
     finally:

@@ -39,9 +39,9 @@ def test_smoke_experiment_from_the_command_line(tmp_path):
     assert "roles (colocated): rollout 1 x" in console and "3 steps in" in console
     assert "step 3 eval: bleu " in console and "no pass@k: bleu defines no passing" in console
     assert "finished; the last step:\n  " in console  # a table of numbers
-    # library warnings that ask nothing of the user are in the driver's log
+    # library warnings that ask nothing of the user are in the driver's log, not the console (Ray prints its token
+    # notice on some runs only: its place is tested in test_console.py)
     assert "Token authentication" not in console and "Setting accelerator to CPU" not in console
-    assert "Token authentication is enabled" in (out / "logs" / "driver.log").read_text()
     assert "pid=" not in console and "non-default args" not in console and "Loading weights" not in console
     rollout_log = (out / "logs" / "rollout-0.log").read_text()
     assert "non-default args" in rollout_log  # vLLM's INFO lines are in the engine's own log
