@@ -1,30 +1,16 @@
 """Episodes on a real engine (the HF engine, tiny model): the model's tokens as sampled, the environment's appended
 as the template's text, a group from one initial state."""
 
-from types import SimpleNamespace
-
 import pytest
-import ray
 from transformers import AutoTokenizer
 
 from rlhf.agents.episodes import EpisodeRunner, episode_metrics
 from rlhf.config import compose_config, load_config
 from rlhf.data import PromptBatch
-from rlhf.engines.base import EngineSettings, SamplingSettings
+from rlhf.engines.base import SamplingSettings
 from rlhf.rollout.timing import NO_TIMER
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def engine(ray_cluster, tiny_model):
-    from actors.rollout import RolloutActor
-
-    settings = EngineSettings(dtype="auto", max_model_len=1024, kv_cache_gib=0.1, block_size=32,
-                              gpu_memory_utilization=0.3, sleep_mode=False, weight_transfer=None)
-    actor = RolloutActor.options(num_cpus=0).remote("hf", tiny_model, settings, 0)
-    yield SimpleNamespace(rollouts=[actor])
-    ray.kill(actor)
 
 
 def run(engine, tiny_model, *overrides, rows=1, group=2, seed=3):

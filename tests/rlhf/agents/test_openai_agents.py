@@ -1,11 +1,8 @@
 """Agents written against the OpenAI client (env.agent), trained unchanged: the real `openai` client against the
 run's endpoint, on a real engine (the HF engine, tiny model)."""
 
-from types import SimpleNamespace
-
 import httpx
 import pytest
-import ray
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -13,21 +10,10 @@ import tests_agent_helpers
 from rlhf.agents.openai_agents import AgentFailure, AgentRunner
 from rlhf.config import compose_config, load_config
 from rlhf.data import PromptBatch
-from rlhf.engines.base import EngineSettings, SamplingSettings
+from rlhf.engines.base import SamplingSettings
 from rlhf.rollout.timing import NO_TIMER
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def engine(ray_cluster, tiny_model):
-    from actors.rollout import RolloutActor
-
-    settings = EngineSettings(dtype="auto", max_model_len=1024, kv_cache_gib=0.1, block_size=32,
-                              gpu_memory_utilization=0.3, sleep_mode=False, weight_transfer=None)
-    actor = RolloutActor.options(num_cpus=0).remote("hf", tiny_model, settings, 0)
-    yield SimpleNamespace(rollouts=[actor])
-    ray.kill(actor)
 
 
 def play(engine, tiny_model, agent, *overrides, rows=1, group=2):
