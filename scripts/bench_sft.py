@@ -63,7 +63,7 @@ def run_trl(python, rows: Path, model: str, args, threads: int, work: Path) -> d
 def run_ours(rows: Path, args, threads: int, work: Path) -> dict:
     out = work / "ours"
     overrides = ["algo=sft", "data=file", f"data.path={rows}", "data.max_prompt_tokens=1024",
-                 "rollout.max_new_tokens=1024", f"sft.batch_size={args.batch}", "train.lr=1e-5",
+                 "rollout.max_new_tokens=1024", f"sft.batch_size={args.batch}", "train.lr=1e-5", "train.bf16=false",
                  f"steps={args.warmup + args.steps}", f"train.threads={threads}", "eval.every=0", "checkpoint.every=0",
                  "save_final=false", "logging.wandb_mode=disabled", "logging.plot=false", "logging.progress_bar=false",
                  f"output_dir={out}", f"hydra.run.dir={out}", *args.ours]
