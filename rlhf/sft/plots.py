@@ -36,8 +36,7 @@ def plot_sft(history: list[dict], path: Path) -> Path:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if len(keys) > 1:
-            ax.legend(fontsize=8)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
