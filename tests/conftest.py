@@ -42,3 +42,21 @@ def ray_cluster(tmp_path_factory):
     yield
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# One conftest only: a second one (say tests/rlhf/agents/conftest.py) would be imported under the same module name
+# `conftest`, and `from conftest import REPO` would then find whichever came first.
+@pytest.fixture(scope="module")
+def engine(ray_cluster, tiny_model):
+    """A real engine for the agents' tests: the HF engine on the tiny model, in a Ray actor of its own."""
+    import ray
+    from types import SimpleNamespace
+
+    from rlhf.engines.base import EngineSettings
+    from actors.rollout import RolloutActor
+
+    settings = EngineSettings(dtype="auto", max_model_len=1024, kv_cache_gib=0.1, block_size=32,
+                              gpu_memory_utilization=0.3, sleep_mode=False, weight_transfer=None)
+    actor = RolloutActor.options(num_cpus=0).remote("hf", tiny_model, settings, 0)
+    yield SimpleNamespace(rollouts=[actor])
+    ray.kill(actor)
