@@ -272,6 +272,11 @@ def demonstration_sets(cfg, tokenizer, reserved_tokens: int = 0):
 
 
 def warm_start_demonstrations(cfg, tokenizer) -> Demonstrations:
-    """The warm start's demonstrations: `sft.data` (overrides of `data`), rendered as the RL run renders episodes."""
+    """The warm start's demonstrations: `sft.data` (overrides of `data`), rendered as the RL run renders episodes.
+    From the run's own data (`sft.data` null) the rows its evaluation holds out (`eval.held_out`) are left out, as
+    `algo=sft` leaves them out: a warm start never trains on a held-out reference."""
     data_cfg = replace(cfg.data, **(cfg.sft.data or {}))
-    return Demonstrations(load_demonstrations(cfg, data_cfg, *make_renderer(cfg, data_cfg, tokenizer)), cfg.seed)
+    table = load_demonstrations(cfg, data_cfg, *make_renderer(cfg, data_cfg, tokenizer))
+    if not cfg.sft.data and cfg.eval.every and not cfg.eval.data:
+        table, _ = hold_out(table, cfg.eval.held_out, cfg.data.seed)
+    return Demonstrations(table, cfg.seed)

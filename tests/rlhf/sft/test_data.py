@@ -71,3 +71,22 @@ def test_reasoning_gym_rows_train_on_their_references(tiny_model):
     assert len(train) == 4 and len(held) == 2
     row = prompts.rows[0]
     assert isinstance(row["prompt"], str) and row["references"][0].strip() and "answer" in row
+
+
+def test_a_warm_start_on_the_runs_own_data_leaves_its_held_out_rows_out(tiny_model):
+    from rlhf.data import prompt_sets
+    from rlhf.sft.data import warm_start_demonstrations
+
+    cfg = load_config(compose_config("model=path", f"model.path={tiny_model}", "data.size=8", "eval.held_out=3",
+                                     "sft.steps=2", "data.truncate=true", "output_dir=/tmp/unused",
+                                     "data.max_prompt_tokens=1024"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    demos = warm_start_demonstrations(cfg, tokenizer)
+    _, held_out = prompt_sets(cfg, tokenizer)
+    trained = {row["prompt"] for row in demos.rows(range(len(demos)))}
+    assert len(demos) == 5 and not trained & {row["prompt"] for row in held_out.rows}
+    # demonstrations of their own (sft.data) are all trained
+    own = load_config(compose_config("model=path", f"model.path={tiny_model}", "data.size=8", "eval.held_out=3",
+                                     "sft.steps=2", "data.truncate=true", "output_dir=/tmp/unused",
+                                     "data.max_prompt_tokens=1024", "sft.data={seed: 5}"))
+    assert len(warm_start_demonstrations(own, tokenizer)) == 8
