@@ -31,6 +31,10 @@ class Experience:
     context_mask: torch.Tensor | None = None
     # [B, T] an episode's per-turn rewards (its environment's step_reward()) at each turn's last model token
     turn_rewards: torch.Tensor | None = None
+    # [B, T] long: the segment of each completion token. 0 continues the row's prompt; k >= 1 is the k-th history an
+    # agent rewrote (rlhf/agents/openai_agents.py), opened by its own prompt (context tokens): a sequence of its own,
+    # which sees only its own tokens, positions from 0 (rlhf/training/segments.py). None: one sequence per row.
+    segments: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -73,7 +77,8 @@ class Experience:
     def from_samples(cls, prompts: list[list[int]], samples: list[list[Sample]], pad_id: int) -> "Experience":
         """One row per sample; `samples[i]` are the completions of `prompts[i]`, groups kept contiguous. An episode
         (rlhf/agents/episodes.py) brings its own prompt tokens, and its `model_mask` splits its tokens into the
-        trained (`mask`) and the environment's (`context_mask`)."""
+        trained (`mask`) and the environment's (`context_mask`); an agent's episode that rewrote its history brings
+        `segment_ids` too (`segments`: each later segment a sequence of its own within the episode's row)."""
         rows = [(getattr(sample, "prompt_ids", None) or prompt, sample)
                 for prompt, group in zip(prompts, samples) for sample in group]
         width_p = max(len(p) for p, _ in rows)
@@ -89,6 +94,8 @@ class Experience:
         truncated = torch.tensor([sample.truncated for _, sample in rows], dtype=torch.bool)
         rewarded_turns = any(getattr(sample, "turn_rewards", None) for _, sample in rows)
         turn_rewards = torch.zeros((batch, width_t)) if rewarded_turns else None
+        segmented = any(any(getattr(sample, "segment_ids", None) or []) for _, sample in rows)
+        segments = torch.zeros((batch, width_t), dtype=torch.long) if segmented else None
         for i, (prompt, sample) in enumerate(rows):
             n, t = len(prompt), len(sample.completion_ids)
             prompt_ids[i, width_p - n :] = torch.tensor(prompt)
@@ -100,7 +107,9 @@ class Experience:
                 mask[i, :t] = torch.tensor(model, dtype=torch.float32) if model is not None else 1.0
                 if context_mask is not None:
                     context_mask[i, :t] = 1.0 - mask[i, :t]
+                if segments is not None and getattr(sample, "segment_ids", None):
+                    segments[i, :t] = torch.tensor(sample.segment_ids)
             for position, reward in getattr(sample, "turn_rewards", None) or []:
                 turn_rewards[i, position] += reward
         return cls(prompt_ids, prompt_mask, completion_ids, mask, rollout_logp, truncated, context_mask=context_mask,
-                   turn_rewards=turn_rewards)
+                   turn_rewards=turn_rewards, segments=segments)

@@ -10,8 +10,19 @@ Token in, token out: a call's messages are rendered with the chat template (and 
 the episode; a call whose messages extend the conversation as served (its messages, then the reply it got) appends
 just the new messages' tokens, as the template writes them after the model's turn (Renderer.environment_tokens), mask
 0; the sampled tokens are the engine's own, never re-tokenized, with their logprobs. A call that rewrote its history
-(a summary, a dropped turn) starts a new segment (counted in `rollout/agent_segments`); this version trains the last
-segment of an episode only. Tool calls are read by vLLM's tool parsers, as in episodes.
+(a summary, a dropped turn) starts a new segment (counted in `rollout/agent_segments`), rendered afresh. Tool calls are
+read by vLLM's tool parsers, as in episodes.
+
+Every segment trains, each as a sequence of its own, with the episode's reward. The episode stays one sample (one
+row of the batch): its later segments follow the first in its completion, each opened by its own prompt as
+environment tokens (mask 0), and `segment_ids` marks which token is whose; the learner scores each segment on its
+own tokens only, positions from 0 (`Experience.segments`, rlhf/training/segments.py). So the reward is the
+episode's, scored once, and every estimator sees one row per episode: group statistics (GRPO, RLOO, ...) are over
+the G episodes of a row, however many segments each has, and every segment's tokens carry their episode's
+advantage; token-level estimators (GAE, REINFORCE++) credit the episode's reward at its last model token and carry
+it back over the earlier segments as over turns. `env.max_episode_tokens` counts every segment's tokens, later
+prompts included. Reward functions see the last segment's conversation (`prompt`, `completions`) and the whole
+row's `completion_ids`.
 
 A step's episodes advance together: once every live agent waits on a call (or finished), their calls go to the
 engines as one batched generate call, so a step costs about as many generate calls as its longest episode has turns.
@@ -56,8 +67,24 @@ class Pending:
 
 @dataclass
 class AgentEpisode(Episode):
+    """An `Episode` whose completion may hold several segments: the first continues `prompt_ids`, each later one
+    (a history the agent rewrote) opens with its own prompt as environment tokens (mask 0). `segment_ids` gives each
+    completion token its segment; the learner scores each segment as a sequence of its own (`Experience.segments`)."""
+
     failed: str | None = None  # why the agent's episode failed (it raised, hung or broke a limit)
     segments: int = 0  # conversations the agent started afresh (1: it only ever extended its first)
+    segment_ids: list[int] = field(default_factory=list)  # per completion token: its segment, from 0
+    segment_start: int = 0  # where the current segment's tokens begin in completion_ids (its prompt's first)
+
+    def add(self, tokens: list[int], logprobs: list[float] | None, versions: list[int] | None = None) -> None:
+        super().add(tokens, logprobs, versions)
+        self.segment_ids += [max(self.segments - 1, 0)] * len(tokens)
+
+    def context(self) -> list[int]:
+        """The current segment's tokens so far: what the engine continues."""
+        if self.segments <= 1:
+            return self.prompt_ids + self.completion_ids
+        return self.completion_ids[self.segment_start:]
 
 
 @dataclass
@@ -127,23 +154,40 @@ class AgentRunner:
                    and history[:len(session.history)] == session.history)
         if extends:
             new = call.messages[len(session.history):]
-            tokens = self.renderer.environment_tokens(session.stop, new) if new else []
-            if len(episode.completion_ids) + len(tokens) >= self.env.max_episode_tokens:
-                raise RequestError(f"this episode's tokens would pass env.max_episode_tokens="
-                                   f"{self.env.max_episode_tokens}")
-            episode.add(tokens, None)
+            self._extend(episode, self.renderer.environment_tokens(session.stop, new) if new else [])
             episode.messages += new
         else:  # the first call, or a history the agent rewrote: a segment of its own
-            ids = self._prompt_ids(call.messages, call.tools)
-            if len(ids) > self.cfg.data.max_prompt_tokens:
-                raise RequestError(f"the prompt has {len(ids)} tokens, more than data.max_prompt_tokens="
-                                   f"{self.cfg.data.max_prompt_tokens}")
-            episode.prompt_ids, episode.prompt, episode.messages = ids, call.messages, []
-            episode.completion_ids, episode.logprobs, episode.model_mask, episode.versions = [], [], [], None
-            episode.segments += 1
+            self._open_segment(episode, self._prompt_ids(call.messages, call.tools))
+            episode.prompt, episode.messages = call.messages, []
+        return self._pending(episode, call.max_tokens, future, call)
+
+    def _extend(self, episode: AgentEpisode, tokens: list[int]) -> None:
+        """The environment's tokens between the model's turns of a segment (mask 0)."""
+        if len(episode.completion_ids) + len(tokens) >= self.env.max_episode_tokens:
+            raise RequestError(f"this episode's tokens would pass env.max_episode_tokens={self.env.max_episode_tokens}")
+        episode.add(tokens, None)
+
+    def _open_segment(self, episode: AgentEpisode, ids: list[int]) -> None:
+        """The episode's first prompt, or a later segment's: its prompt tokens open it as environment tokens (mask 0)
+        after the earlier segments, every segment's tokens counting against env.max_episode_tokens."""
+        if len(ids) > self.cfg.data.max_prompt_tokens:
+            raise RequestError(f"the prompt has {len(ids)} tokens, more than data.max_prompt_tokens="
+                               f"{self.cfg.data.max_prompt_tokens}")
+        if episode.segments == 0:
+            episode.prompt_ids = ids
+        else:
+            if len(episode.completion_ids) + len(ids) >= self.env.max_episode_tokens:
+                raise RequestError(f"this episode's tokens with a new segment's prompt of {len(ids)} tokens would pass "
+                                   f"env.max_episode_tokens={self.env.max_episode_tokens}")
+            episode.segment_start = len(episode.completion_ids)
+        episode.segments += 1
+        if episode.segments > 1:
+            episode.add(ids, None)
+
+    def _pending(self, episode: AgentEpisode, max_tokens: int | None, future, call) -> Pending:
         room = self.env.max_episode_tokens - len(episode.completion_ids)
-        budget = min(call.max_tokens or self.cfg.rollout.max_new_tokens, self.cfg.rollout.max_new_tokens, room)
-        return Pending(episode.prompt_ids + episode.completion_ids, budget, future, call)
+        budget = min(max_tokens or self.cfg.rollout.max_new_tokens, self.cfg.rollout.max_new_tokens, room)
+        return Pending(episode.context(), budget, future, call)
 
     def _prompt_ids(self, messages: list[dict], schemas: list[dict]) -> list[int]:
         """A conversation rendered afresh: the tools in the template's `tools=`, or in the system message for

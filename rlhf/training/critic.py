@@ -16,17 +16,22 @@ from rlhf.experience import Experience
 from rlhf.training.policy import NonFiniteLossError
 from rlhf.training.memory import learner_preflight
 from rlhf.training.lora import add_adapter
+from rlhf.training.segments import per_segment
 from rlhf.training.deepspeed_engine import (backward_and_step, load_learner_model, load_training_state, make_engine,
                                             save_training_state)
 
 
-def completion_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int):
+def completion_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int,
+                      segments: torch.Tensor | None = None):
     """[B, T] value of the state before each completion token (the position that predicts it); [B, T, K]
-    with K value heads."""
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    values = out[:, -completion_len - 1 : -1].float()
-    return values[..., 0] if values.shape[-1] == 1 else values
+    with K value heads. `segments`: several sequences in a row, each valued on its own (rlhf/training/segments.py)."""
+    def forward(input_ids, attention_mask):
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        values = out[:, -completion_len - 1 : -1].float()
+        return values[..., 0] if values.shape[-1] == 1 else values
+
+    return per_segment(forward, input_ids, attention_mask, completion_len, segments)
 
 
 class CriticLearner:
@@ -52,7 +57,7 @@ class CriticLearner:
         self.engine.eval()
         experience = experience.to(self.device)
         values = torch.cat([
-            completion_values(self.engine, p.input_ids, p.attention_mask, p.completion_ids.shape[1])
+            completion_values(self.engine, p.input_ids, p.attention_mask, p.completion_ids.shape[1], p.segments)
             for p in experience.split(self.micro_batch_size)
         ])
         return (values * (experience.mask if values.dim() == 2 else experience.mask[..., None])).cpu()
@@ -68,7 +73,7 @@ class CriticLearner:
                 for part in mini.rank_share(self.rank, self.world).split(self.micro_batch_size):
                     part = part.to(self.device)
                     values = completion_values(self.engine, part.input_ids, part.attention_mask,
-                                               part.completion_ids.shape[1])
+                                               part.completion_ids.shape[1], part.segments)
                     token_losses = clipped_value_loss(values, part.values, part.returns, self.algo.critic.value_clip)
                     if token_losses.dim() == 3:  # one value head per objective: their losses averaged
                         token_losses = token_losses.mean(-1)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.models.loading import takes_4d_mask
+from rlhf.training.segments import per_segment
 
 # Longest packed row (tokens) that takes more than one completion. The packed row's attention runs under a dense
 # [L, L] mask, so its cost grows with L squared while the saving (one prompt for several completions) does not;
@@ -13,8 +14,9 @@ PACKED_ROW_TOKENS = 1024
 
 
 def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int,
-                        temperature: float = 1.0) -> torch.Tensor:
-    """[B, T] logprobs of the last `completion_len` tokens of `input_ids`, each given everything before it.
+                        temperature: float = 1.0, segments: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T] logprobs of the last `completion_len` tokens of `input_ids`, each given everything before it (in its
+    segment, where `segments` [B, T] lays several sequences in a row: rlhf/training/segments.py).
 
     Rows of a group share their prompt, so the group goes through the model as one packed row: the prompt
     once, then its completions side by side, each completion seeing the prompt and its own earlier tokens
@@ -24,6 +26,9 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     is the target's logit minus the log-sum-exp (no second [B, T, V] tensor of log-softmax values). Logits are
     divided by the sampling temperature so the result is the distribution the engine sampled.
     """
+    if segments is not None:
+        return per_segment(lambda ids, mask: completion_logprobs(model, ids, mask, completion_len, temperature),
+                           input_ids, attention_mask, completion_len, segments)
     if not takes_4d_mask(model):  # FlashAttention-2: one plain row per sequence
         return plain_completion_logprobs(model, input_ids, attention_mask, completion_len, temperature)
     packed = PackedGroups.build(input_ids, attention_mask, completion_len)
@@ -118,6 +123,7 @@ class PackedGroups:
 def batch_logprobs(model, experience, micro_batch_size: int, temperature: float) -> torch.Tensor:
     """[B, T] logprobs of a whole batch's completions, micro-batch by micro-batch, 0 past each completion's end."""
     return torch.cat([
-        completion_logprobs(model, part.input_ids, part.attention_mask, part.completion_ids.shape[1], temperature)
+        completion_logprobs(model, part.input_ids, part.attention_mask, part.completion_ids.shape[1], temperature,
+                            part.segments)
         for part in experience.split(micro_batch_size)
     ]) * experience.mask

@@ -85,7 +85,7 @@ class PolicyLearner:
                 for part in mini.rank_share(self.rank, self.world).split(self.micro_batch_size):
                     part = part.to(self.device)
                     logp = completion_logprobs(self.engine, part.input_ids, part.attention_mask,
-                                               part.completion_ids.shape[1], self.temperature)
+                                               part.completion_ids.shape[1], self.temperature, part.segments)
                     output = policy_objective(LossInputs(
                         logp=logp, old_logp=logp.detach() if on_policy else part.old_logp,
                         rollout_logp=part.rollout_logp, ref_logp=part.ref_logp, advantages=part.advantages,

@@ -56,7 +56,8 @@ def test_an_agents_tokens_are_the_engines_with_the_learners_logprobs(engine, tin
 def test_an_agent_that_rewrites_its_history_starts_a_segment_and_a_sync_agent_runs_in_a_thread(engine, tiny_model):
     groups, runner = play(engine, tiny_model, "rewrites")
     assert [e.segments for e in groups[0]] == [2, 2] and all(e.env_reward == {"said": 0.5} for e in groups[0])
-    assert all(e.prompt[0]["content"].startswith("Earlier you said") for e in groups[0])  # the last segment trains
+    # reward functions see the last segment's conversation (every segment trains: test_agent_segments.py)
+    assert all(e.prompt[0]["content"].startswith("Earlier you said") for e in groups[0])
     groups, _ = play(engine, tiny_model, "sync_agent")
     assert all(e.turns == 1 and not e.failed for e in groups[0])
 
