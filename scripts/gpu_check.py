@@ -156,7 +156,7 @@ def async_partial(out: Path) -> list[str]:
 
 def multi_turn(out: Path) -> list[str]:
     return vllm_run(out, ("prompts_per_step=2", "eval.every=0", "rollout.max_new_tokens=16", "env.max_turns=3",
-                          "env.max_episode_tokens=128"), task=("experiment=guess_number", "model=tiny"))
+                          "env.max_episode_tokens=128", "sft.steps=0"), task=("experiment=guess_number", "model=tiny"))
 
 
 def dapo_one_step_off(out: Path) -> list[str]:

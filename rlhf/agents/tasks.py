@@ -35,6 +35,11 @@ class GuessNumber:
     def get_reward(self) -> float:
         return max(0.0, 1.0 - 0.1 * (self.guesses - 1)) if self.solved else 0.0
 
+    @classmethod
+    def most_guesses(cls) -> int:
+        """Guesses bisection needs at most to find any number of the range (7 for 1..100)."""
+        return (cls.HIGH - cls.LOW + 1).bit_length()
+
 
 class GoOn:
     """A benchmark environment: answers every turn with "Go on.", so an episode has exactly `env.max_turns` turns
