@@ -300,3 +300,23 @@ def sync_agent(client, row):
     reply = client.chat.completions.create(model="policy", messages=[{"role": "user", "content": row["question"]}],
                                            max_tokens=4)
     return float(len(reply.choices[0].message.content or "") > 0)
+
+
+async def completes(client, row):
+    """A legacy-completions agent (/v1/completions): a text prompt, then that text with the reply and an
+    observation appended (the same segment), then a prompt of token ids, streamed (a segment of its own)."""
+    prompt = f"Q: {row['question']}\nA:"
+    first = await client.completions.create(model="policy", prompt=prompt, max_tokens=5, logprobs=0)
+    extended = prompt + first.choices[0].text + "\nObservation: 5\nA:"
+    second = await client.completions.create(model="policy", prompt=extended, max_tokens=5, logprobs=0)
+    stream = await client.completions.create(model="policy", prompt=[5, 6, 7, 8], max_tokens=4, stream=True,
+                                             stream_options={"include_usage": True})
+    chunks = [chunk async for chunk in stream]
+    SEEN.append([prompt, extended, first, second, chunks])
+    return 1.0
+
+
+async def stops_at_newline(client, row):
+    """A completion cut at a stop string."""
+    SEEN.append(await client.completions.create(model="policy", prompt="Count:", max_tokens=8, stop="\n", logprobs=0))
+    return 1.0

@@ -13,6 +13,15 @@ just the new messages' tokens, as the template writes them after the model's tur
 (a summary, a dropped turn) starts a new segment (counted in `rollout/agent_segments`), rendered afresh. Tool calls are
 read by vLLM's tool parsers, as in episodes.
 
+`/v1/completions` (legacy text completions) is served alike, with no template: a text prompt that starts with the
+text served so far (the segment's last prompt and its reply) appends just its new text's tokens (mask 0), token ids
+that start with the segment's tokens so far append the rest; anything else opens a new segment (text tokenized as
+vLLM's completions do, ids as given). The stop token a turn ended on stays in the context (the reply's text omits it,
+as OpenAI's does). A `stop` string ends the reply's text before it, and its tokens before the one where it begins:
+the later tokens were sampled but are neither returned nor trained. Reward functions see each reply as an assistant
+message and the agent's text between replies as a user message. A chat call after a text one, or a text one after a
+chat one, opens a segment (token ids may extend either).
+
 Every segment trains, each as a sequence of its own, with the episode's reward. The episode stays one sample (one
 row of the batch): its later segments follow the first in its completion, each opened by its own prompt as
 environment tokens (mask 0), and `segment_ids` marks which token is whose; the learner scores each segment on its
@@ -44,7 +53,16 @@ import traceback
 from dataclasses import dataclass, field, replace
 
 from rlhf.agents.episodes import Episode, source_columns
-from rlhf.agents.openai_api import ChatCall, RequestError, assistant_message, chat_response, comparable
+from rlhf.agents.openai_api import (
+    ChatCall,
+    RequestError,
+    TextCall,
+    assistant_message,
+    chat_response,
+    comparable,
+    completion_response,
+    stop_cut,
+)
 from rlhf.agents.rendering import SYSTEM_TOOLS, Renderer
 from rlhf.agents.tools import event_loop
 from rlhf.imports import import_object
@@ -96,6 +114,7 @@ class Session:
     row: dict
     episode: AgentEpisode = field(default_factory=lambda: AgentEpisode([], [], "", False))
     history: list | None = None  # the conversation as served: the last call's messages and the reply, comparable
+    text: str | None = None  # the text as served by /v1/completions: the last prompt and its reply
     tools: list | None = None
     stop: int | None = None  # the last turn's stop token (None: cut short)
     pending: Pending | None = None
@@ -130,7 +149,7 @@ class AgentRunner:
 
     # ---- the endpoint's side (its loop's thread)
 
-    async def serve(self, key: str, call: ChatCall) -> dict:
+    async def serve(self, key: str, call: ChatCall | TextCall) -> dict:
         with self.cond:
             session = self.sessions.get(key)
         if session is None or session.done:
@@ -139,16 +158,19 @@ class AgentRunner:
         for name in call.ignored:
             self._warn_once(name, f"the agent's {name} is ignored: the run samples at rollout.{name}, which the "
                                   "learner scores at")
-        pending = self._prepare(session, call, asyncio.get_running_loop().create_future())
+        if session.episode.turns >= self.env.max_turns:
+            raise RequestError(f"this episode made its env.max_turns={self.env.max_turns} calls")
+        chat = isinstance(call, ChatCall)
+        future = asyncio.get_running_loop().create_future()
+        pending = self._prepare(session, call, future) if chat else self._prepare_text(session, call, future)
         with self.cond:
             session.pending = pending
             self.cond.notify_all()
-        return self._respond(session, pending, await pending.future)
+        sample = await pending.future
+        return self._respond(session, pending, sample) if chat else self._respond_text(session, pending, sample)
 
     def _prepare(self, session: Session, call: ChatCall, future) -> Pending:
         episode = session.episode
-        if episode.turns >= self.env.max_turns:
-            raise RequestError(f"this episode made its env.max_turns={self.env.max_turns} calls")
         history = [comparable(m) for m in call.messages]
         extends = (session.history is not None and call.tools == session.tools
                    and history[:len(session.history)] == session.history)
@@ -184,6 +206,51 @@ class AgentRunner:
         if episode.segments > 1:
             episode.add(ids, None)
 
+    def _prepare_text(self, session: Session, call: TextCall, future) -> Pending:
+        """A /v1/completions call: a text prompt that starts with the text served so far (the last prompt and its
+        reply) extends the segment by its new text's tokens (mask 0); token ids that start with the segment's tokens
+        so far extend it by the rest. Anything else opens a segment: the text tokenized as vLLM's completions do
+        (with the tokenizer's special tokens), or the ids as given."""
+        episode, prompt = session.episode, call.prompt
+        if isinstance(prompt, list):
+            if max(prompt) >= len(self.tokenizer):
+                raise RequestError(f"prompt holds token id {max(prompt)}, past the vocabulary of {len(self.tokenizer)}",
+                                   "prompt")
+            so_far = episode.context() if episode.segments else None
+            if so_far is not None and prompt[:len(so_far)] == so_far:
+                new, tokens = None, prompt[len(so_far):]
+                self._extend(episode, tokens)
+            else:
+                self._open_segment(episode, list(prompt))
+                new, episode.prompt, episode.messages = None, self.tokenizer.decode(prompt), []
+        elif session.text is not None and prompt.startswith(session.text):
+            new = prompt[len(session.text):]
+            self._extend(episode, self.renderer.encode(new) if new else [])
+        else:
+            self._open_segment(episode, self.tokenizer(prompt)["input_ids"])
+            new, episode.prompt, episode.messages = None, prompt, []
+        if new:  # reward functions see the agent's text between the replies as the user's turns
+            episode.messages.append({"role": "user", "content": new})
+        return self._pending(episode, call.max_tokens, future, call)
+
+    def _respond_text(self, session: Session, pending: Pending, sample) -> dict:
+        episode, call = session.episode, pending.call
+        ids, logprobs, versions, truncated = sample.completion_ids, sample.logprobs, sample.versions, sample.truncated
+        decode = lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True)
+        kept = stop_cut(ids, decode, call.stop) if call.stop else None
+        if kept is not None:  # the tokens from the one where the stop string begins are dropped
+            ids, logprobs, truncated = ids[:kept], logprobs[:kept], False
+            versions = versions[:kept] if versions is not None else None
+        episode.add(ids, logprobs, versions)
+        episode.turns += 1
+        text = decode(ids)
+        episode.messages.append(assistant_message(text, []))
+        session.text = call.prompt + text if isinstance(call.prompt, str) else None
+        session.history, session.stop = None, None  # a chat call after this one starts a segment of its own
+        tokens = [self.tokenizer.decode([i]) for i in ids] if call.logprobs else None
+        return completion_response(text, "length" if truncated else "stop", len(pending.prompt_ids), len(ids),
+                                   logprobs if call.logprobs else None, tokens, "policy")
+
     def _pending(self, episode: AgentEpisode, max_tokens: int | None, future, call) -> Pending:
         room = self.env.max_episode_tokens - len(episode.completion_ids)
         budget = min(max_tokens or self.cfg.rollout.max_new_tokens, self.cfg.rollout.max_new_tokens, room)
@@ -214,11 +281,11 @@ class AgentRunner:
         message = assistant_message(content, calls)
         episode.messages.append(message)
         session.history = [comparable(m) for m in pending.call.messages] + [comparable(message)]
-        session.tools = pending.call.tools
+        session.tools, session.text = pending.call.tools, None  # a text prompt after this one starts a segment
         finish = "tool_calls" if calls else ("length" if sample.truncated else "stop")
         tokens = [self.tokenizer.decode([i]) for i in ids] if pending.call.logprobs else None
         return chat_response(message, finish, len(pending.prompt_ids), sample.logprobs if tokens else None, tokens,
-                             "policy")
+                             "policy", len(ids))
 
     # ---- the driver's side
 
