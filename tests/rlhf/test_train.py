@@ -47,6 +47,9 @@ def test_smoke_experiment_from_the_command_line(tmp_path):
     assert "non-default args" in rollout_log  # vLLM's INFO lines are in the engine's own log
     assert {p.name for p in (out / "logs").iterdir()} == {"rollout-0.log", "reward-0.log", "policy-0.log",
                                                           "reference-0.log", "driver.log"}
+    # a clean stop leaves no traceback in any role's log (the reward actor once printed a SystemExit at shutdown)
+    for log in (out / "logs").iterdir():
+        assert "Traceback" not in log.read_text() and "SystemExit" not in log.read_text(), log.name
 
 
 def test_unknown_override_fails_fast_and_names_the_key(tmp_path):
