@@ -84,7 +84,7 @@ def main() -> None:
         work = args.out / "trl"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        trl = run_trl(ensure_trl_venv(), rows, model, args, args.prompts, 0.0, 2, work)
+        trl = run_trl(ensure_trl_venv(), rows, model, args, args.prompts, 0.0, 2, args.dtype, work)
         one = next(r for r in results if r["turns"] == 1)
         one["trl"], one["speedup"] = trl, one["ours"]["samples_per_second"] / trl["samples_per_second"]
         print(f"TRL   1 turn: {trl['seconds_per_step']:.2f} s/step, {trl['samples_per_second']:.3f} episodes/s; ours/TRL "
