@@ -28,7 +28,12 @@ class CheckpointWriteError(OSError):
 
 
 def checkpoint_path(root: str | Path, step: int) -> Path:
+    """`step-000010`; a warm start's steps are negative (`step--00003`: rlhf/sft/warm_start.py)."""
     return Path(root) / f"step-{step:06d}"
+
+
+def step_of(path: Path) -> int:
+    return int(path.name.removeprefix("step-"))
 
 
 def complete_checkpoints(root: str | Path) -> list[Path]:
@@ -37,7 +42,7 @@ def complete_checkpoints(root: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.glob("step-*") if p.is_dir() and (p / DRIVER_STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    return sorted(found, key=step_of)
 
 
 def find_checkpoint(resume: str | None, root: str | Path) -> Path | None:
@@ -110,10 +115,18 @@ def set_aside(path: Path) -> Path:
 
 def check_no_later_checkpoints(root: str | Path, step: int) -> None:
     """Refuse to start where checkpoints past `step` exist: this run would overwrite or prune them."""
-    later = [p.name for p in complete_checkpoints(root) if int(p.name.split("-")[1]) > step]
+    later = [p.name for p in complete_checkpoints(root) if step_of(p) > step]
     if later:
         raise FileExistsError(f"{root} already holds checkpoints {later} of an earlier run; continue it with "
                               "resume=auto, or give this run another output_dir or checkpoint.dir")
+
+
+def save_learners(actors, folder: Path) -> None:
+    """Every rank of the policy and critic learners (`actors.launch.Actors`) writes its state into `folder`."""
+    import ray
+
+    learners = {"policy": actors.policy, "critic": actors.critic}
+    ray.get([ref for name, group in learners.items() if group for ref in group.call("save_checkpoint", str(folder / name))])
 
 
 def save_checkpoint(root: str | Path, step: int, write_learners: Callable[[Path], None], driver_state: dict,

@@ -28,6 +28,7 @@ from rlhf.checkpoint import (
     read_driver_state,
     remove_unfinished,
     save_checkpoint,
+    save_learners,
 )
 from rlhf.config import Config, settings_that_cannot_act
 from rlhf.console import configure_driver_logging, eval_line, final_summary, startup_summary
@@ -46,6 +47,7 @@ from rlhf.rollout.schedules import make_schedule
 from rlhf.rollout.scoring import reward_columns
 from rlhf.rollout.sources import rollout_source
 from rlhf.rollout.timing import PhaseTimer
+from rlhf.sft.warm_start import PHASE as WARM_START
 from rlhf.sft.warm_start import WarmStart
 from rlhf.stopping import StopRequest
 from rlhf.models import resolve_model_path
@@ -121,7 +123,9 @@ class Trainer:
         if self.state and cfg.algo.critic.enabled and not (self.resume_from / "critic").is_dir():
             raise ValueError(f"{self.resume_from} holds no critic but algo.critic.enabled is true: resume with the "
                              "algorithm the checkpoint was written with")
-        check_no_later_checkpoints(self.checkpoints, self.state["step"] if self.state else -1)
+        check_resumable(self.resume_from, self.state, self.warm_start is not None)
+        # a fresh run's first checkpoint is its warm start's first step (negative), or step 0
+        check_no_later_checkpoints(self.checkpoints, self.state["step"] if self.state else -cfg.sft.steps - 1)
         remove_unfinished(self.checkpoints)
 
         # before any actor: an actor that cannot be built would be retried
@@ -188,8 +192,8 @@ class Trainer:
         metrics, step, unscorable_steps = {}, first_step, 0
         try:
             for step in bar:
-                if self.stop.requested:  # the stop came during the start-up: no step, no final weights
-                    self.stop.after_step = step - 1
+                if self.stop.requested:  # stopped during the start-up or the warm start: no step, no final weights
+                    self.stop.after_step = step - 1 if self.stop.after_step is None else self.stop.after_step
                     return metrics
                 timer = PhaseTimer()
                 groups, sampling_metrics, experience = self.schedule.next(step, timer)
@@ -237,9 +241,9 @@ class Trainer:
                 self.prompts, self.output_dir / "reference_rewards.json")
         if self.cfg.preflight.enabled:
             memory_preflight(self.actors, self.cfg, self.prompts, self.output_dir)
-        if not self.state:
+        if not self.state or self.state.get("phase") == WARM_START:  # fresh, or stopped during the warm start
             if self.warm_start:
-                self.warm_start.run(self)
+                self.warm_start.run(self, self.state)  # stopped during it: the loop takes no step
             return 0
         restore(self.actors, self.resume_from, self.state, self.schedule, self.kl_control, self.reward_moments)
         self.weight_sync.push()
@@ -317,11 +321,6 @@ def checkpoint_due(step: int, cfg: Config) -> bool:
     every = cfg.checkpoint.every
     regular = every > 0 and ((step + 1) % every == 0 or step == cfg.steps - 1)
     return regular or (cfg.checkpoint.keep_best is not None and evaluation_due(step + 1, cfg))
-
-
-def save_learners(actors: Actors, folder: Path) -> None:
-    learners = {"policy": actors.policy, "critic": actors.critic}
-    ray.get([ref for name, group in learners.items() if group for ref in group.call("save_checkpoint", str(folder / name))])
 
 
 def restore(actors: Actors, folder: Path, state: dict, schedule, kl_control: KLController,
@@ -466,6 +465,16 @@ def check_model_fits(model_path: str, cfg: Config) -> None:
         budget = "env.max_episode_tokens" if cfg.env.enabled else "rollout.max_new_tokens"
         raise ValueError(f"data.max_prompt_tokens + {budget} = {needed} exceeds the model's context "
                          f"of {context} tokens; lower one of them")
+
+
+def check_resumable(folder: Path | None, state: dict | None, warm_start: bool) -> None:
+    """An RL run resumes an RL run's checkpoint, or one its warm start wrote (then it needs its warm start)."""
+    if state is None:
+        return
+    if state.get("phase") == WARM_START and not warm_start:
+        raise ValueError(f"{folder} was written during a warm start (sft.steps > 0): resume it with its sft settings")
+    if "sft" in state and state.get("phase") != WARM_START:
+        raise ValueError(f"{folder} was written by an algo=sft run: resume it with algo=sft")
 
 
 def check_overlap_route(mode: str, route: str) -> None:

@@ -21,10 +21,10 @@ from actors.launch import Actors, engine_sleeps, launch_actors
 from actors.learner_group import RankDied
 from actors.weight_sync import make_route
 from rlhf.checkpoint import check_no_later_checkpoints, find_checkpoint, read_driver_state, remove_unfinished, \
-    save_checkpoint
+    save_checkpoint, save_learners
 from rlhf.config import Config, settings_that_cannot_act
 from rlhf.console import eval_line
-from rlhf.driver import Trainer, check_model_fits, checkpoint_due, connect_ray, save_learners
+from rlhf.driver import Trainer, check_model_fits, checkpoint_due, connect_ray
 from rlhf.evaluation import Evaluator
 from rlhf.evaluation import due as evaluation_due
 from rlhf.models import resolve_model_path
@@ -36,6 +36,7 @@ from rlhf.rollout.timing import PhaseTimer
 from rlhf.sft import steps as sft_steps
 from rlhf.sft.data import demonstration_sets
 from rlhf.sft.plots import SftMetricsLog, sft_final_summary
+from rlhf.sft.warm_start import PHASE as WARM_START
 from rlhf.stopping import StopRequest
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,9 @@ class SftTrainer:
         self.checkpoints = Path(cfg.checkpoint.dir or self.output_dir / "checkpoints").absolute()
         self.resume_from = find_checkpoint(cfg.resume, self.checkpoints)
         self.state = read_driver_state(self.resume_from) if self.resume_from else None
-        if self.state and "sft" not in self.state:
-            raise ValueError(f"{self.resume_from} was written by an RL run: resume it with its algorithm")
+        if self.state and ("sft" not in self.state or self.state.get("phase") == WARM_START):
+            raise ValueError(f"{self.resume_from} was written by an RL run (or its warm start): resume it with its "
+                             "algorithm")
         check_no_later_checkpoints(self.checkpoints, self.state["step"] if self.state else -1)
         remove_unfinished(self.checkpoints)
         if self.eval_prompts is not None:  # the eval's scorers, before any actor

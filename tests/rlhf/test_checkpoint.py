@@ -24,6 +24,16 @@ def test_keeps_the_newest_and_resume_auto_finds_it(tmp_path):
     assert (newest / "policy" / "weights.bin").read_bytes() == b"w"
 
 
+def test_a_warm_starts_negative_steps_come_before_the_rl_steps(tmp_path):
+    for step in (-3, -1, 0, -2):
+        save_checkpoint(tmp_path, step, write_weights, {"step": step}, keep_last=3)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step--00002", "step--00001", "step-000000"]
+    assert find_checkpoint("auto", tmp_path).name == "step-000000"
+    check_no_later_checkpoints(tmp_path, 0)
+    with pytest.raises(FileExistsError, match="step--00001"):
+        check_no_later_checkpoints(tmp_path, -3)  # a fresh run with a 3-step warm start: its first step is -3
+
+
 def test_a_crash_during_a_save_leaves_the_previous_checkpoint_usable(tmp_path):
     save_checkpoint(tmp_path, 4, write_weights, {"step": 4}, keep_last=1)
 

@@ -1,12 +1,16 @@
 """A warm start inside an RL run: SFT steps on the same learner, then GRPO from those weights, pushed to the engine;
-the reference is the warm-started policy. Both phases in metrics.jsonl."""
+the reference is the warm-started policy. Both phases in metrics.jsonl. A run stopped during the warm start resumes
+in it and continues as the uninterrupted run did."""
 
 import json
+import signal
 
 import pytest
 
 from rlhf.config import compose_config, load_config
 from rlhf.driver import run
+from rlhf.sft import steps as sft_steps
+from rlhf.stopping import StopRequest
 
 pytestmark = pytest.mark.integration
 
@@ -16,20 +20,24 @@ def write(path, rows):
     return path
 
 
-def test_rl_starts_from_the_warm_started_policy(ray_cluster, tiny_model, tmp_path):
+def test_rl_starts_from_the_warm_started_policy_and_a_resume_lands_in_the_warm_start(ray_cluster, tiny_model, tmp_path,
+                                                                                     monkeypatch):
     task = write(tmp_path / "task.jsonl", [{"prompt": f"Repeat the letter a, request {i}.",
                                            "references": ["a a a a a a a a a a"]} for i in range(16)])
     demos = write(tmp_path / "demos.jsonl", [{"prompt": f"Repeat the letter a, request {i}.",
                                              "completion": "a a a a a a a a a a"} for i in range(16)])
-    cfg = load_config(compose_config(
-        "model=path", f"model.path={tiny_model}", "data=file", f"data.path={task}", "prompts_per_step=2",
-        "algo.group_size=4", "rollout.max_new_tokens=12", "train.lr=1e-3", "train.micro_batch_size=8",
-        "algo.kl.beta=0.01", "steps=2", "eval.every=2", "eval.held_out=2", "logging.progress_bar=false",
-        "sft.steps=6", "sft.lr=1e-2", "sft.batch_size=8", f"sft.data={{path: {demos}}}",
-        f"output_dir={tmp_path / 'run'}"))
-    run(cfg)
+
+    def config(out, *overrides):
+        return load_config(compose_config(
+            "model=path", f"model.path={tiny_model}", "data=file", f"data.path={task}", "prompts_per_step=2",
+            "algo.group_size=4", "rollout.max_new_tokens=12", "train.lr=1e-3", "train.micro_batch_size=8",
+            "algo.kl.beta=0.01", "steps=2", "eval.every=2", "eval.held_out=2", "logging.progress_bar=false",
+            "sft.steps=6", "sft.lr=1e-2", "sft.batch_size=8", f"sft.data={{path: {demos}}}", "checkpoint.every=4",
+            f"output_dir={tmp_path / out}", *overrides))
+
+    run(config("run"))
     out = tmp_path / "run"
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = records(out)
     sft = [h for h in lines if h.get("phase") == "sft"]
     rl = [h for h in lines if h.get("phase") == "rl"]
     assert [h["step"] for h in sft] == list(range(-6, 0)) and [h["step"] for h in rl] == [0, 1, 2]
@@ -43,3 +51,36 @@ def test_rl_starts_from_the_warm_started_policy(ray_cluster, tiny_model, tmp_pat
     assert (out / "warm_start" / "config.json").exists()
     # no reference actor: the policy actor holds the warm-started copy
     assert not (out / "logs" / "reference-0.log").exists()
+
+    # stopped after the warm start's third step (a checkpoint of it, on_stop), resumed: it lands in the warm start,
+    # continues it, then the RL phase, exactly as the run above went
+    stop, real_train, done = StopRequest(), sft_steps.train, []
+
+    def train_then_stop(*args):
+        metrics = real_train(*args)
+        done.append(1)
+        if len(done) == 3:
+            stop.signal = signal.SIGTERM
+        return metrics
+
+    monkeypatch.setattr(sft_steps, "train", train_then_stop)
+    run(config("parts", "logging.wandb_mode=disabled"), stop)
+    parts = tmp_path / "parts"
+    assert stop.after_step == -4 and [h["step"] for h in records(parts)] == [-6, -5, -4]
+    assert sorted(p.name for p in (parts / "checkpoints").iterdir()) == ["step--00004"]
+    monkeypatch.setattr(sft_steps, "train", real_train)
+    run(config("parts", "logging.wandb_mode=disabled", "resume=auto"))
+    resumed = records(parts)
+    assert [h["step"] for h in resumed] == [h["step"] for h in lines]
+    sft_keys = ["sft/loss", "sft/token_accuracy", "grad_norm", "lr"]
+    assert [[h[k] for k in sft_keys] for h in resumed if h.get("phase") == "sft"] == \
+        [[h[k] for k in sft_keys] for h in sft]
+    rl_keys = ["reward", "loss", "grad_norm", "rollout_kl", "logprob_gap"]
+    assert [h[k] for h in resumed if "reward" in h for k in rl_keys] == \
+        pytest.approx([h[k] for h in rl if "reward" in h for k in rl_keys], abs=1e-6)
+    # warm-start checkpoints at steps -4 (the stop), -3 (every 4), -1 (its last), then the RL run's last: 2 kept
+    assert sorted(p.name for p in (parts / "checkpoints").iterdir()) == ["step--00001", "step-000001"]
+
+
+def records(folder) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
