@@ -126,7 +126,8 @@ def save_learners(actors, folder: Path) -> None:
     import ray
 
     learners = {"policy": actors.policy, "critic": actors.critic}
-    ray.get([ref for name, group in learners.items() if group for ref in group.call("save_checkpoint", str(folder / name))])
+    ray.get([ref for name, group in learners.items() if group
+             for ref in group.call("save_checkpoint", str(folder / name))])
 
 
 def save_checkpoint(root: str | Path, step: int, write_learners: Callable[[Path], None], driver_state: dict,

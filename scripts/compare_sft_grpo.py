@@ -41,7 +41,8 @@ from training_runs import train  # noqa: E402  (python -m rlhf.train in a subpro
 
 ARMS = {"sft": "SFT on the references", "grpo": "GRPO with BLEU", "sft_then_grpo": "SFT then GRPO"}
 # --tiny: the tiny random model on the default data (experiment=smoke), a few seconds of training per arm
-TINY = ["experiment=smoke", "steps=2", "eval.every=1", "eval.held_out=2", "rollout.engine=hf", "preflight.enabled=false"]
+TINY = ["experiment=smoke", "steps=2", "eval.every=1", "eval.held_out=2", "rollout.engine=hf",
+        "preflight.enabled=false"]
 # every run: nothing the comparison does not read
 QUIET = ["logging.wandb_mode=disabled", "logging.progress_bar=false", "save_final=false", "checkpoint.every=0"]
 
@@ -165,7 +166,7 @@ def plot(runs: list[dict], path: Path, p: dict) -> Path:
 
 
 def main(argv: list[str] | None = None, runner=train) -> dict:
-    """`runner(overrides, out, what) -> metrics lines`: how one run is made (a subprocess; the test's runs in-process)."""
+    """`runner(overrides, out, what) -> metrics lines`: how one run is made (a subprocess; the test runs in-process)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 for every arm")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps of every arm (default: the config's)")
