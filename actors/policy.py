@@ -86,3 +86,9 @@ class PolicyActor(LearnerRank):
 
     def load_reference(self, folder: str, bf16: bool | None, attn_implementation: str) -> None:
         sft_learner.load_reference(self.learner, folder, bf16, attn_implementation)
+
+    def sft_preflight(self, rows: int, length: int, targets: int) -> dict:
+        return sft_learner.preflight(self.learner, rows, length, targets)
+
+    def warm_start_preflight(self, prompt_len: int, completion_len: int, case: tuple, reference: tuple | None) -> dict:
+        return sft_learner.warm_start_preflight(self.learner, prompt_len, completion_len, case, reference)

@@ -240,7 +240,7 @@ class Trainer:
             self.sampler.reference_rewards = self.sampler.estimate_reference_rewards(
                 self.prompts, self.output_dir / "reference_rewards.json")
         if self.cfg.preflight.enabled:
-            memory_preflight(self.actors, self.cfg, self.prompts, self.output_dir)
+            memory_preflight(self.actors, self.cfg, self.prompts, self.output_dir, self.warm_start, self.model_path)
         if not self.state or self.state.get("phase") == WARM_START:  # fresh, or stopped during the warm start
             if self.warm_start:
                 self.warm_start.run(self, self.state)  # stopped during it: the loop takes no step
@@ -332,24 +332,46 @@ def restore(actors: Actors, folder: Path, state: dict, schedule, kl_control: KLC
     reward_moments.load_state_dict(state["reward_moments"])
 
 
-def memory_preflight(actors: Actors, cfg: Config, prompts: PromptStream, output_dir: Path) -> None:
+def memory_preflight(actors: Actors, cfg: Config, prompts: PromptStream, output_dir: Path,
+                     warm_start: WarmStart | None = None, model_path: str | None = None) -> None:
     """Each role runs its heaviest work once at the longest lengths (the longest prompt of the data, the full
     token budget); if the peaks of the roles sharing a node exceed `preflight.memory_fraction` of it, stop now
-    with every role's number rather than when the OOM killer strikes mid-run. Writes preflight.json."""
+    with every role's number rather than when the OOM killer strikes mid-run. Writes preflight.json.
+    With a warm start the policy ranks first run its heaviest SFT micro-batch, then the RL work holding the frozen
+    copy of the warm-started policy that is the reference (sft.reference=policy; the model folder's shapes)."""
     started = time.perf_counter()
     longest = prompts.longest()
     longest = longest + longest[-1:] * prompts.reserved_tokens  # an episode's prompt: the tools' descriptions too
-    sampling = SamplingSettings(cfg.completion_budget(), cfg.rollout.temperature, cfg.rollout.top_p, seed=0,
-                                ignore_eos=True)
-    per_engine = math.ceil(cfg.prompts_per_step / len(actors.rollouts))
-    pending = [engine.preflight.remote([longest] * per_engine, cfg.algo.group_size, sampling)
-               for engine in actors.rollouts]
-    pending += [actor.preflight.remote() for actor in [actors.reward, *actors.reward_models.values()] if actor]
+    pending = rollout_preflight(actors, cfg, longest, cfg.prompts_per_step, cfg.algo.group_size,
+                                cfg.completion_budget())
     lengths = (len(longest), cfg.completion_budget())
     if actors.reference:
         pending += actors.reference.preflight(*lengths)
-    for group in filter(None, (actors.policy, actors.critic)):
+    if warm_start is not None:
+        frozen = ((model_path, cfg.train.bf16, cfg.train.attn_implementation) if cfg.sft.reference == "policy"
+                  else None)
+        pending += actors.policy.call("warm_start_preflight", *lengths, warm_start.preflight_case(), frozen)
+    for group in filter(None, (actors.policy if warm_start is None else None, actors.critic)):
         pending += group.call("preflight", *lengths)
+    check_preflight(pending, cfg, output_dir, started)
+
+
+def rollout_preflight(actors: Actors, cfg: Config, prompt: list[int], prompts: int, samples: int,
+                      max_tokens: int) -> list:
+    """The engines' pre-flight (`prompts` copies of `prompt`, shared among them, `samples` each, `max_tokens` each,
+    EOS ignored) and the scorers' (reward functions, reward models)."""
+    sampling = SamplingSettings(max_tokens, cfg.rollout.temperature, cfg.rollout.top_p, seed=0, ignore_eos=True)
+    pending = []
+    if actors.rollouts:
+        per_engine = math.ceil(prompts / len(actors.rollouts))
+        pending += [engine.preflight.remote([prompt] * per_engine, samples, sampling) for engine in actors.rollouts]
+    scorers = [actors.reward, actors.eval_reward, *actors.reward_models.values()]
+    return pending + [actor.preflight.remote() for actor in scorers if actor]
+
+
+def check_preflight(pending: list, cfg: Config, output_dir: Path, started: float) -> None:
+    """The roles' pre-flight reports (and the driver's), written to preflight.json and checked against the nodes' and
+    GPUs' memory: a run that would not fit stops here naming every role's peak."""
     reports = [*ray.get(pending), memory.report("driver", memory.peak_rss_gib())]
     write_text_atomically(output_dir / "preflight.json", json.dumps(reports, indent=1))
     log.info("memory pre-flight (%.0f s): %s", time.perf_counter() - started, ", ".join(

@@ -228,8 +228,14 @@ class Demonstrations:
         return max(self.table["_length"])
 
     def targets(self) -> int:
-        masks = [r["_mask"] for r in self.table] if isinstance(self.table, list) else self.table["_mask"]
-        return sum(sum(m) for m in masks)
+        return sum(sum(m) for m in self._masks())
+
+    def most_targets(self) -> int:
+        """The most target tokens of one demonstration."""
+        return max(sum(m) for m in self._masks())
+
+    def _masks(self):
+        return [r["_mask"] for r in self.table] if isinstance(self.table, list) else self.table["_mask"]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}

@@ -15,7 +15,8 @@ import torch
 from rlhf.sft.batching import packed, pad
 from rlhf.sft.data import Sequences
 from rlhf.sft.loss import correct, shifted_targets, step_loss, token_losses
-from rlhf.training.deepspeed_engine import backward_and_step
+from rlhf.training.deepspeed_engine import backward_and_step, full_state_dict
+from rlhf.training.memory import learner_preflight
 
 
 class NonFiniteSftLossError(ValueError):
@@ -130,3 +131,33 @@ def load_reference(learner, folder: str, bf16: bool | None, attn_implementation:
     dtype = torch.bfloat16 if resolve_bf16(bf16, learner.device) else torch.float32
     model = load_model(AutoModelForCausalLM, folder, dtype, attn_implementation, learner.device).eval()
     learner.frozen_reference = model.requires_grad_(False)
+
+
+def preflight(learner, rows: int, length: int, targets: int) -> dict:
+    """The memory pre-flight of an SFT run (and of a warm start): a push's gather (an evaluation pushes the weights),
+    then the heaviest micro-batch, `rows` demonstrations of `length` tokens whose last `targets` positions go through
+    the LM head, forward and backward, with the gradients and optimizer state added from the parameter count
+    (rlhf/training/memory.py)."""
+    state = full_state_dict(learner.engine)
+    del state
+    learner.release_push_memory()
+
+    def forward(module, ids, mask, _):
+        return module(input_ids=ids, attention_mask=mask, logits_to_keep=targets).logits
+
+    return learner_preflight(learner.engine, forward, rows, 0, length, role=f"policy rank {learner.rank}")
+
+
+def warm_start_preflight(learner, prompt_len: int, completion_len: int, case: tuple, reference: tuple | None) -> dict:
+    """An RL run's policy rank with a warm start: the warm start's heaviest micro-batch (`case`, see `preflight`), then
+    the RL pre-flight while holding the frozen copy of the warm-started policy the RL phase keeps as its reference
+    (`reference`: load_reference's arguments, the model folder standing in for the warm-started one; None with
+    sft.reference=base). Peaks are high-water marks: the report is the larger of the two phases."""
+    preflight(learner, *case)
+    if reference is not None:
+        load_reference(learner, *reference)
+    try:
+        report = learner.preflight(prompt_len, completion_len)
+    finally:
+        learner.frozen_reference = None
+    return {**report, "frozen_reference": reference is not None}

@@ -16,6 +16,19 @@ def check_budget(cfg, *sets: Demonstrations | None) -> None:
                          "tokens): raise it, or lower data.max_prompt_tokens and the completion budget")
 
 
+def preflight_case(cfg, demos: Demonstrations, held_out: Demonstrations | None = None) -> tuple[int, int, int]:
+    """The memory pre-flight's SFT micro-batch, (rows, length, targets of each row): the heaviest a step (or the
+    held-out evaluation) can plan: rows of the longest demonstration, as many as the token budget holds (or
+    train.micro_batch_size), at most a rank's share of a step's demonstrations (or of the held-out ones), each with
+    as many targets as any demonstration has."""
+    sets = [d for d in (demos, held_out) if d is not None]
+    longest = max(d.longest() for d in sets)
+    budget = cfg.train.max_tokens_per_micro_batch
+    rows = budget // longest if budget is not None else cfg.train.micro_batch_size
+    most = max(cfg.sft.batch_size, len(held_out) if held_out is not None else 0)  # one plan's demonstrations
+    return max(1, min(rows, -(-most // cfg.train.ranks))), longest, max(d.most_targets() for d in sets)
+
+
 def plan(sequences: Sequences, cfg) -> list:
     try:
         return plan_micro_batches(sequences.lengths, cfg.train.max_tokens_per_micro_batch, cfg.train.micro_batch_size,

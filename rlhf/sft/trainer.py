@@ -24,7 +24,7 @@ from rlhf.checkpoint import check_no_later_checkpoints, find_checkpoint, read_dr
     save_checkpoint, save_learners
 from rlhf.config import Config, settings_that_cannot_act
 from rlhf.console import eval_line
-from rlhf.driver import Trainer, check_model_fits, checkpoint_due, connect_ray
+from rlhf.driver import Trainer, check_model_fits, check_preflight, checkpoint_due, connect_ray, rollout_preflight
 from rlhf.evaluation import Evaluator
 from rlhf.evaluation import due as evaluation_due
 from rlhf.models import resolve_model_path
@@ -74,8 +74,8 @@ class SftTrainer:
         check_model_fits(self.model_path, cfg)
         # the evaluation's generation: single turns, or episodes (the demonstrations' tools)
         self.source = rollout_source(None, cfg, tokenizer) if cfg.eval.every else None
-        overhead = self.source.prompt_overhead() if self.source is not None else 0
-        self.demos, self.held_out, self.eval_prompts = demonstration_sets(cfg, tokenizer, overhead)
+        self.overhead = self.source.prompt_overhead() if self.source is not None else 0
+        self.demos, self.held_out, self.eval_prompts = demonstration_sets(cfg, tokenizer, self.overhead)
         sft_steps.check_budget(cfg, self.demos, self.held_out)
 
         self.checkpoints = Path(cfg.checkpoint.dir or self.output_dir / "checkpoints").absolute()
@@ -188,6 +188,8 @@ class SftTrainer:
         return metrics
 
     def prepare(self) -> int:
+        if self.cfg.preflight.enabled:
+            self.memory_preflight()
         if not self.state:
             return 0
         ray.get(self.actors.policy.call("load_checkpoint", str(self.resume_from / "policy")))
@@ -195,6 +197,22 @@ class SftTrainer:
         self.pushed = False
         log.info("resumed from %s: continuing at step %d", self.resume_from, self.state["step"] + 1)
         return self.state["step"] + 1
+
+    def memory_preflight(self) -> None:
+        """As an RL run's (rlhf/driver.py::memory_preflight): the policy ranks run the heaviest SFT micro-batch (of a
+        step, or of the held-out evaluation), the engines the evaluation's generation (every held-out prompt at the
+        longest one's length, eval.samples each, the whole budget), the scorers theirs; stops a run that would not
+        fit before its first step."""
+        cfg, started = self.cfg, time.perf_counter()
+        prompt, count = [], 0
+        if self.eval_prompts is not None:
+            prompt = max(self.eval_prompts.token_ids, key=len)
+            prompt = prompt + prompt[-1:] * self.overhead  # an episode's prompt: the tools' descriptions too
+            count = len(self.eval_prompts.token_ids)
+        pending = rollout_preflight(self.actors, cfg, prompt, count, cfg.eval.samples,
+                                    cfg.eval.max_new_tokens or cfg.completion_budget())
+        pending += self.actors.policy.call("sft_preflight", *sft_steps.preflight_case(cfg, self.demos, self.held_out))
+        check_preflight(pending, cfg, self.output_dir, started)
 
     def learn(self, indices: list[int]) -> dict[str, float]:
         metrics = sft_steps.train(self.actors.policy, self.demos.sequences(indices), self.cfg)

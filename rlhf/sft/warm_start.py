@@ -44,6 +44,10 @@ class WarmStart:
         sft_steps.check_budget(cfg, self.demos)
         self.folder = Path(cfg.output_dir).absolute() / FOLDER
 
+    def preflight_case(self) -> tuple[int, int, int]:
+        """The heaviest SFT micro-batch of the warm start (the memory pre-flight's case)."""
+        return sft_steps.preflight_case(self.cfg, self.demos)
+
     def summary(self) -> str:
         s = self.cfg.sft
         return (f"warm start: {s.steps} SFT steps of {s.batch_size} demonstrations at lr {s.lr:g} ({len(self.demos)} "

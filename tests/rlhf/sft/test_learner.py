@@ -90,3 +90,38 @@ def test_the_step_learns(learner_factory, tiny_model):
     plan = plan_micro_batches(seqs.lengths, 20, 8, 1)
     losses = [train_step(learner, seqs, plan, seqs.targets)["sft/loss"] for _ in range(8)]
     assert losses[-1] < losses[0] * 0.5, losses
+
+
+def test_the_warm_start_pre_flight_holds_the_frozen_reference_through_the_rl_work(learner_factory, tiny_model,
+                                                                                  monkeypatch):
+    """A warm-started RL run's policy rank: the heaviest SFT micro-batch (its rows, length and targets), then the RL
+    pre-flight while the frozen copy of the warm-started policy is held, which is let go afterwards."""
+    import rlhf.sft.learner as sft_learner
+
+    learner = learner_factory()
+    seen = {}
+    real_sft, real_rl = sft_learner.learner_preflight, learner.preflight
+
+    def sft_case(engine, forward, *args, **kwargs):
+        def recorded(*inputs):
+            logits = forward(*inputs)
+            seen["logits"] = tuple(logits.shape)
+            return logits
+
+        return real_sft(engine, recorded, *args, **kwargs)
+
+    def rl(prompt_len, completion_len):
+        seen["frozen during RL"] = learner.frozen_reference is not None
+        return real_rl(prompt_len, completion_len)
+
+    monkeypatch.setattr(sft_learner, "learner_preflight", sft_case)
+    monkeypatch.setattr(learner, "preflight", rl)
+    report = sft_learner.warm_start_preflight(learner, 8, 5, (3, 20, 6), (tiny_model, False, "sdpa"))
+    vocab = learner.engine.module.config.vocab_size
+    assert seen == {"logits": (3, 6, vocab), "frozen during RL": True}
+    assert report["frozen_reference"] and report["peak_gib"] > 0 and learner.frozen_reference is None
+    # sft.reference=base: no copy held
+    seen.clear()
+    assert not sft_learner.warm_start_preflight(learner, 8, 5, (3, 20, 6), None)["frozen_reference"]
+    assert seen["frozen during RL"] is False
+

@@ -56,6 +56,10 @@ def test_sft_memorises_a_tiny_set_and_evaluates_on_the_engines(ray_cluster, tiny
     assert sorted(p.name for p in (out / "logs").glob("*.log") if p.name != "driver.log") == \
         ["policy-0.log", "reward-0.log", "rollout-0.log"]
     assert (out / "final" / "config.json").exists() and (out / "reward_curve.png").exists()
+    # the memory pre-flight of an RL run: every role's peak, the policy's at the heaviest SFT micro-batch
+    reports = {r["role"]: r for r in json.loads((out / "preflight.json").read_text())}
+    assert set(reports) == {"policy rank 0", "rollout", "reward functions", "driver"}
+    assert all(r["peak_gib"] > 0.1 for r in reports.values())
 
 
 def test_an_sft_resume_continues_identically(ray_cluster, tiny_model, tmp_path):

@@ -49,8 +49,10 @@ def test_rl_starts_from_the_warm_started_policy_and_a_resume_lands_in_the_warm_s
     # the engine's), and the reference is that same policy: no KL at the first step
     assert first["logprob_gap"] < 1e-4 and abs(first["rollout_kl"]) < 1e-3
     assert (out / "warm_start" / "config.json").exists()
-    # no reference actor: the policy actor holds the warm-started copy
+    # no reference actor: the policy actor holds the warm-started copy, which its pre-flight held too
     assert not (out / "logs" / "reference-0.log").exists()
+    reports = {r["role"]: r for r in json.loads((out / "preflight.json").read_text())}
+    assert "reference" not in reports and reports["policy rank 0"]["frozen_reference"] is True
 
     # stopped after the warm start's third step (a checkpoint of it, on_stop), resumed: it lands in the warm start,
     # continues it, then the RL phase, exactly as the run above went
