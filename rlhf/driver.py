@@ -236,14 +236,17 @@ class Trainer:
 
     def prepare(self) -> int:
         """Everything before the first step; returns that step."""
-        if self.aggregation.needs_reference_rewards:  # from the initial policy: before any checkpoint is loaded
-            self.sampler.reference_rewards = self.sampler.estimate_reference_rewards(
-                self.prompts, self.output_dir / "reference_rewards.json")
         if self.cfg.preflight.enabled:
             memory_preflight(self.actors, self.cfg, self.prompts, self.output_dir, self.warm_start, self.model_path)
-        if not self.state or self.state.get("phase") == WARM_START:  # fresh, or stopped during the warm start
-            if self.warm_start:
-                self.warm_start.run(self, self.state)  # stopped during it: the loop takes no step
+        fresh = not self.state or self.state.get("phase") == WARM_START  # or stopped during the warm start
+        if fresh and self.warm_start and not self.warm_start.run(self, self.state):
+            return 0  # stopped during the warm start: the loop takes no step
+        if self.aggregation.needs_reference_rewards:
+            # LSC's r_ref from the initial policy: the warm-started one when there is a warm start (the engines hold it
+            # now), before any RL update; a resume of an RL checkpoint reads them back from their file
+            self.sampler.reference_rewards = self.sampler.estimate_reference_rewards(
+                self.prompts, self.output_dir / "reference_rewards.json")
+        if fresh:
             return 0
         restore(self.actors, self.resume_from, self.state, self.schedule, self.kl_control, self.reward_moments)
         self.weight_sync.push()

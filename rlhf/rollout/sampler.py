@@ -104,8 +104,8 @@ class Sampler:
 
     def estimate_reference_rewards(self, prompts: PromptStream, cache: Path) -> dict[str, torch.Tensor]:
         """LSC's r_ref per prompt: the `reward.lsc.quantile` of each objective over `reward.lsc.ref_samples`
-        samples of the initial policy. Covers every prompt the run can draw; cached in `cache` for resumes.
-        Must run before any weight update reaches the engines."""
+        samples of the initial policy (after a warm start the warm-started one). Covers every prompt the run can draw;
+        cached in `cache` for resumes. Must run before any RL update reaches the engines."""
         lsc, labels = self.cfg.reward.lsc, self.cfg.reward.objective_labels()
         table = {}
         if cache.exists():

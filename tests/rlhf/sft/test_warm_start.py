@@ -1,6 +1,6 @@
 """A warm start inside an RL run: SFT steps on the same learner, then GRPO from those weights, pushed to the engine;
-the reference is the warm-started policy. Both phases in metrics.jsonl. A run stopped during the warm start resumes
-in it and continues as the uninterrupted run did."""
+the reference is the warm-started policy, LSC's r_ref its rewards. Both phases in metrics.jsonl. A run stopped during
+the warm start resumes in it and continues as the uninterrupted run did."""
 
 import json
 import signal
@@ -33,7 +33,7 @@ def test_rl_starts_from_the_warm_started_policy_and_a_resume_lands_in_the_warm_s
             "algo.group_size=4", "rollout.max_new_tokens=12", "train.lr=1e-3", "train.micro_batch_size=8",
             "algo.kl.beta=0.01", "steps=2", "eval.every=2", "eval.held_out=2", "logging.progress_bar=false",
             "sft.steps=6", "sft.lr=1e-2", "sft.batch_size=8", f"sft.data={{path: {demos}}}", "checkpoint.every=4",
-            f"output_dir={tmp_path / out}", *overrides))
+            "reward.aggregation=lsc", "reward.lsc.ref_samples=2", f"output_dir={tmp_path / out}", *overrides))
 
     run(config("run"))
     out = tmp_path / "run"
@@ -53,6 +53,11 @@ def test_rl_starts_from_the_warm_started_policy_and_a_resume_lands_in_the_warm_s
     assert not (out / "logs" / "reference-0.log").exists()
     reports = {r["role"]: r for r in json.loads((out / "preflight.json").read_text())}
     assert "reference" not in reports and reports["policy rank 0"]["frozen_reference"] is True
+    # LSC's r_ref (each prompt's 0.85 quantile of BLEU over 2 samples of the initial policy) is the warm-started
+    # policy's, which writes the a's; the model folder's greedy BLEU is near 0
+    r_ref = json.loads((out / "reference_rewards.json").read_text())
+    assert len(r_ref) == 4 and sum(v[0] for v in r_ref.values()) / 4 > sft[0]["eval/bleu"] + 0.25, r_ref
+    assert all(h["reward"] < 0 for h in rl if "reward" in h)  # log sigmoid(BLEU - r_ref)
 
     # stopped after the warm start's third step (a checkpoint of it, on_stop), resumed: it lands in the warm start,
     # continues it, then the RL phase, exactly as the run above went
@@ -80,6 +85,7 @@ def test_rl_starts_from_the_warm_started_policy_and_a_resume_lands_in_the_warm_s
     rl_keys = ["reward", "loss", "grad_norm", "rollout_kl", "logprob_gap"]
     assert [h[k] for h in resumed if "reward" in h for k in rl_keys] == \
         pytest.approx([h[k] for h in rl if "reward" in h for k in rl_keys], abs=1e-6)
+    assert json.loads((parts / "reference_rewards.json").read_text()) == pytest.approx(r_ref)  # after the resumed warm start
     # warm-start checkpoints at steps -4 (the stop), -3 (every 4), -1 (its last), then the RL run's last: 2 kept
     assert sorted(p.name for p in (parts / "checkpoints").iterdir()) == ["step--00001", "step-000001"]
 
