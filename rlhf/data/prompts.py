@@ -155,6 +155,38 @@ class PromptBatch:
     texts: list[str]  # the templated prompt text
 
 
+class ShuffledEpochs:
+    """Endless epochs over `size` indices, each in its own seeded shuffle; its cursor (epoch, position) is all the
+    state a resume needs. Prompts (PromptStream) and demonstrations (rlhf/sft/data.py) are drawn through one."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch, self.position = size, seed, 0, 0
+        self._order = self._shuffled(0)
+
+    def _shuffled(self, epoch: int) -> list[int]:
+        order = list(range(self.size))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def draw(self, size: int) -> list[int]:
+        """The next `size` indices, moving the cursor."""
+        picked = []
+        while len(picked) < size:
+            if self.position == len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._shuffled(self.epoch)
+            picked.append(self._order[self.position])
+            self.position += 1
+        return picked
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._shuffled(self.epoch)
+
+
 class PromptStream:
     """Endless shuffled epochs over the rows; its cursor (epoch, position) is all the state a resume needs.
     A prompt longer than `max_prompt_tokens` stops the run or is dropped (`bad_rows`, as `data.bad_rows`)."""
@@ -167,7 +199,6 @@ class PromptStream:
         given as a message list keeps its roles. `reserved_tokens`: what an episode's prompt adds to every row's (the
         tools' descriptions), counted against `max_prompt_tokens`. `names`: the rows' `RowNames` from where they were
         loaded, which name an over-long prompt (without: its 1-based row)."""
-        self.seed, self.epoch, self.position = seed, 0, 0
         self.reserved_tokens = reserved_tokens
         render = Renderer(tokenizer, system_prompt, chat_template, dict(chat_template_kwargs or {}), max_prompt_tokens,
                           reserved_tokens)
@@ -180,7 +211,7 @@ class PromptStream:
         self.table = keep_good(table, BadRows(bad_rows), "the data (over-long prompts)", names or unnamed)
         self.columns = [c for c in (self.table.column_names if not isinstance(self.table, list) else self.table[0])
                         if c not in HIDDEN]
-        self._order = self._shuffled(0)
+        self.cursor = ShuffledEpochs(len(self.table), seed)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -208,31 +239,18 @@ class PromptStream:
         lengths = self.table.with_format("numpy")["_length"][:]  # a lazy column: sliced, it is read at once
         return self.batch([int(lengths.argmax())]).token_ids[0]
 
-    def _shuffled(self, epoch: int) -> list[int]:
-        order = list(range(len(self)))
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        return order
-
     def draw(self, size: int) -> list[int]:
         """The indices of the next `size` rows, moving the cursor."""
-        picked = []
-        while len(picked) < size:
-            if self.position == len(self._order):
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._shuffled(self.epoch)
-            picked.append(self._order[self.position])
-            self.position += 1
-        return picked
+        return self.cursor.draw(size)
 
     def next_batch(self, size: int) -> PromptBatch:
         return self.batch(self.draw(size))
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        return self.cursor.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self._order = self._shuffled(self.epoch)
+        self.cursor.load_state_dict(state)
 
 
 class Renderer:

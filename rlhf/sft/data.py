@@ -14,12 +14,11 @@ follows `data.bad_rows`, or with `data.truncate` its end past the budget is cut 
 """
 
 import logging
-import random
 from dataclasses import dataclass, replace
 
 from rlhf.data.bad_rows import BadRows
-from rlhf.data.prompts import PromptBatch, PromptStream, _fingerprint, as_columns, as_rows, hold_out, keep_good, \
-    read_chat_template
+from rlhf.data.prompts import PromptBatch, PromptStream, ShuffledEpochs, _fingerprint, as_columns, as_rows, hold_out, \
+    keep_good, read_chat_template
 from rlhf.data.row_names import ROW, RowNames
 from rlhf.data.sources import file_rows, reasoning_gym_rows
 from rlhf.sft.rendering import Conversation, DemonstrationError, DemonstrationRenderer, conversation
@@ -181,30 +180,18 @@ class Sequences:
 
 
 class Demonstrations:
-    """Endless shuffled epochs over prepared demonstrations; its cursor (epoch, position) is all a resume needs (as
-    `PromptStream`'s)."""
+    """Endless shuffled epochs over prepared demonstrations, drawn by index through the cursor prompts use
+    (`ShuffledEpochs`: its (epoch, position) is all a resume needs)."""
 
     def __init__(self, table, seed: int):
-        self.table, self.seed, self.epoch, self.position = table, seed, 0, 0
-        self._order = self._shuffled(0)
+        self.table = table
+        self.cursor = ShuffledEpochs(len(table), seed)
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def _shuffled(self, epoch: int) -> list[int]:
-        order = list(range(len(self)))
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        return order
-
     def draw(self, size: int) -> list[int]:
-        picked = []
-        while len(picked) < size:
-            if self.position == len(self._order):
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._shuffled(self.epoch)
-            picked.append(self._order[self.position])
-            self.position += 1
-        return picked
+        return self.cursor.draw(size)
 
     def sequences(self, indices) -> Sequences:
         indices = list(indices)
@@ -238,11 +225,10 @@ class Demonstrations:
         return [r["_mask"] for r in self.table] if isinstance(self.table, list) else self.table["_mask"]
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        return self.cursor.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self._order = self._shuffled(self.epoch)
+        self.cursor.load_state_dict(state)
 
 
 def eval_prompts(cfg, rows: list[dict], tokenizer, reserved_tokens: int = 0) -> PromptBatch:
