@@ -158,10 +158,14 @@ def final_summary(history: list[dict], seconds: float, output_dir: str) -> str:
     mean = lambda rows: sum(h["reward"] for h in rows) / len(rows)  # noqa: E731
     lines = [f"{len(steps)} steps in {seconds / 60:.1f} min ({per_step:.1f} s/step); reward {mean(first):.4g} -> "
              f"{mean(last):.4g} (means of the first and last {len(first)} steps)"]
-    evals = [h for h in history if any(k.startswith("eval/") for k in h)]
-    if evals:
-        keys = [k for k in evals[0] if k.startswith("eval/") and k != "eval/length"]
-        lines.append("eval: " + ", ".join(f"{k} {evals[0][k]:.4g} -> {evals[-1][k]:.4g}" for k in keys
-                                          if k in evals[-1]))
-    lines.append(f"outputs in {output_dir}")
+    lines += filter(None, [eval_progress(history), f"outputs in {output_dir}"])
     return "\n".join(lines)
+
+
+def eval_progress(history: list[dict]) -> str | None:
+    """The held-out figures of the first evaluation and of the last (an RL run's summary, and an SFT run's)."""
+    evals = [h for h in history if any(k.startswith("eval/") for k in h)]
+    if not evals:
+        return None
+    keys = [k for k in evals[0] if k.startswith("eval/") and k != "eval/length"]
+    return "eval: " + ", ".join(f"{k} {evals[0][k]:.4g} -> {evals[-1][k]:.4g}" for k in keys if k in evals[-1])

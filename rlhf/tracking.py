@@ -159,24 +159,35 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     evaluated = [k for k in dict.fromkeys(k for h in history for k in h) if k.startswith("eval/") and k != "eval/length"]
     if evaluated:
         panels.append(("eval (held-out prompts)", evaluated))
-    fig, axes = _pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
-    for ax, (title, keys) in zip(axes, panels):
+    return draw_panels(history, panels, path, line_with_trend, legend_from=2)
+
+
+def draw_panels(history: list[dict], panels: list[tuple[str, list[str]]], path: Path, line,
+                legend_from: int = 1) -> Path:
+    """One row of panels, each (title, keys): every key's values against the step, drawn by `line(ax, key, steps,
+    values)`; a legend where a panel has `legend_from` keys or more. The RL run's curves and the SFT run's."""
+    fig, axes = _pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels):
         for key in keys:
-            steps = [h["step"] for h in history if key in h]
-            values = [h[key] for h in history if key in h]
-            line, = ax.plot(steps, values, label=key, alpha=0.5, marker="." if len(steps) < 50 else None)
-            if len(values) >= 10:  # per-step values are noisy: draw the trend over it
-                window = max(5, len(values) // 10)
-                trend = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
-                         for i in range(len(values))]
-                ax.plot(steps, trend, color=line.get_color(), linewidth=2, label=f"{key} (mean of {window})")
+            points = [(h["step"], h[key]) for h in history if key in h]
+            line(ax, key, [s for s, _ in points], [v for _, v in points])
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if len(keys) > 1:
+        if len(keys) >= legend_from:
             ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def line_with_trend(ax, key: str, steps: list, values: list) -> None:
+    """The values, faint, and from 10 of them on (per-step values are noisy) their running mean over it."""
+    line, = ax.plot(steps, values, label=key, alpha=0.5, marker="." if len(steps) < 50 else None)
+    if len(values) >= 10:
+        window = max(5, len(values) // 10)
+        trend = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+                 for i in range(len(values))]
+        ax.plot(steps, trend, color=line.get_color(), linewidth=2, label=f"{key} (mean of {window})")
 
 
 def _plain(value):

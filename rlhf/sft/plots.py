@@ -4,7 +4,8 @@ summary."""
 import math
 from pathlib import Path
 
-from rlhf.tracking import MetricsLog, _pyplot, _save
+from rlhf.console import eval_progress
+from rlhf.tracking import MetricsLog, draw_panels
 
 
 class SftMetricsLog(MetricsLog):
@@ -28,17 +29,13 @@ def plot_sft(history: list[dict], path: Path) -> Path:
         panels.append(("eval (held-out prompts)", evaluated))
     if any("reward" in h for h in history):
         panels.append(("reward (RL phase)", ["reward"]))
-    fig, axes = _pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    for ax, (title, keys) in zip(axes[0], panels):
-        for key in keys:
-            points = [(h["step"], h[key]) for h in history if key in h and not _nan(h[key])]
-            ax.plot([s for s, _ in points], [v for _, v in points], label=key, marker="." if len(points) < 50 else None)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return draw_panels(history, panels, path, _line)
+
+
+def _line(ax, key: str, steps: list, values: list) -> None:
+    """The values without the NaN ones (a step whose figure could not be computed), one point each when few."""
+    points = [(s, v) for s, v in zip(steps, values) if not _nan(v)]
+    ax.plot([s for s, _ in points], [v for _, v in points], label=key, marker="." if len(points) < 50 else None)
 
 
 def _nan(value) -> bool:
@@ -57,10 +54,5 @@ def sft_final_summary(history: list[dict], seconds: float, output_dir: str) -> s
              f"training); loss {mean(steps[:n], 'sft/loss'):.4g} -> {mean(steps[-n:], 'sft/loss'):.4g}, token accuracy "
              f"{mean(steps[:n], 'sft/token_accuracy'):.3f} -> {mean(steps[-n:], 'sft/token_accuracy'):.3f} (means of the "
              f"first and last {n} steps)"]
-    evals = [h for h in history if any(k.startswith("eval/") for k in h)]
-    if evals:
-        keys = [k for k in evals[0] if k.startswith("eval/") and k != "eval/length"]
-        lines.append("eval: " + ", ".join(f"{k} {evals[0][k]:.4g} -> {evals[-1][k]:.4g}" for k in keys
-                                          if k in evals[-1]))
-    lines.append(f"outputs in {output_dir}")
+    lines += filter(None, [eval_progress(history), f"outputs in {output_dir}"])
     return "\n".join(lines)
