@@ -94,11 +94,16 @@ def resolve_precision(cfg, model_path: str, cache: Path):
     chosen and why, or None when nothing was open)."""
     from transformers import AutoConfig
 
-    open_learners = [role for role in ("train", "critic") if getattr(cfg, role).bf16 is None
-                     and not getattr(cfg, role).num_gpus]
+    # a critic that is not built has nothing to measure for
+    learners = ("train", "critic") if cfg.algo.critic.enabled else ("train",)
+    open_learners = [role for role in learners if getattr(cfg, role).bf16 is None and not getattr(cfg, role).num_gpus]
     open_engine = cfg.rollout.dtype == "auto" and not cfg.rollout.num_gpus
     if not open_learners and not open_engine:
         return cfg, None
+    if not open_learners and cfg.train.bf16 is not None:  # the engine follows the learner's set precision: no probe
+        dtype = "bfloat16" if cfg.train.bf16 else "float32"
+        return (replace(cfg, rollout=replace(cfg.rollout, dtype=dtype)),
+                f"{'bf16' if cfg.train.bf16 else 'fp32'} as set; the engine follows the learner")
     model = AutoConfig.from_pretrained(model_path)
     hidden = model.hidden_size
     if hidden < MIN_HIDDEN:

@@ -35,7 +35,7 @@ def config(*overrides):
 
 def test_bf16_where_the_probe_finds_it_faster_fp32_where_slower(tmp_path, timings):
     model = model_folder(tmp_path, 576)
-    cfg, why = precision.resolve_precision(config(), model, tmp_path / "faster.json")
+    cfg, why = precision.resolve_precision(config("algo=ppo"), model, tmp_path / "faster.json")
     assert cfg.train.bf16 is True and cfg.critic.bf16 is True and cfg.rollout.dtype == "bfloat16"
     assert why.startswith("bf16 on the CPU") and "100.0 ms in fp32, 50.0 ms in bf16 (2.00x" in why
     timings.update(bf16=0.2)
@@ -62,8 +62,13 @@ def test_a_setting_the_config_makes_is_kept_and_gpu_roles_are_not_probed(tmp_pat
     cfg, why = precision.resolve_precision(config("train.bf16=false", "critic.bf16=false", "rollout.dtype=float32"),
                                            model, tmp_path / "p.json")
     assert why is None and timings["calls"] == 0 and cfg.train.bf16 is False
-    cfg, _ = precision.resolve_precision(config("train.bf16=false"), model, tmp_path / "p.json")
-    assert cfg.rollout.dtype == "float32"  # the engine follows the learner's own choice, not the probe's
+    cfg, why = precision.resolve_precision(config("train.bf16=false"), model, tmp_path / "p.json")
+    # the engine follows the learner's own choice, not the probe's (none is run), and the summary says so
+    assert cfg.rollout.dtype == "float32" and timings["calls"] == 0
+    assert startup_summary(cfg, {}, "shm", why).splitlines()[-1] == (
+        "precision: fp32 as set; the engine follows the learner (train.bf16=False, rollout.dtype=float32)")
+    cfg, why = precision.resolve_precision(config("train.bf16=false", "algo=ppo"), model, tmp_path / "p.json")
+    assert cfg.critic.bf16 is True and cfg.rollout.dtype == "float32"  # the critic's choice is open: measured
     cfg, _ = precision.resolve_precision(config("train.num_gpus=1", "critic.num_gpus=1", "rollout.num_gpus=1"),
                                          model, tmp_path / "p.json")
     assert cfg.train.bf16 is None and cfg.rollout.dtype == "auto"  # on a GPU: bf16 there, as before
