@@ -120,7 +120,12 @@ def test_gpu_routes_ask_the_actors_where_they_compute(ray_cluster, tiny_model, t
     with pytest.raises(WeightSyncTimeout, match=r"route shm: policy rank 0 did not finish writing the weight file "
                                                 r"within rollout.sync_timeout_s=0.001 s"):
         route.push()
-    route.loading = [(0, rollout.pause.remote(), [rollout.load_weights.remote(route.folder, 1)])]
+    # the timed-out write goes on in the background: a whole push first, so that the reload below finds a complete
+    # file (it raced the write on a busy machine: "file not found" instead of the timeout under test)
+    route.timeout_s = 60
+    route.push()
+    route.timeout_s = 1e-3
+    route.loading = [(0, rollout.pause.remote(), [rollout.load_weights.remote(route.folder, 2)])]  # a new version
     with pytest.raises(WeightSyncTimeout, match=r"route shm: rollout engine 0 did not finish reloading"):
         route.wait_for_reloads()
     route.timeout_s = 60
