@@ -117,16 +117,11 @@ class Trainer:
         # sft.steps > 0: supervised steps on demonstrations before the RL steps (rlhf/sft/warm_start.py)
         self.warm_start = WarmStart(cfg, tokenizer) if cfg.sft.steps else None
 
-        self.checkpoints = Path(cfg.checkpoint.dir or self.output_dir / "checkpoints").absolute()
-        self.resume_from = find_checkpoint(cfg.resume, self.checkpoints)
-        self.state = read_driver_state(self.resume_from) if self.resume_from else None
+        self.checkpoints, self.resume_from, self.state = open_checkpoints(cfg, self.output_dir)
         if self.state and cfg.algo.critic.enabled and not (self.resume_from / "critic").is_dir():
             raise ValueError(f"{self.resume_from} holds no critic but algo.critic.enabled is true: resume with the "
                              "algorithm the checkpoint was written with")
         check_resumable(self.resume_from, self.state, self.warm_start is not None)
-        # a fresh run's first checkpoint is its warm start's first step (negative), or step 0
-        check_no_later_checkpoints(self.checkpoints, self.state["step"] if self.state else -cfg.sft.steps - 1)
-        remove_unfinished(self.checkpoints)
 
         # before any actor: an actor that cannot be built would be retried
         check_reward_sources(cfg.reward, reward_columns(self.prompts.columns, cfg.env.enabled), bool(cfg.env.factory))
@@ -144,18 +139,9 @@ class Trainer:
         self.stop.install()  # after ray.init, whose own SIGTERM handler aborts the process
         try:
             self.actors = launch_actors(cfg, self.model_path)
-            self.weight_sync = make_route(
-                cfg.rollout.weight_sync, self.actors.policy, self.actors.rollouts, cfg.rollout.sync_dir,
-                overlap=cfg.rollout.mode != "sync", timeout_s=cfg.rollout.sync_timeout_s,
-                drain_timeout_s=cfg.rollout.drain_timeout_s,
-                bucket_mb=cfg.rollout.sync_bucket_mb, sleep=engine_sleeps(cfg),
-                tensor_parallel_size=cfg.rollout.tensor_parallel_size)
+            self.weight_sync = weight_route(cfg, self.actors, overlap=cfg.rollout.mode != "sync")
             check_overlap_route(cfg.rollout.mode, self.weight_sync.name)
-            self.metrics_log = MetricsLog(
-                str(self.output_dir), cfg.logging.run_name or self.output_dir.name, cfg.logging.wandb_mode,
-                cfg.logging.wandb_project, cfg.logging.wandb_entity, asdict(cfg), cfg.logging.plot,
-                resume_step=self.state["step"] + 1 if self.state else None,
-                wandb_id=self.state["wandb_id"] if self.state else None)
+            self.metrics_log = open_metrics_log(MetricsLog, cfg, self.output_dir, self.state)
         except BaseException:
             if self.started_ray:  # the actors go with the Ray instance this run started
                 ray.shutdown()
@@ -230,8 +216,7 @@ class Trainer:
             prune_checkpoints(self.checkpoints, cfg.checkpoint.keep_last, self.best_checkpoint())
             metrics = {**metrics, **final_eval}
         if cfg.save_final:
-            self.actors.policy.run("save_pretrained", str(self.output_dir / "final"), self.model_path)
-            log.info("final policy saved to %s", self.output_dir / "final")
+            save_final(self.actors, self.output_dir, self.model_path)
         return metrics
 
     def prepare(self) -> int:
@@ -315,6 +300,39 @@ class Trainer:
         self.actors.kill()
         if self.started_ray:
             ray.shutdown()
+
+
+def open_checkpoints(cfg: Config, output_dir: Path) -> tuple[Path, Path | None, dict | None]:
+    """The run's checkpoint folder, the checkpoint `resume` names (or None) and its driver state. A folder holding
+    checkpoints past where the run starts (a fresh run: its warm start's first step, a negative one, or step 0) is
+    refused; what an interrupted save left is swept."""
+    checkpoints = Path(cfg.checkpoint.dir or output_dir / "checkpoints").absolute()
+    resume_from = find_checkpoint(cfg.resume, checkpoints)
+    state = read_driver_state(resume_from) if resume_from else None
+    check_no_later_checkpoints(checkpoints, state["step"] if state else -cfg.sft.steps - 1)
+    remove_unfinished(checkpoints)
+    return checkpoints, resume_from, state
+
+
+def weight_route(cfg: Config, actors: Actors, overlap: bool):
+    """The route that pushes the policy's weights to the engines (`rollout.weight_sync` and its settings)."""
+    return make_route(cfg.rollout.weight_sync, actors.policy, actors.rollouts, cfg.rollout.sync_dir, overlap=overlap,
+                      timeout_s=cfg.rollout.sync_timeout_s, drain_timeout_s=cfg.rollout.drain_timeout_s,
+                      bucket_mb=cfg.rollout.sync_bucket_mb, sleep=engine_sleeps(cfg),
+                      tensor_parallel_size=cfg.rollout.tensor_parallel_size)
+
+
+def open_metrics_log(kind: type[MetricsLog], cfg: Config, output_dir: Path, state: dict | None) -> MetricsLog:
+    """metrics.jsonl and wandb, continuing a resumed run's (its lines after the checkpoint set aside, its wandb run)."""
+    return kind(str(output_dir), cfg.logging.run_name or output_dir.name, cfg.logging.wandb_mode,
+                cfg.logging.wandb_project, cfg.logging.wandb_entity, asdict(cfg), cfg.logging.plot,
+                resume_step=state["step"] + 1 if state else None, wandb_id=state["wandb_id"] if state else None)
+
+
+def save_final(actors: Actors, output_dir: Path, model_path: str) -> None:
+    """The policy as a HF folder in <output_dir>/final."""
+    actors.policy.run("save_pretrained", str(output_dir / "final"), model_path)
+    log.info("final policy saved to %s", output_dir / "final")
 
 
 def checkpoint_due(step: int, cfg: Config) -> bool:

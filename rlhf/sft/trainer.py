@@ -11,20 +11,19 @@ targets (so held-out BLEU is the RL run's figure), beside `eval/nll`, the learne
 
 import logging
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import ray
 from tqdm import tqdm
 
-from actors.launch import Actors, engine_sleeps, launch_actors
+from actors.launch import Actors, launch_actors
 from actors.learner_group import RankDied
-from actors.weight_sync import make_route
-from rlhf.checkpoint import check_no_later_checkpoints, find_checkpoint, read_driver_state, remove_unfinished, \
-    save_checkpoint, save_learners
+from rlhf.checkpoint import save_checkpoint, save_learners
 from rlhf.config import Config, settings_that_cannot_act
 from rlhf.console import eval_line
-from rlhf.driver import Trainer, check_model_fits, check_preflight, checkpoint_due, connect_ray, rollout_preflight
+from rlhf.driver import Trainer, check_model_fits, check_preflight, checkpoint_due, connect_ray, open_checkpoints, \
+    open_metrics_log, rollout_preflight, save_final, weight_route
 from rlhf.evaluation import Evaluator
 from rlhf.evaluation import due as evaluation_due
 from rlhf.models import resolve_model_path
@@ -78,14 +77,10 @@ class SftTrainer:
         self.demos, self.held_out, self.eval_prompts = demonstration_sets(cfg, tokenizer, self.overhead)
         sft_steps.check_budget(cfg, self.demos, self.held_out)
 
-        self.checkpoints = Path(cfg.checkpoint.dir or self.output_dir / "checkpoints").absolute()
-        self.resume_from = find_checkpoint(cfg.resume, self.checkpoints)
-        self.state = read_driver_state(self.resume_from) if self.resume_from else None
+        self.checkpoints, self.resume_from, self.state = open_checkpoints(cfg, self.output_dir)
         if self.state and ("sft" not in self.state or self.state.get("phase") == WARM_START):
             raise ValueError(f"{self.resume_from} was written by an RL run (or its warm start): resume it with its "
                              "algorithm")
-        check_no_later_checkpoints(self.checkpoints, self.state["step"] if self.state else -1)
-        remove_unfinished(self.checkpoints)
         if self.eval_prompts is not None:  # the eval's scorers, before any actor
             columns = reward_columns(self.eval_prompts.rows[0], cfg.env.enabled)
             functions = cfg.eval.rewards or cfg.reward.functions
@@ -98,16 +93,8 @@ class SftTrainer:
         try:
             self.actors: Actors = launch_actors(actor_config(cfg), self.model_path)
             if self.actors.rollouts:
-                self.weight_sync = make_route(
-                    cfg.rollout.weight_sync, self.actors.policy, self.actors.rollouts, cfg.rollout.sync_dir,
-                    overlap=False, timeout_s=cfg.rollout.sync_timeout_s, drain_timeout_s=cfg.rollout.drain_timeout_s,
-                    bucket_mb=cfg.rollout.sync_bucket_mb, sleep=engine_sleeps(cfg),
-                    tensor_parallel_size=cfg.rollout.tensor_parallel_size)
-            self.metrics_log = SftMetricsLog(
-                str(self.output_dir), cfg.logging.run_name or self.output_dir.name, cfg.logging.wandb_mode,
-                cfg.logging.wandb_project, cfg.logging.wandb_entity, asdict(cfg), cfg.logging.plot,
-                resume_step=self.state["step"] + 1 if self.state else None,
-                wandb_id=self.state["wandb_id"] if self.state else None)
+                self.weight_sync = weight_route(cfg, self.actors, overlap=False)
+            self.metrics_log = open_metrics_log(SftMetricsLog, cfg, self.output_dir, self.state)
         except BaseException:
             if self.started_ray:
                 ray.shutdown()
@@ -183,8 +170,7 @@ class SftTrainer:
             self.metrics_log.log(cfg.steps, {"phase": "sft", **final_eval})
             metrics = {**metrics, **final_eval}
         if cfg.save_final:
-            self.actors.policy.run("save_pretrained", str(self.output_dir / "final"), self.model_path)
-            log.info("final policy saved to %s", self.output_dir / "final")
+            save_final(self.actors, self.output_dir, self.model_path)
         return metrics
 
     def prepare(self) -> int:

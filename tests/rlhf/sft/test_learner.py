@@ -93,9 +93,10 @@ def test_the_step_learns(learner_factory, tiny_model):
 
 
 def test_the_warm_start_pre_flight_holds_the_frozen_reference_through_the_rl_work(learner_factory, tiny_model,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, ray_cluster):
     """A warm-started RL run's policy rank: the heaviest SFT micro-batch (its rows, length and targets), then the RL
-    pre-flight while the frozen copy of the warm-started policy is held, which is let go afterwards."""
+    pre-flight while the frozen copy of the warm-started policy is held, which is let go afterwards. (A pre-flight
+    report names its Ray node: the suite's Ray instance, or Ray would start one of its own.)"""
     import rlhf.sft.learner as sft_learner
 
     learner = learner_factory()
