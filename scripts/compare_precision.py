@@ -1,0 +1,97 @@
+"""The default experiment in fp32 and in bf16 on this CPU, one after the other: wall time, seconds per step by phase,
+held-out evaluations and training reward, as a table and a figure (issue 35: the measured choice, before and after).
+
+    python scripts/compare_precision.py                          # the three runs (~10 + 6 + 6 min on 2 cores)
+    python scripts/compare_precision.py --from fp32=/runs/a bf16=/runs/b    # the table and figure of finished runs
+    python scripts/compare_precision.py -- steps=14              # Hydra overrides for both runs after `--`
+
+Each run is `python -m rlhf.train` with `train.bf16=false` or `true` (the engine and the reference follow it), and bf16
+with TIS weighing the engine/learner gap; the wall time is the whole command's, start-up included. Writes docs/figures/precision_default_experiment.png and
+docs/benchmarks/precision-<date>.json.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]
+
+from training_runs import train  # noqa: E402 (after the path)
+
+# bf16+tis: the engine/learner gap bf16 brings weighed by truncated importance sampling (docs/algorithms.md)
+SETTINGS = {"fp32": ["train.bf16=false"], "bf16": ["train.bf16=true"],
+            "bf16+tis": ["train.bf16=true", "algo/correction=tis"]}
+
+
+def summarise(history: list[dict], seconds: float | None, metric: str) -> dict:
+    steps = [h for h in history if "reward" in h]
+    evals = {h["step"]: h[metric] for h in history if metric in h}
+    phases = sorted(k for k in steps[0] if k.startswith("time/"))
+    return {"wall_s": seconds, "evals": evals, "rewards": [h["reward"] for h in steps],
+            "median_s": {k: statistics.median(h[k] for h in steps[1:] if k in h) for k in phases},
+            "logprob_gap": statistics.mean(h["logprob_gap"] for h in steps),
+            "rollout_kl_last": steps[-1].get("rollout_kl")}
+
+
+def plot(results: dict, path: Path, metric: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in results.items():
+        left.plot(list(r["evals"]), list(r["evals"].values()), marker="o", label=name)
+        rewards = r["rewards"]
+        mean = [statistics.mean(rewards[max(0, i - 4):i + 1]) for i in range(len(rewards))]
+        right.plot(range(len(rewards)), mean, label=f"{name} (running mean of 5)")
+    left.set(xlabel="step", ylabel=metric, title=f"held-out {metric} (greedy)")
+    right.set(xlabel="step", ylabel="training reward", title="training reward")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--from", dest="runs", nargs="*", default=[], help="name=folder of finished runs to read")
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--metric", default="eval/bleu", help="the held-out figure to compare")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "compare_precision")
+    args, overrides = parser.parse_known_args()
+    overrides = [o for o in overrides if o != "--"]
+    folders = dict(item.split("=", 1) for item in args.runs)
+    results = {}
+    for name in args.settings:
+        setting = SETTINGS[name]
+        if name in folders:
+            history = [json.loads(line) for line in (Path(folders[name]) / "metrics.jsonl").read_text().splitlines()]
+            results[name] = summarise(history, None, args.metric)
+            continue
+        started = time.perf_counter()
+        history = train([*setting, *overrides], args.out / name.replace("+", "_"), f"the {name} run")
+        results[name] = summarise(history, time.perf_counter() - started, args.metric)
+
+    print(f"\n{'':9}{'wall':>8}{'s/step':>8}{'train':>8}{'generate':>9}{'gap':>8}  held-out {args.metric} by step")
+    for name, r in results.items():
+        wall = f"{r['wall_s'] / 60:.1f}m" if r["wall_s"] else "-"
+        m = r["median_s"]
+        evals = ", ".join(f"{step}: {value:.4f}" for step, value in r["evals"].items())
+        print(f"{name:9}{wall:>8}{m['time/step']:>8.2f}{m['time/train']:>8.2f}{m['time/generate']:>9.2f}"
+              f"{r['logprob_gap']:>8.4f}  {evals}")
+    day = time.strftime("%Y%m%d")
+    out = REPO / "docs" / "benchmarks" / f"precision-{day}.json"
+    out.write_text(json.dumps({"overrides": overrides, "results": results}, indent=1))
+    print(f"figures: {out}\nplot: {plot(results, REPO / 'docs' / 'figures' / 'precision_default_experiment.png', args.metric)}")
+
+
+if __name__ == "__main__":
+    main()
