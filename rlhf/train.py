@@ -36,6 +36,9 @@ def user_message(err: BaseException) -> str | None:
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     os.environ.setdefault("WANDB_SILENT", "true")
+    # a run owns its wandb service: one inherited from a parent process (wandb passes its own to children through
+    # WANDB_SERVICE) outlives a killed run and holds its run id, so that its resume is refused ("run ID ... is in use")
+    os.environ.pop("WANDB_SERVICE", None)
     from rlhf.console import finished_table
     from rlhf.driver import run
     from rlhf.stopping import StopRequest
