@@ -50,12 +50,17 @@ class ChatCall:
     ignored: list[str] = field(default_factory=list)  # sampling fields the run overrides (warned once)
 
 
-def parse_chat_request(body: dict) -> ChatCall:
+def check_fields(body: dict, taken: set[str]) -> None:
+    """A JSON object whose every field the endpoint serves: the first other one is named."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
-    unknown = sorted(set(body) - TAKEN)
+    unknown = sorted(set(body) - taken)
     if unknown:
-        raise RequestError(f"{unknown[0]!r} is not supported by this endpoint (it serves {sorted(TAKEN)})", unknown[0])
+        raise RequestError(f"{unknown[0]!r} is not supported by this endpoint (it serves {sorted(taken)})", unknown[0])
+
+
+def parse_chat_request(body: dict) -> ChatCall:
+    check_fields(body, TAKEN)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m for m in messages):
         raise RequestError("messages must be a non-empty list of messages with a role", "messages")
@@ -104,12 +109,7 @@ class TextCall:
 
 
 def parse_completion_request(body: dict) -> TextCall:
-    if not isinstance(body, dict):
-        raise RequestError("the request body must be a JSON object")
-    unknown = sorted(set(body) - COMPLETION_TAKEN)
-    if unknown:
-        raise RequestError(f"{unknown[0]!r} is not supported by this endpoint (it serves {sorted(COMPLETION_TAKEN)})",
-                           unknown[0])
+    check_fields(body, COMPLETION_TAKEN)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # a batch of one
