@@ -38,12 +38,9 @@ def summarise(history: list[dict], seconds: float | None, metric: str) -> dict:
 
 
 def plot(results: dict, path: Path, metric: str) -> Path:
-    import matplotlib
+    from rlhf.tracking import _pyplot, _save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = _pyplot().subplots(1, 2, figsize=(11, 4))
     for name, r in results.items():
         left.plot(list(r["evals"]), list(r["evals"].values()), marker="o", label=name)
         rewards = r["rewards"]
@@ -55,9 +52,7 @@ def plot(results: dict, path: Path, metric: str) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path)  # written whole or not at all
 
 
 def main() -> None:
