@@ -46,8 +46,9 @@ def test_smoke_experiment_from_the_command_line(tmp_path):
     # the engine's output is in its own log (vLLM's INFO line "non-default args" was missing from it in 1 of ~4 runs
     # of this test on a clean clone, for a reason not found yet: asserted only that the log has the engine's output)
     assert "Loading safetensors checkpoint shards" in (out / "logs" / "rollout-0.log").read_text()
-    assert {p.name for p in (out / "logs").iterdir()} == {"rollout-0.log", "reward-0.log", "policy-0.log",
-                                                          "reference-0.log", "driver.log"}
+    # driver.log is opened only when a library line goes there (Ray's token notice comes on some runs only)
+    assert {p.name for p in (out / "logs").iterdir()} - {"driver.log"} == {"rollout-0.log", "reward-0.log",
+                                                                           "policy-0.log", "reference-0.log"}
     # a clean stop leaves no traceback in any role's log (the reward actor once printed a SystemExit at shutdown)
     for log in (out / "logs").iterdir():
         assert "Traceback" not in log.read_text() and "SystemExit" not in log.read_text(), log.name
