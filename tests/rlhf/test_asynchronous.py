@@ -59,8 +59,8 @@ def slow_second_engine(monkeypatch, seconds: float) -> None:
     monkeypatch.setattr(rlhf.rollout.asynchronous, "Engine", engine)
 
 
-# the default suite: 8 steps (the staleness bound); the learning run (32) is in scripts/learning_checks.sh
-@pytest.mark.parametrize("steps", [8, pytest.param(32, marks=pytest.mark.learning, id="learning")])
+# the default suite: 8 steps (the staleness bound); the learning run (32) is in scripts/extended_checks.sh
+@pytest.mark.parametrize("steps", [8, pytest.param(32, marks=pytest.mark.extended, id="learning")])
 def test_async_learns_and_a_slow_engine_never_makes_a_trained_token_too_stale(ray_cluster, tiny_model, tmp_path,
                                                                               monkeypatch, steps):
     # the second engine's groups come back late; the learner trains on the first's meanwhile but waits for any

@@ -87,6 +87,7 @@ def test_an_environment_that_cannot_serve_stops_the_run_in_one_line_before_any_a
     assert "Traceback" not in result.stderr and not (tmp_path / "logs").exists()  # no actor was started
 
 
+@pytest.mark.extended  # what the submitted sweep (tests/cluster/test_submit.py) checks, but side by side
 def test_a_parallel_sweep_gives_every_member_its_own_folder_and_wandb_run(tmp_path):
     # joblib runs the two members side by side, each with a Ray instance of its own
     result = train("-m", "hydra/launcher=joblib", "experiment=smoke", "steps=1", "train.lr=1e-4,1e-3",
