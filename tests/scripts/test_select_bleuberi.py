@@ -35,7 +35,8 @@ def test_the_hardest_prompts_feed_the_bleuberi_preset(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     result = subprocess.run(
         [sys.executable, "scripts/select_bleuberi.py", "--num", "4", "--out", str(out), "--",
-         "model=tiny", "data=file", f"data.path={pool}", "rollout.max_new_tokens=8", "logging.progress_bar=false"],
+         "model=tiny", "data=file", f"data.path={pool}", "rollout.max_new_tokens=8", "logging.progress_bar=false",
+         "rollout.engine=hf"],  # ~10 s sooner to start than vLLM on the tiny model
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]

@@ -33,7 +33,8 @@ def test_rl_starts_from_the_warm_started_policy_and_a_resume_lands_in_the_warm_s
             "algo.group_size=4", "rollout.max_new_tokens=12", "train.lr=1e-3", "train.micro_batch_size=8",
             "algo.kl.beta=0.01", "steps=2", "eval.every=2", "eval.held_out=2", "logging.progress_bar=false",
             "sft.steps=6", "sft.lr=1e-2", "sft.batch_size=8", f"sft.data={{path: {demos}}}", "checkpoint.every=4",
-            "reward.aggregation=lsc", "reward.lsc.ref_samples=2", f"output_dir={tmp_path / out}", *overrides))
+            "reward.aggregation=lsc", "reward.lsc.ref_samples=2", "rollout.engine=hf",  # ~10 s sooner a run
+            f"output_dir={tmp_path / out}", *overrides))
 
     run(config("run"))
     out = tmp_path / "run"
