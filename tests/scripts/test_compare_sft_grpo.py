@@ -23,8 +23,7 @@ def in_process(overrides, out, what):
 
 
 def test_the_tiny_comparison_writes_its_table_json_and_figure(ray_cluster, tmp_path, capsys):
-    # the HF engine: ~10 s sooner to start for each of the three runs
-    result = compare_sft_grpo.main(["--tiny", "--out", str(tmp_path), "--", "rollout.engine=hf"], runner=in_process)
+    result = compare_sft_grpo.main(["--tiny", "--out", str(tmp_path)], runner=in_process)
     p = result["plan"]
     assert p == {"match": "prompts", "steps": 2, "sft_batch": 2, "grpo_prompts": 2, "group_size": 4, "warm_steps": 1,
                  "rl_steps_after_warm": 1, "examples_per_step": 2, "examples": 4}
