@@ -105,13 +105,11 @@ def test_a_full_disk_fails_clearly_and_leaves_the_earlier_checkpoints_as_they_we
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 
 import psutil  # noqa: E402
 
-from conftest import REPO  # noqa: E402
+from tests_run_helpers import start_run  # noqa: E402
 
 # experiment=smoke: 16 prompts, 2 per step, so steps 0-7 are the data's first epoch. Checkpoints after steps 3
 # (mid-epoch) and 7 (the epoch boundary, where the data's order is drawn again).
@@ -122,11 +120,7 @@ RUN = ["experiment=smoke", "steps=9", "checkpoint.every=4", "checkpoint.keep_las
 
 
 def start(out, *extra):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    # a SIGKILLed run cannot remove its weight-sync folder: it goes under the test's own folder, not /dev/shm
-    return subprocess.Popen([sys.executable, "-m", "rlhf.train", *RUN, f"output_dir={out}", f"hydra.run.dir={out}",
-                             f"rollout.sync_dir={out.parent / 'sync'}", *extra], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return start_run(out, *RUN, *extra)
 
 
 def finish(process):

@@ -4,14 +4,12 @@ writes a checkpoint of it, leaves no process and no shared-memory folder, exits 
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import psutil
 import pytest
 
-from conftest import REPO
+from tests_run_helpers import start_run
 from tests_ray_helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -20,10 +18,7 @@ RUN = ["experiment=smoke", "steps=5", "checkpoint.every=100", "save_final=false"
 
 
 def start(out, *extra):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.Popen([sys.executable, "-m", "rlhf.train", *RUN, f"output_dir={out}", f"hydra.run.dir={out}",
-                             f"rollout.sync_dir={out.parent / 'sync'}", *extra], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return start_run(out, *RUN, *extra, new_session=True)
 
 
 def running(pids: list[int]) -> list[int]:
