@@ -206,10 +206,8 @@ class Trainer:
                     log.warning("step %d: stopped by signal; resume with resume=auto", step)
                     return metrics
         except (*ACTOR_DIED, RankDied) as err:
-            raise RuntimeError(f"step {step}: a learner rank died (or a rank of a sharded reference, or another actor "
-                               f"could not be brought back: {type(err).__name__}); the run stops. Checkpoints in "
-                               f"{self.checkpoints} are intact: rerun the same command with resume=auto. Each actor's "
-                               f"output is in {self.output_dir / 'logs'}") from err
+            raise run_stopped(step, f"a learner rank died (or a rank of a sharded reference, or another actor could "
+                              f"not be brought back: {type(err).__name__})", self.checkpoints, self.output_dir) from err
         final_eval = self.evaluate(cfg.steps, PhaseTimer())
         if final_eval:  # the weights after the last update (always evaluated), logged as the step that would come next
             self.metrics_log.log(cfg.steps, final_eval)
@@ -300,6 +298,12 @@ class Trainer:
         self.actors.kill()
         if self.started_ray:
             ray.shutdown()
+
+
+def run_stopped(step: int, why: str, checkpoints: Path, output_dir: Path) -> RuntimeError:
+    """The error that stops a run whose actor died past recovery: what happened, and how to go on."""
+    return RuntimeError(f"step {step}: {why}; the run stops. Checkpoints in {checkpoints} are intact: rerun the same "
+                        f"command with resume=auto. Each actor's output is in {output_dir / 'logs'}")
 
 
 def open_checkpoints(cfg: Config, output_dir: Path) -> tuple[Path, Path | None, dict | None]:

@@ -23,7 +23,7 @@ from rlhf.checkpoint import save_checkpoint, save_learners
 from rlhf.config import Config, settings_that_cannot_act
 from rlhf.console import eval_line
 from rlhf.driver import Trainer, check_model_fits, check_preflight, checkpoint_due, connect_ray, open_checkpoints, \
-    open_metrics_log, rollout_preflight, save_final, weight_route
+    open_metrics_log, rollout_preflight, run_stopped, save_final, weight_route
 from rlhf.evaluation import Evaluator
 from rlhf.evaluation import due as evaluation_due
 from rlhf.models import resolve_model_path
@@ -162,9 +162,8 @@ class SftTrainer:
                     log.warning("step %d: stopped by signal; resume with resume=auto", step)
                     return metrics
         except (*ACTOR_DIED, RankDied) as err:
-            raise RuntimeError(f"step {step}: a learner rank died ({type(err).__name__}); the run stops. Checkpoints in "
-                               f"{self.checkpoints} are intact: rerun the same command with resume=auto. Each actor's "
-                               f"output is in {self.output_dir / 'logs'}") from err
+            raise run_stopped(step, f"a learner rank died ({type(err).__name__})", self.checkpoints,
+                              self.output_dir) from err
         final_eval = self.evaluate(cfg.steps, PhaseTimer())
         if final_eval:
             self.metrics_log.log(cfg.steps, {"phase": "sft", **final_eval})
