@@ -42,6 +42,7 @@ and a step where most episodes fail stops the run naming the agent.
 """
 
 import asyncio
+import concurrent.futures
 import inspect
 import json
 import logging
@@ -120,6 +121,7 @@ class Session:
     pending: Pending | None = None
     done: bool = False
     result: object = None
+    play: "concurrent.futures.Future | None" = None  # the agent's episode on the process's event loop
 
 
 class AgentRunner:
@@ -337,7 +339,7 @@ class AgentRunner:
         with self.cond:
             self.sessions.update((s.key, s) for s in sessions)
         for session in sessions:
-            asyncio.run_coroutine_threadsafe(self._play(session), event_loop())
+            session.play = asyncio.run_coroutine_threadsafe(self._play(session), event_loop())
         return sessions
 
     async def _play(self, session: Session) -> None:
@@ -403,6 +405,12 @@ class AgentRunner:
             log.warning("%s", message)
 
     def close(self) -> None:
+        """Cancels the episodes still playing (their agents would otherwise live on in the process's event loop until
+        their timeout), then stops the endpoint."""
+        with self.cond:
+            live, self.sessions = list(self.sessions.values()), {}
+        for session in live:
+            session.play.cancel()
         if self.endpoint is not None:
             self.endpoint.close()
             self.endpoint = None

@@ -12,6 +12,7 @@ from rlhf.config import compose_config, load_config
 from rlhf.data import PromptBatch
 from rlhf.engines.base import SamplingSettings
 from rlhf.rollout.timing import NO_TIMER
+from tests_ray_helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +88,11 @@ def test_the_endpoint_refuses_other_keys_and_unknown_fields_in_openais_error_sha
         assert two.status_code == 400 and two.json()["error"]["param"] == "n"
         assert runner.endpoint.host == "127.0.0.1"  # loopback only
     finally:
+        session = runner.sessions[key]
         runner.close()
+    # the agent still asleep is cancelled with the runner, not left in the process's event loop until its timeout
+    wait_until(lambda: session.done, "the hanging agent's episode to end", timeout_s=10)
+    assert session.play.cancelled() and not runner.sessions
 
 
 def test_async_each_call_streams_to_the_engine_as_its_agent_makes_it(tiny_model):
