@@ -16,9 +16,8 @@ os.environ["TMPDIR"] = str(SUITE_TMP)
 tempfile.tempdir = None  # read TMPDIR again
 
 
-@pytest.fixture(scope="session", autouse=True)
-def suite_tmp():
-    yield SUITE_TMP
+def pytest_unconfigure(config):
+    """The folder goes at the end of every pytest session, one that only collects or stops early too."""
     shutil.rmtree(SUITE_TMP, ignore_errors=True)
 
 
