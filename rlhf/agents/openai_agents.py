@@ -336,10 +336,10 @@ class AgentRunner:
                 session = Session(secrets.token_hex(16), len(sessions), source_columns(row, self.columns))
                 session.episode.prompt = row["prompt"]
                 sessions.append(session)
-        with self.cond:
+        with self.cond:  # each play set before `close` can see the session
             self.sessions.update((s.key, s) for s in sessions)
-        for session in sessions:
-            session.play = asyncio.run_coroutine_threadsafe(self._play(session), event_loop())
+            for session in sessions:
+                session.play = asyncio.run_coroutine_threadsafe(self._play(session), event_loop())
         return sessions
 
     async def _play(self, session: Session) -> None:

@@ -112,10 +112,10 @@ import psutil  # noqa: E402
 from tests_run_helpers import start_run  # noqa: E402
 
 # experiment=smoke: 16 prompts, 2 per step, so steps 0-7 are the data's first epoch. Checkpoints after steps 3
-# (mid-epoch) and 7 (the epoch boundary, where the data's order is drawn again).
+# (mid-epoch), 7 (the epoch boundary, where the data's order is drawn again) and 9 (the last).
 # The HF engine and no pre-flight: each process starts ~10 s sooner (vLLM's exact resume is the same seeding,
 # checked by the in-process tests that restart an engine).
-RUN = ["experiment=smoke", "steps=9", "checkpoint.every=4", "checkpoint.keep_last=3", "save_final=false",
+RUN = ["experiment=smoke", "steps=10", "checkpoint.every=4", "checkpoint.keep_last=3", "save_final=false",
        "logging.progress_bar=false", "rollout.engine=hf", "preflight.enabled=false"]
 
 
@@ -153,9 +153,9 @@ def history(out):
 
 @pytest.mark.integration
 def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_path):
-    # killed once, after step 8: the resume starts from the checkpoint of step 7, exactly at the epoch boundary, with
-    # a mid-epoch checkpoint (step 3) before it. A mid-epoch resume: the async test below (no prompt lost or trained
-    # twice) and the warm start's in tests/rlhf/sft (the same metrics as the uninterrupted run)
+    # killed once, once step 8 is logged (not a checkpoint's step: the kill cannot race one): the resume starts from
+    # the checkpoint of step 7, exactly at the epoch boundary. A mid-epoch resume to the same metrics:
+    # tests/rlhf/sft/test_sft_run.py (the same data cursor); the async test below: no prompt lost or trained twice
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     first = start(reference)  # the uninterrupted run goes alongside the killed one
     segment = start(killed)
@@ -164,14 +164,14 @@ def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_pa
     finish(start(killed, "resume=auto"))
 
     expected, got = history(reference), history(killed)
-    assert [r["step"] for r in got] == list(range(10))  # 9 steps, then the final weights' evaluation
+    assert [r["step"] for r in got] == list(range(11))  # 10 steps, then the final weights' evaluation
     for want, have in zip(expected, got):
         assert have.keys() == want.keys()
         for key in want:
             assert have[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (want["step"], key)
     assert (killed / "metrics.superseded.jsonl").exists()  # the lines logged after the checkpoints, kept
     kept = [p.name for p in complete_checkpoints(killed / "checkpoints")]
-    assert kept == ["step-000003", "step-000007", "step-000008"]
+    assert kept == ["step-000003", "step-000007", "step-000009"]
 
 
 @pytest.mark.integration

@@ -59,7 +59,7 @@ def lora_tiny_model(tmp_path) -> str:
 @pytest.mark.parametrize("algo", [a for a in ALGORITHMS if a != "grpo"])
 def test_each_algorithm_runs_through_the_actor_stack(ray_cluster, tiny_model, tmp_path, algo):
     # three steps: the preset composes, its loss and estimator run on the actors, the engines keep the learner's
-    # weights. That each learns is the `learning` test below (not in the default suite: scripts/extended_checks.sh)
+    # weights. That each learns: the test below (marker extended, scripts/extended_checks.sh)
     model = lora_tiny_model(tmp_path) if algo == "grpo_lora" else tiny_model
     run(config(model, tmp_path, "steps=3", "seed=1", *ALGORITHMS[algo], "logging.wandb_mode=disabled"))
     out = tmp_path / "run"
