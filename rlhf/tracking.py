@@ -149,6 +149,13 @@ def plot_pareto(points: dict[str, list[float]], start: list[float], labels: list
 def plot_curves(history: list[dict], path: Path) -> Path:
     """Reward (with per-function rewards), KL and completion length against the step; with evaluations, the eval
     metrics (held-out prompts) in a panel of their own."""
+    return draw_panels(history, curve_panels(history), path, line_with_trend, legend_from=2)
+
+
+def curve_panels(history: list[dict]) -> list[tuple[str, list[str]]]:
+    """The panels of `plot_curves`. The eval panel holds the scores (each objective, pass@k, mean@k): not the
+    length nor an episode's counts (turns, tool calls, environment tokens: `rollout/*` in training), whose scale of
+    tens or hundreds would flatten the scores to a line at 0."""
     training = [h for h in history if "reward" in h]  # a final evaluation has a line of its own
     per_function = [k for k in training[-1] if k.startswith("reward/")] if training else []
     panels = [("reward", ["reward", *per_function] if len(per_function) > 1 else ["reward"]),
@@ -156,10 +163,12 @@ def plot_curves(history: list[dict], path: Path) -> Path:
               ("completion length", ["completion_length"])]
     if any("sft/loss" in h for h in history):  # a warm start (steps < 0)
         panels.insert(0, ("SFT loss (warm start)", ["sft/loss"]))
-    evaluated = [k for k in dict.fromkeys(k for h in history for k in h) if k.startswith("eval/") and k != "eval/length"]
+    counts = {"length", *(k.split("/", 1)[1] for h in training for k in h if k.startswith("rollout/"))}
+    evaluated = [k for k in dict.fromkeys(k for h in history for k in h)
+                 if k.startswith("eval/") and k.split("/", 1)[1] not in counts]
     if evaluated:
         panels.append(("eval (held-out prompts)", evaluated))
-    return draw_panels(history, panels, path, line_with_trend, legend_from=2)
+    return panels
 
 
 def draw_panels(history: list[dict], panels: list[tuple[str, list[str]]], path: Path, line,

@@ -23,3 +23,11 @@ def test_a_fresh_log_appends_to_what_is_there(tmp_path):
     log.log(0, {"reward": 2.0})
     log.close()
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_the_eval_panel_holds_the_scores_not_the_episodes_counts():
+    from rlhf.tracking import curve_panels
+
+    history = [{"step": 0, "reward": 0.3, "rollout/turns": 6.5, "rollout/env_tokens": 60.0, "eval/GuessNumber": 0.4,
+                "eval/pass@1": 0.8, "eval/turns": 6.0, "eval/env_tokens": 144.0, "eval/length": 20.0}]
+    assert dict(curve_panels(history))["eval (held-out prompts)"] == ["eval/GuessNumber", "eval/pass@1"]
