@@ -55,7 +55,7 @@ def ray_head():
     yield address
     os.killpg(head.pid, signal.SIGTERM)  # only the processes this test started
     try:
-        head.wait(timeout=10)
+        head.wait(timeout=3)
     except subprocess.TimeoutExpired:  # Ray's orderly stop took 30 s and more here: the group goes at once
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=30)

@@ -112,10 +112,10 @@ import psutil  # noqa: E402
 from tests_run_helpers import start_run  # noqa: E402
 
 # experiment=smoke: 16 prompts, 2 per step, so steps 0-7 are the data's first epoch. Checkpoints after steps 3
-# (mid-epoch), 7 (the epoch boundary, where the data's order is drawn again) and 9 (the last).
+# (mid-epoch), 7 (the epoch boundary, where the data's order is drawn again) and 10 (the last).
 # The HF engine and no pre-flight: each process starts ~10 s sooner (vLLM's exact resume is the same seeding,
 # checked by the in-process tests that restart an engine).
-RUN = ["experiment=smoke", "steps=10", "checkpoint.every=4", "checkpoint.keep_last=3", "save_final=false",
+RUN = ["experiment=smoke", "steps=11", "checkpoint.every=4", "checkpoint.keep_last=3", "save_final=false",
        "logging.progress_bar=false", "rollout.engine=hf", "preflight.enabled=false"]
 
 
@@ -147,31 +147,36 @@ def kill_when_logged(process, out, step):
 
 
 def history(out):
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # whole lines only: a SIGKILL may land in the middle of one
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.endswith("}")]
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
 
 
 @pytest.mark.integration
-def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_path):
-    # killed once, once step 8 is logged (not a checkpoint's step: the kill cannot race one): the resume starts from
-    # the checkpoint of step 7, exactly at the epoch boundary. A mid-epoch resume to the same metrics:
+def test_a_killed_run_redoes_its_lost_steps_to_the_same_metrics(tmp_path):
+    # killed once step 9 is logged (no checkpoint is being written then: the next is step 10's). The resume starts
+    # from the checkpoint of step 7, exactly at the epoch boundary, and redoes steps 8 and 9, which the killed run,
+    # uninterrupted up to there, logged before it died: they must agree in every metric (step 9's are those of the
+    # weights that step 8's update made from the restored optimizer state). A mid-epoch resume to the same metrics:
     # tests/rlhf/sft/test_sft_run.py (the same data cursor); the async test below: no prompt lost or trained twice
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    first = start(reference)  # the uninterrupted run goes alongside the killed one
+    killed = tmp_path / "killed"
     segment = start(killed)
-    kill_when_logged(segment, killed, 8)  # checkpoint 7 is complete: it is written before step 8 starts
-    finish(first)
+    kill_when_logged(segment, killed, 9)  # checkpoint 7 is complete: it is written before step 8 starts
+    lost = history(killed)[8:]  # steps 8 and 9 (and 10, had it been logged before the kill landed)
     finish(start(killed, "resume=auto"))
 
-    expected, got = history(reference), history(killed)
-    assert [r["step"] for r in got] == list(range(11))  # 10 steps, then the final weights' evaluation
-    for want, have in zip(expected, got):
+    got = history(killed)
+    assert [r["step"] for r in got] == list(range(12))  # 11 steps, then the final weights' evaluation
+    assert [r["step"] for r in lost][:2] == [8, 9]
+    for want in lost:
+        have = got[want["step"]]
         assert have.keys() == want.keys()
         for key in want:
             assert have[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (want["step"], key)
-    assert (killed / "metrics.superseded.jsonl").exists()  # the lines logged after the checkpoints, kept
+    superseded = [json.loads(line)["step"] for line in (killed / "metrics.superseded.jsonl").read_text().splitlines()]
+    assert superseded == [r["step"] for r in lost]  # the lines logged after the checkpoint, kept
     kept = [p.name for p in complete_checkpoints(killed / "checkpoints")]
-    assert kept == ["step-000003", "step-000007", "step-000009"]
+    assert kept == ["step-000003", "step-000007", "step-000010"]
 
 
 @pytest.mark.integration

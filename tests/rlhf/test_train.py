@@ -71,6 +71,8 @@ def test_a_user_error_is_one_message_and_the_traceback_needs_hydra_full_error(tm
     result = train(*args, cwd=REPO)
     assert result.returncode == 1 and message in result.stderr
     assert "Traceback" not in result.stderr
+    if "data.path" not in override:  # once: the same handler for every user error
+        return
     full = train(*args, cwd=REPO, HYDRA_FULL_ERROR="1")
     assert full.returncode == 1 and "Traceback" in full.stderr and message.split(": ", 2)[2] in full.stderr
 
