@@ -4,8 +4,10 @@ identically, two ZeRO-3 ranks train as one."""
 
 import json
 from pathlib import Path
+from unittest import mock
 
 import pytest
+import ray
 
 from rlhf.config import compose_config, load_config
 from rlhf.driver import run
@@ -37,10 +39,34 @@ def records(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_sft_memorises_a_tiny_set_and_evaluates_on_the_engines(ray_cluster, tiny_model, tmp_path):
-    # the HF engine (~10 s sooner to start on the tiny model; the weights reach vLLM the same way, tests/actors)
-    run(config(tiny_model, tmp_path, "steps=12", "eval.every=6", "eval.held_out=4", "checkpoint.every=100",
-               "rollout.engine=hf"))
+def kill_the_engine_after(step: int):
+    """SftTrainer.learn that, once step `step` has trained, kills the engine as a crash would and waits until Ray has
+    seen it die (Ray restarts it; its engine starts only when the run asks)."""
+    from rlhf.sft.trainer import SftTrainer
+    from tests_ray_helpers import actor_state, wait_until
+
+    learn, calls = SftTrainer.learn, []
+
+    def learn_then_kill(self, indices):
+        metrics = learn(self, indices)
+        calls.append(step)
+        if len(calls) == step + 1:
+            engine = self.actors.rollouts[0]
+            ray.kill(engine, no_restart=False)
+            wait_until(lambda: actor_state(engine)["NumRestarts"] >= 1, "the engine's death seen by Ray")
+        return metrics
+
+    return mock.patch.object(SftTrainer, "learn", learn_then_kill)
+
+
+def test_sft_memorises_a_tiny_set_and_evaluates_on_the_engines(ray_cluster, tiny_model, tmp_path, caplog):
+    # the HF engine (~10 s sooner to start on the tiny model; the weights reach vLLM the same way, tests/actors).
+    # The engine dies after step 3: the evaluation of step 6 is skipped (logged), the next waits for its restart and
+    # pushes the weights again
+    with kill_the_engine_after(3), caplog.at_level("WARNING"):
+        run(config(tiny_model, tmp_path, "steps=12", "eval.every=6", "eval.held_out=4", "checkpoint.every=100",
+                   "rollout.engine=hf"))
+    assert "step 6: evaluation skipped: an engine or reward actor died or is restarting" in caplog.text
     out = tmp_path / "run"
     history = records(out)
     steps = [h for h in history if "sft/loss" in h]
@@ -51,9 +77,9 @@ def test_sft_memorises_a_tiny_set_and_evaluates_on_the_engines(ray_cluster, tiny
     # each step: 8 demonstrations of 16 target tokens (6 and 8 a's, each turn's stop token), within the budget
     assert all(h["sft/tokens"] == 8 * (6 + 1 + 8 + 1) for h in steps) and all(0 <= h["sft/padding"] < 0.5 for h in steps)
     evals = [h for h in history if "eval/nll" in h]
-    assert [h["step"] for h in evals] == [0, 6, 12]
+    assert [h["step"] for h in evals] == [0, 6, 12] and "eval/bleu" not in evals[1]  # step 6: the learner's only
     assert evals[-1]["eval/nll"] < 0.3 * evals[0]["eval/nll"]
-    assert evals[-1]["eval/bleu"] > evals[0]["eval/bleu"]  # generated on the engine with the pushed weights
+    assert evals[-1]["eval/bleu"] > evals[0]["eval/bleu"]  # generated on the restarted engine with the pushed weights
     # no reference, reward-model or critic actor: the policy, the engine and the scorer of its completions
     assert sorted(p.name for p in (out / "logs").glob("*.log") if p.name != "driver.log") == \
         ["policy-0.log", "reward-0.log", "rollout-0.log"]
