@@ -37,3 +37,14 @@ async def run(client, row) -> float:
     final = messages[-1].get("content") if messages[-1]["role"] == "assistant" else None
     got, expected = last_number(final or ""), last_number(str(row["answer"]))
     return float(got is not None and expected is not None and abs(got - expected) < 1e-6)
+
+
+def demonstrations(size: int, seed: int) -> list[dict]:
+    """The warm start's conversations (experiment=calculator_openai's sft.data), held as this agent holds them: its
+    system prompt and tool schema, the task's question, a calculator call with the task's expression, the tool's
+    answer, the final number (rlhf.sft.demonstrations:calculator's games). Rendered as the run's endpoint renders the
+    agent's calls, so the warm start trains the tokens the agent's episodes sample."""
+    from rlhf.sft.demonstrations import calculator as games
+
+    return [{**row, "messages": [{"role": "system", "content": SYSTEM}, *row["messages"]], "tools": TOOLS}
+            for row in games(size=size, seed=seed)]

@@ -64,7 +64,7 @@ from rlhf.agents.openai_api import (
     completion_response,
     stop_cut,
 )
-from rlhf.agents.rendering import SYSTEM_TOOLS, Renderer
+from rlhf.agents.rendering import Renderer
 from rlhf.agents.tools import event_loop
 from rlhf.imports import import_object
 
@@ -181,7 +181,7 @@ class AgentRunner:
             self._extend(episode, self.renderer.environment_tokens(session.stop, new) if new else [])
             episode.messages += new
         else:  # the first call, or a history the agent rewrote: a segment of its own
-            self._open_segment(episode, self._prompt_ids(call.messages, call.tools))
+            self._open_segment(episode, self.renderer.prompt(call.messages, call.tools or []))
             episode.prompt, episode.messages = call.messages, []
         return self._pending(episode, call.max_tokens, future, call)
 
@@ -257,17 +257,6 @@ class AgentRunner:
         room = self.env.max_episode_tokens - len(episode.completion_ids)
         budget = min(max_tokens or self.cfg.rollout.max_new_tokens, self.cfg.rollout.max_new_tokens, room)
         return Pending(episode.context(), budget, future, call)
-
-    def _prompt_ids(self, messages: list[dict], schemas: list[dict]) -> list[int]:
-        """A conversation rendered afresh: the tools in the template's `tools=`, or in the system message for
-        templates without them (as episodes show them)."""
-        if schemas and not self.renderer.template_tools:
-            listed = SYSTEM_TOOLS.format(schemas="\n".join(json.dumps(s["function"]) for s in schemas))
-            if messages[0].get("role") == "system":
-                messages = [{**messages[0], "content": f"{messages[0].get('content') or ''}\n\n{listed}"}, *messages[1:]]
-            else:
-                messages = [{"role": "system", "content": listed}, *messages]
-        return self.renderer.encode(self.renderer.render(messages, generation_prompt=True, schemas=schemas))
 
     def _respond(self, session: Session, pending: Pending, sample) -> dict:
         episode, ids = session.episode, sample.completion_ids

@@ -31,6 +31,15 @@ def test_a_template_without_tools_gets_them_in_a_system_prompt(tiny_model):
     assert text.endswith("<|im_start|>user\n2 plus 3?<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_a_conversation_with_its_own_system_message_keeps_one_system_message(tiny_model):
+    # an agent's call (or a data row) opening with a system message: ours (data.system_prompt, the tools) joins it
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    r = Renderer(tokenizer, [tool_from_function(add).schema], "hermes", "auto", "Be exact.", None, {})
+    text = tokenizer.decode(r.prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+3?"}]))
+    assert text.count("<|im_start|>system") == 1
+    assert text.startswith("<|im_start|>system\nBe brief.\n\nBe exact.\n\nYou can call tools.")
+
+
 def test_tool_calls_are_read_by_vllms_parser_and_malformed_ones_are_seen(tiny_model):
     r, _ = renderer(tiny_model)
     content, calls, malformed = r.parse('Let me add. <tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}'

@@ -122,6 +122,39 @@ def test_a_tool_conversation_is_the_episode_the_model_would_play(tiny_model, mon
     assert episode.messages[1]["content"] == "87" and episode.messages[2]["content"] == "The answer is 87."
 
 
+def test_the_openai_examples_demonstration_is_the_episode_its_agent_plays(tiny_model, monkeypatch):
+    """experiment=calculator_openai's warm start: a demonstration of examples/calculator_openai.py (its system prompt
+    and tool schema), its assistant turns written by a scripted engine into an episode of that agent, played through
+    the run's endpoint with the real openai client: the episode's tokens are the demonstration's, its model mask the
+    target mask, one segment."""
+    from examples.calculator_openai import demonstrations
+    from rlhf.agents.openai_agents import AgentRunner
+
+    row = demonstrations(size=1, seed=3)[0]
+    overrides = ["experiment=calculator_openai", "data.max_prompt_tokens=1024"]
+    tokens, renderer, tokenizer, cfg = demonstration(tiny_model, row, *overrides)
+    turns = [t for m, t in segments(tokens.ids, tokens.mask) if m]
+    assert len(turns) == 2 and tokenizer.decode(turns[0]).startswith('<tool_call>{"name": "calculator"')
+    scripted = iter(turns)
+
+    def engine(actors, prompts, n, sampling, version=None):
+        return [[Sample(ids, [-0.5] * len(ids), tokenizer.decode(ids[:-1]), False)]
+                for ids in (next(scripted) for _ in prompts)]
+
+    monkeypatch.setattr("rlhf.rollout.generation.generate", engine)
+    runner = AgentRunner(None, cfg, tokenizer)
+    question = row["messages"][1]["content"]
+    batch = PromptBatch([{"prompt": question, "answer": row["answer"]}], [[0]], [""])
+    try:
+        [[episode]] = runner.rollout(batch, 1, SamplingSettings(64, 1.0, 1.0, seed=0), None, NO_TIMER)
+    finally:
+        runner.close()
+    assert not episode.failed and episode.turns == 2 and episode.segments == 1 and episode.env_reward == 1.0
+    assert episode.prompt_ids == tokens.ids[:tokens.prompt_length]
+    assert episode.prompt_ids + episode.completion_ids == tokens.ids
+    assert [0] * len(episode.prompt_ids) + episode.model_mask == tokens.mask
+
+
 def test_a_template_that_renders_tool_calls_trains_its_own_rendering(tiny_model, tmp_path):
     """A template with a place for tool calls (Qwen's kind): the turn is the template's text, and the parser reads
     the call back from it."""
