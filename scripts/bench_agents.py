@@ -28,6 +28,12 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 from bench_vs_trl import ensure_trl_venv, run_ours, run_trl  # noqa: E402
 
 
+def episodes(turns: int, agent: bool = False) -> list[str]:
+    """The overrides of the work: GoOn's episodes of exactly `turns` turns, or its agent through the endpoint."""
+    played = ["env.agent=rlhf.agents.tasks:go_on"] if agent else ["env.factory=rlhf.agents.tasks:GoOn", "env.reply=respond"]
+    return [*played, f"env.max_turns={turns}", f"env.max_episode_tokens={turns * 56}", "data.max_prompt_tokens=512"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", nargs="+", type=int, default=[1, 2, 4])
@@ -55,8 +61,7 @@ def main() -> None:
         work = args.out / f"turns{turns}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        args.ours = [*base, "env.factory=rlhf.agents.tasks:GoOn", f"env.max_turns={turns}",
-                     f"env.max_episode_tokens={turns * 56}", "data.max_prompt_tokens=512"]
+        args.ours = [*base, *episodes(turns)]
         ours = run_ours(args, args.prompts, 0.0, work)
         ours["turns"] = turns
         results.append({"turns": turns, "ours": ours})
@@ -66,8 +71,7 @@ def main() -> None:
         if args.endpoint:  # the same episodes, an agent's own loop through the OpenAI endpoint
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
-            args.ours = [*base, "env.agent=rlhf.agents.tasks:go_on", f"env.max_turns={turns}",
-                         f"env.max_episode_tokens={turns * 56}", "data.max_prompt_tokens=512"]
+            args.ours = [*base, *episodes(turns, agent=True)]
             agent = run_ours(args, args.prompts, 0.0, work)
             results[-1].update(endpoint=agent, endpoint_ratio=agent["samples_per_second"] / ours["samples_per_second"])
             print(f"agent {turns} turn(s): {agent['seconds_per_step']:.2f} s/step, "

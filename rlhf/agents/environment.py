@@ -61,7 +61,10 @@ class EnvironmentSpec:
             try:
                 self.schemas.append(tool_from_function(getattr(probe, n)).schema)
             except ValueError as err:
-                raise EnvironmentFailure(f"env.factory={path!r}: the tool {self.class_name}.{n}: {err}") from err
+                raise EnvironmentFailure(f"env.factory={path!r}: the tool {self.class_name}.{n}: {err}; every public "
+                                         "method but reset and get_reward is a tool (a method that answers the "
+                                         f"model's text in turns without a tool call is the reply: env.reply={n})"
+                                         ) from err
         self.has_reward = callable(getattr(probe, "get_reward", None))
         self.probe = probe  # the first episode's instance: TRL builds once and resets often, so do we
 

@@ -96,3 +96,20 @@ def test_a_dict_of_factories_routes_each_row_to_its_environment():
         envs.spec_for({"environment": "bank"})
     single = Environments("tests_agent_helpers:Counter", None)
     assert single.reset_arguments({"environment": "x"}) == {"environment": "x"}  # a column like any other
+
+
+class Replies:
+    def reset(self, **row):
+        return None
+
+    def respond(self, text):  # the model's text in, the environment's answer out: a reply, not a tool
+        return "Go on."
+
+
+def test_an_undescribable_method_is_refused_naming_env_reply_and_taken_as_the_reply(monkeypatch):
+    import tests_agent_helpers
+
+    monkeypatch.setattr(tests_agent_helpers, "Replies", Replies, raising=False)
+    with pytest.raises(EnvironmentFailure, match=r"the tool Replies.respond: .* the reply: env.reply=respond\)"):
+        EnvironmentSpec(None, "tests_agent_helpers:Replies", None)
+    assert EnvironmentSpec(None, "tests_agent_helpers:Replies", "respond").tool_names == []
