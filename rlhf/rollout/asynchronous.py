@@ -332,10 +332,10 @@ class Asynchronous:
         be scored."""
         sample.versions = [self.pushes[v] for v in sample.versions]  # pushes -> policy versions
         answered = job.work.receive(key, sample)
-        with job.lock:
-            requests = [self._request(job, *request) for request in answered]
+        with job.lock:  # the group goes to be scored once: an agent's group may have several answers come back
+            requests = [self._request(job, *request) for request in answered]  # after its last episode ended
             samples = None if job.complete else job.work.result()
-            job.complete = samples is not None
+            job.complete = job.complete or samples is not None
         if requests:
             with self.cond:
                 if job.number not in self.live or not self.engines[job.engine].alive:
