@@ -4,10 +4,12 @@ held-out evaluations and training reward, as a table and a figure (issue 35: the
     python scripts/compare_precision.py                          # the three runs (~10 + 6 + 6 min on 2 cores)
     python scripts/compare_precision.py --from fp32=/runs/a bf16=/runs/b    # the table and figure of finished runs
     python scripts/compare_precision.py -- steps=14              # Hydra overrides for both runs after `--`
+    python scripts/compare_precision.py --settings fp32 bf16 --seeds 0 1 2 --from fp32@0=/runs/a   # seeds: their spread
 
 Each run is `python -m rlhf.train` with `train.bf16=false` or `true` (the engine and the reference follow it), and bf16
 with TIS weighing the engine/learner gap; the wall time is the whole command's, start-up included. Writes docs/figures/precision_default_experiment.png and
-docs/benchmarks/precision-<date>.json.
+docs/benchmarks/precision-<date>.json; with several seeds (`seed=N` each; a run is named setting@seed)
+docs/figures/precision_seeds.png (each seed's curve and their mean) and docs/benchmarks/precision-<date>-seeds.json.
 """
 
 import argparse
@@ -37,15 +39,33 @@ def summarise(history: list[dict], seconds: float | None, metric: str) -> dict:
             "rollout_kl_last": steps[-1].get("rollout_kl")}
 
 
+def setting_of(name: str) -> str:
+    return name.split("@")[0]
+
+
 def plot(results: dict, path: Path, metric: str) -> Path:
+    """Held-out `metric` and the training reward by step: per setting each run's curve, and with several seeds
+    their mean (bold)."""
     from rlhf.tracking import _pyplot, _save
 
     fig, (left, right) = _pyplot().subplots(1, 2, figsize=(11, 4))
-    for name, r in results.items():
-        left.plot(list(r["evals"]), list(r["evals"].values()), marker="o", label=name)
-        rewards = r["rewards"]
-        mean = [statistics.mean(rewards[max(0, i - 4):i + 1]) for i in range(len(rewards))]
-        right.plot(range(len(rewards)), mean, label=f"{name} (running mean of 5)")
+    colours = {}
+    for setting in dict.fromkeys(setting_of(name) for name in results):
+        runs = [r for name, r in results.items() if setting_of(name) == setting]
+        colour = colours.setdefault(setting, f"C{len(colours)}")
+        steps = sorted(set.intersection(*(set(r["evals"]) for r in runs)))
+        smoothed = [[statistics.mean(r["rewards"][max(0, i - 4):i + 1]) for i in range(len(r["rewards"]))]
+                    for r in runs]
+        if len(runs) > 1:
+            for r, mean in zip(runs, smoothed):
+                left.plot(list(r["evals"]), list(r["evals"].values()), color=colour, alpha=0.3, linewidth=1)
+                right.plot(range(len(mean)), mean, color=colour, alpha=0.3, linewidth=1)
+        label = f"{setting} (mean of {len(runs)} seeds)" if len(runs) > 1 else setting
+        left.plot(steps, [statistics.mean(r["evals"][s] for r in runs) for s in steps], marker="o", color=colour,
+                  linewidth=2, label=label)
+        length = min(len(m) for m in smoothed)
+        right.plot(range(length), [statistics.mean(m[i] for m in smoothed) for i in range(length)], color=colour,
+                   linewidth=2, label=f"{label}, running mean of 5")
     left.set(xlabel="step", ylabel=metric, title=f"held-out {metric} (greedy)")
     right.set(xlabel="step", ylabel="training reward", title="training reward")
     for ax in (left, right):
@@ -57,35 +77,49 @@ def plot(results: dict, path: Path, metric: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--from", dest="runs", nargs="*", default=[], help="name=folder of finished runs to read")
+    parser.add_argument("--from", dest="runs", nargs="*", default=[],
+                        help="name=folder of finished runs to read (name: a setting, or setting@seed)")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="runs of each setting, seed=N each")
     parser.add_argument("--metric", default="eval/bleu", help="the held-out figure to compare")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "compare_precision")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
     folders = dict(item.split("=", 1) for item in args.runs)
+    several = len(args.seeds) > 1
     results = {}
-    for name in args.settings:
-        setting = SETTINGS[name]
-        if name in folders:
-            history = [json.loads(line) for line in (Path(folders[name]) / "metrics.jsonl").read_text().splitlines()]
-            results[name] = summarise(history, None, args.metric)
-            continue
-        started = time.perf_counter()
-        history = train([*setting, *overrides], args.out / name.replace("+", "_"), f"the {name} run")
-        results[name] = summarise(history, time.perf_counter() - started, args.metric)
+    for setting in args.settings:
+        for seed in args.seeds:
+            name = f"{setting}@{seed}" if several else setting
+            if name in folders:
+                history = [json.loads(line) for line in (Path(folders[name]) / "metrics.jsonl").read_text().splitlines()]
+                results[name] = summarise(history, None, args.metric)
+                continue
+            started = time.perf_counter()
+            seeded = [f"seed={seed}"] if several else []  # one run: the config's seed, as before
+            folder = args.out / name.replace("+", "_").replace("@", "-seed")
+            history = train([*SETTINGS[setting], *seeded, *overrides], folder, f"the {name} run")
+            results[name] = summarise(history, time.perf_counter() - started, args.metric)
 
-    print(f"\n{'':9}{'wall':>8}{'s/step':>8}{'train':>8}{'generate':>9}{'gap':>8}  held-out {args.metric} by step")
+    print(f"\n{'':10}{'wall':>8}{'s/step':>8}{'train':>8}{'generate':>9}{'gap':>8}  held-out {args.metric} by step")
     for name, r in results.items():
         wall = f"{r['wall_s'] / 60:.1f}m" if r["wall_s"] else "-"
         m = r["median_s"]
         evals = ", ".join(f"{step}: {value:.4f}" for step, value in r["evals"].items())
-        print(f"{name:9}{wall:>8}{m['time/step']:>8.2f}{m['time/train']:>8.2f}{m['time/generate']:>9.2f}"
+        print(f"{name:10}{wall:>8}{m['time/step']:>8.2f}{m['time/train']:>8.2f}{m['time/generate']:>9.2f}"
               f"{r['logprob_gap']:>8.4f}  {evals}")
-    day = time.strftime("%Y%m%d")
-    out = REPO / "docs" / "benchmarks" / f"precision-{day}.json"
-    out.write_text(json.dumps({"overrides": overrides, "results": results}, indent=1))
-    print(f"figures: {out}\nplot: {plot(results, REPO / 'docs' / 'figures' / 'precision_default_experiment.png', args.metric)}")
+    if several:  # each setting's mean and standard deviation over its seeds, step by step
+        for setting in args.settings:
+            runs = [r for name, r in results.items() if setting_of(name) == setting]
+            steps = sorted(set.intersection(*(set(r["evals"]) for r in runs)))
+            print(f"{setting:10}mean ± sd over seeds {args.seeds}: " + ", ".join(
+                f"{s}: {statistics.mean(r['evals'][s] for r in runs):.4f} ± "
+                f"{statistics.stdev(r['evals'][s] for r in runs):.4f}" for s in steps))
+    day, suffix = time.strftime("%Y%m%d"), "-seeds" if several else ""
+    out = REPO / "docs" / "benchmarks" / f"precision-{day}{suffix}.json"
+    out.write_text(json.dumps({"overrides": overrides, "seeds": args.seeds, "results": results}, indent=1))
+    figure = "precision_seeds.png" if several else "precision_default_experiment.png"
+    print(f"figures: {out}\nplot: {plot(results, REPO / 'docs' / 'figures' / figure, args.metric)}")
 
 
 if __name__ == "__main__":
