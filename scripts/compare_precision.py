@@ -80,23 +80,24 @@ def main() -> None:
     parser.add_argument("--from", dest="runs", nargs="*", default=[],
                         help="name=folder of finished runs to read (name: a setting, or setting@seed)")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="runs of each setting, seed=N each")
+    parser.add_argument("--seeds", nargs="+", type=int, help="runs of each setting, seed=N each (default: one "
+                                                                  "run at the config's seed)")
     parser.add_argument("--metric", default="eval/bleu", help="the held-out figure to compare")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "compare_precision")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
     folders = dict(item.split("=", 1) for item in args.runs)
-    several = len(args.seeds) > 1
+    several = args.seeds is not None and len(args.seeds) > 1
     results = {}
     for setting in args.settings:
-        for seed in args.seeds:
+        for seed in args.seeds or [None]:
             name = f"{setting}@{seed}" if several else setting
             if name in folders:
                 history = [json.loads(line) for line in (Path(folders[name]) / "metrics.jsonl").read_text().splitlines()]
                 results[name] = summarise(history, None, args.metric)
                 continue
             started = time.perf_counter()
-            seeded = [f"seed={seed}"] if several else []  # one run: the config's seed, as before
+            seeded = [f"seed={seed}"] if seed is not None else []
             folder = args.out / name.replace("+", "_").replace("@", "-seed")
             history = train([*SETTINGS[setting], *seeded, *overrides], folder, f"the {name} run")
             results[name] = summarise(history, time.perf_counter() - started, args.metric)

@@ -19,6 +19,7 @@ import json
 import logging
 
 from rlhf.agents.tools import ToolCall
+from rlhf.data.prompts import with_system
 
 PROBE = [{"role": "user", "content": "probe"}]
 MARK = "\u2063probe-content\u2063"  # an assistant content found by position in the rendered probe
@@ -72,21 +73,13 @@ class Renderer:
     def prompt(self, messages: list[dict], schemas: list[dict] | None = None) -> list[int]:
         """The episode's prompt tokens: the system prompt (with the tools when the template has no place for them),
         the row's messages, the generation prompt. `schemas`: the row's tools (its environment's, in
-        multi-environment mode), by default every tool. Where the messages open with a system message of their own
-        (an agent's, a data row's), ours is added to its end: one system message, as templates expect (some refuse
-        a second). An agent's calls (rlhf/agents/openai_agents.py) and SFT demonstrations render through here alike."""
+        multi-environment mode), by default every tool. Ours joins a system message the messages open with
+        (`with_system`). An agent's calls (rlhf/agents/openai_agents.py) and SFT demonstrations render through here."""
         schemas = self.schemas if schemas is None else schemas
         system = [self.system_prompt] if self.system_prompt else []
         if schemas and not self.template_tools:
             system.append(SYSTEM_TOOLS.format(schemas="\n".join(json.dumps(s["function"]) for s in schemas)))
-        if system and messages and messages[0].get("role") == "system":
-            own = messages[0].get("content") or ""
-            if isinstance(own, list):  # content blocks: their texts
-                own = "".join(block.get("text", "") for block in own if isinstance(block, dict))
-            messages = [{**messages[0], "content": "\n\n".join([own, *system])}, *messages[1:]]
-        elif system:
-            messages = [{"role": "system", "content": "\n\n".join(system)}, *messages]
-        return self.encode(self.render(messages, generation_prompt=True, schemas=schemas))
+        return self.encode(self.render(with_system(messages, system), generation_prompt=True, schemas=schemas))
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

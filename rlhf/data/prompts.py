@@ -25,7 +25,7 @@ CANONICAL = ("prompt", "references", "answer")
 PREPARED = ("_text", "_ids", "_length")  # the stream's own columns, beside the canonical ones
 HIDDEN = (*PREPARED, ROW)  # never given to reward functions
 PROCESSES_FROM = 50_000  # rows from which the map runs in several processes
-VERSION = "2"  # of the preparation below: a change makes every cache stale
+VERSION = "3"  # of the preparation below: a change makes every cache stale
 
 
 def load_rows(cfg):
@@ -253,6 +253,21 @@ class PromptStream:
         self.cursor.load_state_dict(state)
 
 
+def with_system(messages: list[dict], parts: list[str]) -> list[dict]:
+    """`messages` with our system text (`parts`: data.system_prompt, a tools listing) as its system message: added to
+    the end of a system message the messages open with (a row's, an agent's), else one of its own in front. One system
+    message, as templates expect (some refuse a second); every prompt is built this way (RL prompts, episodes, an
+    agent's calls, SFT demonstrations)."""
+    if not parts:
+        return messages
+    if messages and messages[0].get("role") == "system":
+        own = messages[0].get("content") or ""
+        if isinstance(own, list):  # content blocks: their texts
+            own = "".join(block.get("text", "") for block in own if isinstance(block, dict))
+        return [{**messages[0], "content": "\n\n".join([own, *parts])}, *messages[1:]]
+    return [{"role": "system", "content": "\n\n".join(parts)}, *messages]
+
+
 class Renderer:
     """A row's prompt as its chat-templated text and tokens. A plain-string prompt under a template that only wraps
     its content (checked with two probes) is wrapped directly, without Jinja per row."""
@@ -271,8 +286,7 @@ class Renderer:
 
     def template(self, prompt) -> str:
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        if self.system_prompt:
-            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        messages = with_system(messages, [self.system_prompt] if self.system_prompt else [])
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                                   chat_template=self.chat_template, **self.kwargs)
 

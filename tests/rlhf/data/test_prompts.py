@@ -88,6 +88,16 @@ def test_stream_applies_the_chat_template_and_cycles(tiny_model):
     assert restored.next_batch(5).rows == stream.next_batch(5).rows
 
 
+def test_a_conversational_prompt_with_its_own_system_message_keeps_one(tiny_model):
+    # data.system_prompt joins the row's system message, as episodes, agents and SFT demonstrations render it
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rows = [{"prompt": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "2+3?"}]}]
+    batch = PromptStream(rows, tok, system_prompt="be brief", max_prompt_tokens=200, seed=1).next_batch(1)
+    assert batch.texts[0].startswith("<|im_start|>system\nYou are terse.\n\nbe brief<|im_end|>\n<|im_start|>user")
+
+
 def test_prompt_longer_than_the_limit_is_named(tiny_model):
     from transformers import AutoTokenizer
 
