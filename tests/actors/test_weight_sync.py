@@ -1,6 +1,7 @@
 """The real actors on a real Ray instance: a DeepSpeed learner step, the CPU weight-sync route, vLLM."""
 
 import os
+import time
 
 import pytest
 import ray
@@ -125,7 +126,11 @@ def test_gpu_routes_ask_the_actors_where_they_compute(ray_cluster, tiny_model, t
     route.timeout_s = 60
     route.push()
     route.timeout_s = 1e-3
-    route.loading = [(0, rollout.pause.remote(), [rollout.load_weights.remote(route.folder, 2)])]  # a new version
+    # a new version, its load queued behind 2 s of other work (the actor runs its calls in order): the tiny model's
+    # load alone could finish within the 1 ms, and did once on a quiet machine
+    pause = rollout.pause.remote()
+    rollout.__ray_call__.remote(lambda self: time.sleep(2))
+    route.loading = [(0, pause, [rollout.load_weights.remote(route.folder, 2)])]
     with pytest.raises(WeightSyncTimeout, match=r"route shm: rollout engine 0 did not finish reloading"):
         route.wait_for_reloads()
     route.timeout_s = 60
