@@ -83,6 +83,11 @@ class VLLMEngine(GenerationEngine):
             distributed_executor_backend="uni" if settings.tensor_parallel_size == 1 else "mp",
             # logprobs of the distribution actually sampled (temperature applied), as the learner computes them
             logprobs_mode="processed_logprobs",
+            # vLLM rewinds a seeded request's generator after a partial (chunked) prefill, which a CPU generator
+            # cannot do ("CPU Generator does not use offset"): on the CPU every prompt is prefilled whole, so a
+            # step's token budget must hold the longest sequence (vLLM-CPU's default budget is 4096)
+            **({} if on_gpu else {"enable_chunked_prefill": False,
+                                  "max_num_batched_tokens": max(settings.max_model_len, 4096)}),
             **({"enable_sleep_mode": True} if self.sleeps else {}),
             **({"weight_transfer_config": {"backend": self.transfer}} if self.transfer else {}),
         )

@@ -145,3 +145,14 @@ def test_a_generation_between_slices_leaves_the_stream_whole(rollout):
     # the evaluation's samples are what the engine gives with nothing else running
     assert [s.completion_ids for s in ray.get(rollout.generate.remote([[5, 6, 7]], 2, sampling))[0]] == \
         [s.completion_ids for s in alone[0]]
+
+
+def test_seeded_sampling_over_more_prompt_tokens_than_a_step_takes(rollout):
+    # 48 prompts of 100 tokens: more than a step's budget of 4096, where vLLM would prefill one in chunks and then
+    # rewind its seeded generator, which a CPU generator cannot ("CPU Generator does not use offset"); prefilled
+    # whole, each sample is its seed's, whatever else shares the batch
+    prompts = [[(7 * i + j) % 200 + 5 for j in range(100)] for i in range(48)]
+    sampling = SamplingSettings(8, temperature=1.0, top_p=1.0, seed=5)
+    everything = ray.get(rollout.generate.remote(prompts, 2, sampling))
+    first = ray.get(rollout.generate.remote(prompts[:1], 2, sampling))
+    assert len(everything) == 48 and [s.completion_ids for s in everything[0]] == [s.completion_ids for s in first[0]]
