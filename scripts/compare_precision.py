@@ -49,10 +49,9 @@ def plot(results: dict, path: Path, metric: str) -> Path:
     from rlhf.tracking import _pyplot, _save
 
     fig, (left, right) = _pyplot().subplots(1, 2, figsize=(11, 4))
-    colours = {}
-    for setting in dict.fromkeys(setting_of(name) for name in results):
+    for i, setting in enumerate(dict.fromkeys(setting_of(name) for name in results)):
         runs = [r for name, r in results.items() if setting_of(name) == setting]
-        colour = colours.setdefault(setting, f"C{len(colours)}")
+        colour = f"C{i}"  # a setting's seeds and their mean in one colour
         steps = sorted(set.intersection(*(set(r["evals"]) for r in runs)))
         smoothed = [[statistics.mean(r["rewards"][max(0, i - 4):i + 1]) for i in range(len(r["rewards"]))]
                     for r in runs]

@@ -332,8 +332,10 @@ class Asynchronous:
         be scored."""
         sample.versions = [self.pushes[v] for v in sample.versions]  # pushes -> policy versions
         answered = job.work.receive(key, sample)
-        with job.lock:  # the group goes to be scored once: an agent's group may have several answers come back
-            requests = [self._request(job, *request) for request in answered]  # after its last episode ended
+        # the group goes to be scored once: an agent's group may have several answers come back after its last
+        # episode ended, so `complete` is never set back
+        with job.lock:
+            requests = [self._request(job, *request) for request in answered]
             samples = None if job.complete else job.work.result()
             job.complete = job.complete or samples is not None
         if requests:

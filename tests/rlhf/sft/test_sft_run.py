@@ -45,12 +45,12 @@ def kill_the_engine_after(step: int):
     from rlhf.sft.trainer import SftTrainer
     from tests_ray_helpers import actor_state, wait_until
 
-    learn, calls = SftTrainer.learn, []
+    learn, trained = SftTrainer.learn, []
 
     def learn_then_kill(self, indices):
         metrics = learn(self, indices)
-        calls.append(step)
-        if len(calls) == step + 1:
+        trained.append(indices)
+        if len(trained) == step + 1:  # steps 0..step have trained
             engine = self.actors.rollouts[0]
             ray.kill(engine, no_restart=False)
             wait_until(lambda: actor_state(engine)["NumRestarts"] >= 1, "the engine's death seen by Ray")
