@@ -7,9 +7,10 @@ of the model's own shapes (hidden x intermediate, forward and its backward's two
 with the role's threads, a second or two, cached under the project's cache per CPU model, torch version, shape and
 threads. bf16 is chosen where it is at least `MARGIN` faster. On a GPU nothing is probed: bf16, as before.
 
-What each choice keeps: `train.bf16=true` is DeepSpeed's bf16 mode: the model computes in bf16, DeepSpeed keeps fp32
-master weights and fp32 Adam moments (its BF16_Optimizer; ZeRO 1-2 partitions them), the gradients are reduced in
-fp32; false is fp32 throughout. The engine (`rollout.dtype`) follows the learner's choice on the CPU, so both sample
+What each choice keeps: `train.bf16=true` is DeepSpeed's bf16 mode: the model computes in bf16 (its gradients too,
+summed over micro-batches in bf16), DeepSpeed keeps fp32 master weights and fp32 Adam moments (ZeRO 1-2 partition
+them), the masters starting from the loaded fp32 values, not their bf16 rounding (`keep_loaded_masters` in
+rlhf/training/deepspeed_engine.py says why); false is fp32 throughout. The engine (`rollout.dtype`) follows the learner's choice on the CPU, so both sample
 and score in one precision (their logprob gap, `logprob_gap` and `mismatch_kl`, is what the rollout corrections see).
 """
 

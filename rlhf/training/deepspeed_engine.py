@@ -1,10 +1,14 @@
 """One place that turns a HF model and the `train` config into a DeepSpeed engine (policy and critic alike)."""
 
+import logging
+
 import torch
 
 from rlhf.config import micro_batch
 from rlhf.devices import resolve_bf16
 from rlhf.training.lora import is_adapted, merged_state_dict
+
+log = logging.getLogger(__name__)
 
 
 def deepspeed_config(train_cfg, batch_size: int, world_size: int, bf16: bool, on_gpu: bool) -> dict:
@@ -78,13 +82,46 @@ def make_engine(model, train_cfg, batch_size: int, world_size: int = 1):
     optimizer = torch.optim.AdamW(trainable, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, fused=True)
     warmup = max(1, train_cfg.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    config = deepspeed_config(train_cfg, batch_size, world_size, resolve_bf16(train_cfg.bf16, device), device.type == "cuda")
+    bf16 = resolve_bf16(train_cfg.bf16, device)
+    config = deepspeed_config(train_cfg, batch_size, world_size, bf16, device.type == "cuda")
+    # DeepSpeed casts the model to bf16 in place (new tensors: these keep the loaded full-precision values)
+    loaded = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad and p.dtype == torch.float32}
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+    if bf16:
+        keep_loaded_masters(engine, loaded)
     if world_size == 1 and train_cfg.zero_stage == 0:
         # nothing to average over, but DeepSpeed would still flatten and all-reduce (~0.5 s at 135M); under ZeRO
         # the optimizer's gradient partitioning runs through this call, so it stays
         engine.enable_backward_allreduce = False
     return engine
+
+
+def keep_loaded_masters(engine, loaded: dict[str, torch.Tensor]) -> None:
+    """Make the fp32 master weights the loaded fp32 values, not their bf16 rounding (DeepSpeed copies its masters from
+    the bf16 module). From the rounded values every master starts on the bf16 grid, and a weight the model computes
+    with moves only once its updates add up to half a bf16 step: at lr 3e-5 on SmolLM2 (weights ~0.1, a bf16 step
+    ~5e-4) some 8 updates of one sign. The default experiment's policy then drifted from its reference 5-10x slower
+    than in fp32 and learned more slowly. From the loaded values the masters sit anywhere between grid points, and
+    rounding to the nearest moves the weights as much as the updates on average. Weights loaded as bf16 (or already
+    on the grid) keep that lag; ZeRO-3 loads each rank's shard in bf16, so nothing is kept there."""
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    optimizer, kept = engine.optimizer, 0
+    if hasattr(optimizer, "fp32_groups"):  # ZeRO 0 (FP16_UnfusedOptimizer over bf16): one fp32 master per param
+        name_of = {id(param): name for name, param in engine.module.named_parameters()}
+        for masters, params in zip(optimizer.fp32_groups, optimizer.fp16_groups):
+            for master, param in zip(masters, params):
+                if name_of[id(param)] in loaded:
+                    master.data.copy_(loaded[name_of[id(param)]])
+                    kept += 1
+    else:  # ZeRO 1-2: each rank's fragment of the partitioned masters
+        for name, param in engine.module.named_parameters():
+            if name in loaded and getattr(param, "_hp_mapping", None) is not None:
+                safe_set_full_fp32_param(param, loaded[name].to(param.device))
+                kept += 1
+    if loaded and not kept:
+        log.warning("bf16: the fp32 master weights are the bf16 rounding of the loaded ones (%s): small updates "
+                    "lag", type(optimizer).__name__)
 
 
 def backward_and_step(engine, loss: torch.Tensor, metrics: dict) -> None:

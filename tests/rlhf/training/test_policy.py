@@ -86,6 +86,35 @@ def test_bf16_computes_in_bf16_over_fp32_master_weights_and_adam_state(tiny_mode
     assert any(not torch.equal(a, b) for a, b in zip(before, masters))
 
 
+@pytest.mark.parametrize("stage", [0, 1])
+def test_bf16_master_weights_start_from_the_loaded_fp32_values_not_their_bf16_rounding(tiny_model, monkeypatch, stage):
+    # DeepSpeed copies its masters from the bf16 module: every master would sit on the bf16 grid and a weight would
+    # move only once its updates reached half a bf16 step (the default experiment's policy drifted 5-10x slower than
+    # in fp32). The masters are the loaded values (BF16_Optimizer at stage 0, ZeRO's partitions at 1)
+    from deepspeed.utils import safe_get_full_fp32_param
+    from transformers import AutoModelForCausalLM
+
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29565", "RANK": "0", "WORLD_SIZE": "1",
+                       "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, os.environ.get(key, value))
+    cfg = load_config(compose_config("experiment=smoke", "algo.kl.beta=0", "train.bf16=true",
+                                     f"train.zero_stage={stage}", "train.micro_batch_size=4", "output_dir=/tmp/unused"))
+    loaded = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict()
+    engine = PolicyLearner(tiny_model, cfg.train, cfg.algo, 4, 5, 1.0, 0).engine
+    masters = {}
+    if stage == 0:  # FP16_UnfusedOptimizer over bf16: one fp32 master per param
+        for group, params in zip(engine.optimizer.fp32_groups, engine.optimizer.fp16_groups):
+            masters.update(zip(map(id, params), group))
+    off_grid = 0
+    for name, param in engine.module.named_parameters():
+        master = (masters[id(param)] if stage == 0 else safe_get_full_fp32_param(param))
+        assert param.dtype == torch.bfloat16 and master.dtype == torch.float32, name
+        assert torch.equal(master, loaded[name]), name
+        assert torch.equal(param, master.bfloat16()), name  # the module computes with the masters' rounding
+        off_grid += int(not torch.equal(master, param.float()))
+    assert off_grid > 0  # a tiny random model's fp32 weights are mostly off the bf16 grid
+
+
 def test_a_bf16_learner_resumes_exactly_its_fp32_master_weights_included(tiny_model, monkeypatch, tmp_path):
     # a resume that rebuilt the fp32 master copy from the bf16 module would lose the updates smaller than bf16's
     # resolution and drift from the run it continues: the checkpoint carries the masters and Adam's moments
