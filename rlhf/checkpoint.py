@@ -162,15 +162,20 @@ def prune_checkpoints(root: str | Path, keep_last: int, keep: str | None = None)
             shutil.rmtree(old)
 
 
+# what torch's zip writer says when a write comes up short (a full disk among other causes): seen on these machines
+TORCH_WRITE_FAILURES = ("file write failed", "iostream error", "unexpected pos")
+
+
 def out_of_space(err: BaseException, root: str | Path) -> bool:
     """Whether a save failed for want of space: ENOSPC anywhere in the exception's chain (an actor's error arrives
-    as its `cause`), or torch's bare "file write failed" with less left than the newest checkpoint's size."""
+    as its `cause`), or one of torch's bare write failures (TORCH_WRITE_FAILURES) with less left than the newest
+    checkpoint's size."""
     seen, depth = err, 0
     while seen is not None and depth < 16:
         if isinstance(seen, OSError) and seen.errno == errno.ENOSPC or "No space left on device" in str(seen):
             return True
         seen, depth = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__, depth + 1
-    if "file write failed" not in str(err):
+    if not any(message in str(err) for message in TORCH_WRITE_FAILURES):
         return False
     found = complete_checkpoints(root)
     needed = sum(p.stat().st_size for p in found[-1].rglob("*") if p.is_file()) if found else 2**30

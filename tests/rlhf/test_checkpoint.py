@@ -101,6 +101,29 @@ def test_a_full_disk_fails_clearly_and_leaves_the_earlier_checkpoints_as_they_we
     assert find_checkpoint("auto", tmp_path).name == "step-000004"
 
 
+def test_torchs_bare_write_failure_on_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
+    # torch.save's zip writer on a full disk (a real run, 2026-12-06): no ENOSPC anywhere, only these words
+    import shutil
+    from collections import namedtuple
+
+    from rlhf import checkpoint
+    from rlhf.checkpoint import CheckpointWriteError
+
+    save_checkpoint(tmp_path, 4, write_weights, {"step": 4}, keep_last=1)
+
+    def torch_short_write(folder):
+        raise RuntimeError("basic_ios::clear: iostream error ... [enforce fail at inline_container.cc:672] . "
+                           "unexpected pos 1660485888 vs 1660485776")
+
+    usage, real = namedtuple("usage", "total used free"), shutil.disk_usage
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda root: usage(10, 10, 0))
+    with pytest.raises(CheckpointWriteError, match="no space left"):
+        save_checkpoint(tmp_path, 9, torch_short_write, {"step": 9}, keep_last=1)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", real)  # with room the error is not hidden
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        save_checkpoint(tmp_path, 9, torch_short_write, {"step": 9}, keep_last=1)
+
+
 # --- a real run killed and resumed -------------------------------------------------------------------------
 import json  # noqa: E402
 import os  # noqa: E402
