@@ -9,8 +9,8 @@ threads. bf16 is chosen where it is at least `MARGIN` faster. On a GPU nothing i
 
 What each choice keeps: `train.bf16=true` is DeepSpeed's bf16 mode: the model computes in bf16 (its gradients too,
 summed over micro-batches in bf16), DeepSpeed keeps fp32 master weights and fp32 Adam moments (ZeRO 1-2 partition
-them), the masters starting from the loaded fp32 values, not their bf16 rounding (`keep_loaded_masters` in
-rlhf/training/deepspeed_engine.py says why); false is fp32 throughout. The engine (`rollout.dtype`) follows the learner's choice on the CPU, so both sample
+them), the masters starting off the bf16 grid (`start_masters_off_grid` in rlhf/training/deepspeed_engine.py says
+why); false is fp32 throughout. The engine (`rollout.dtype`) follows the learner's choice on the CPU, so both sample
 and score in one precision (their logprob gap, `logprob_gap` and `mismatch_kl`, is what the rollout corrections see).
 """
 

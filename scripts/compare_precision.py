@@ -1,13 +1,13 @@
 """The default experiment in fp32 and in bf16 on this CPU, one after the other: wall time, seconds per step by phase,
 held-out evaluations and training reward, as a table and a figure (issue 35: the measured choice, before and after).
 
-    python scripts/compare_precision.py                          # the three runs (~10 + 6 + 6 min on 2 cores)
+    python scripts/compare_precision.py                          # the two runs (~9 + 7 min on 2 cores)
     python scripts/compare_precision.py --from fp32=/runs/a bf16=/runs/b    # the table and figure of finished runs
     python scripts/compare_precision.py -- steps=14              # Hydra overrides for both runs after `--`
     python scripts/compare_precision.py --settings fp32 bf16 --seeds 0 1 2 --from fp32@0=/runs/a   # seeds: their spread
 
-Each run is `python -m rlhf.train` with `train.bf16=false` or `true` (the engine and the reference follow it), and bf16
-with TIS weighing the engine/learner gap; the wall time is the whole command's, start-up included. Writes docs/figures/precision_default_experiment.png and
+Each run is `python -m rlhf.train` with `train.bf16=false` or `true` (the engine and the reference follow it); the
+wall time is the whole command's, start-up included. Writes docs/figures/precision_default_experiment.png and
 docs/benchmarks/precision-<date>.json; with several seeds (`seed=N` each; a run is named setting@seed)
 docs/figures/precision_seeds.png (each seed's curve and their mean) and docs/benchmarks/precision-<date>-seeds.json.
 """
@@ -24,16 +24,14 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 from training_runs import train  # noqa: E402 (after the path)
 
-# bf16+tis: the engine/learner gap bf16 brings weighed by truncated importance sampling (docs/algorithms.md)
-SETTINGS = {"fp32": ["train.bf16=false"], "bf16": ["train.bf16=true"],
-            "bf16+tis": ["train.bf16=true", "algo/correction=tis"]}
+SETTINGS = {"fp32": ["train.bf16=false"], "bf16": ["train.bf16=true"]}
 
 
 def summarise(history: list[dict], seconds: float | None, metric: str) -> dict:
     steps = [h for h in history if "reward" in h]
     evals = {h["step"]: h[metric] for h in history if metric in h}
     phases = sorted(k for k in steps[0] if k.startswith("time/"))
-    return {"wall_s": seconds, "evals": evals, "rewards": [h["reward"] for h in steps],
+    return {"wall_s": seconds, "evals": evals, "rewards": [h["reward"] for h in steps], "kl": [h["kl"] for h in steps],
             "median_s": {k: statistics.median(h[k] for h in steps[1:] if k in h) for k in phases},
             "logprob_gap": statistics.mean(h["logprob_gap"] for h in steps),
             "rollout_kl_last": steps[-1].get("rollout_kl")}
@@ -44,11 +42,12 @@ def setting_of(name: str) -> str:
 
 
 def plot(results: dict, path: Path, metric: str) -> Path:
-    """Held-out `metric` and the training reward by step: per setting each run's curve, and with several seeds
-    their mean (bold)."""
+    """Held-out `metric`, the training reward and the policy's KL to the reference by step: per setting each run's
+    curve, and with several seeds their mean (bold). The KL shows how far the policy has moved (bf16's lag, issue
+    35, was seen there first)."""
     from rlhf.tracking import _pyplot, _save
 
-    fig, (left, right) = _pyplot().subplots(1, 2, figsize=(11, 4))
+    fig, (held_out, reward, kl) = _pyplot().subplots(1, 3, figsize=(16, 4))
     for i, setting in enumerate(dict.fromkeys(setting_of(name) for name in results)):
         runs = [r for name, r in results.items() if setting_of(name) == setting]
         colour = f"C{i}"  # a setting's seeds and their mean in one colour
@@ -57,17 +56,21 @@ def plot(results: dict, path: Path, metric: str) -> Path:
                     for r in runs]
         if len(runs) > 1:
             for r, mean in zip(runs, smoothed):
-                left.plot(list(r["evals"]), list(r["evals"].values()), color=colour, alpha=0.3, linewidth=1)
-                right.plot(range(len(mean)), mean, color=colour, alpha=0.3, linewidth=1)
+                held_out.plot(list(r["evals"]), list(r["evals"].values()), color=colour, alpha=0.3, linewidth=1)
+                reward.plot(range(len(mean)), mean, color=colour, alpha=0.3, linewidth=1)
+                kl.plot(range(len(r["kl"])), r["kl"], color=colour, alpha=0.3, linewidth=1)
         label = f"{setting} (mean of {len(runs)} seeds)" if len(runs) > 1 else setting
-        left.plot(steps, [statistics.mean(r["evals"][s] for r in runs) for s in steps], marker="o", color=colour,
-                  linewidth=2, label=label)
+        held_out.plot(steps, [statistics.mean(r["evals"][s] for r in runs) for s in steps], marker="o", color=colour,
+                      linewidth=2, label=label)
         length = min(len(m) for m in smoothed)
-        right.plot(range(length), [statistics.mean(m[i] for m in smoothed) for i in range(length)], color=colour,
-                   linewidth=2, label=f"{label}, running mean of 5")
-    left.set(xlabel="step", ylabel=metric, title=f"held-out {metric} (greedy)")
-    right.set(xlabel="step", ylabel="training reward", title="training reward")
-    for ax in (left, right):
+        reward.plot(range(length), [statistics.mean(m[i] for m in smoothed) for i in range(length)], color=colour,
+                    linewidth=2, label=f"{label}, running mean of 5")
+        kl.plot(range(length), [statistics.mean(r["kl"][i] for r in runs) for i in range(length)], color=colour,
+                linewidth=2, label=label)
+    held_out.set(xlabel="step", ylabel=metric, title=f"held-out {metric} (greedy)")
+    reward.set(xlabel="step", ylabel="training reward", title="training reward")
+    kl.set(xlabel="step", ylabel="kl", title="KL of the policy to the reference (k3, token mean)")
+    for ax in (held_out, reward, kl):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -1,6 +1,7 @@
 """One place that turns a HF model and the `train` config into a DeepSpeed engine (policy and critic alike)."""
 
 import logging
+import zlib
 
 import torch
 
@@ -84,11 +85,13 @@ def make_engine(model, train_cfg, batch_size: int, world_size: int = 1):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     bf16 = resolve_bf16(train_cfg.bf16, device)
     config = deepspeed_config(train_cfg, batch_size, world_size, bf16, device.type == "cuda")
-    # DeepSpeed casts the model to bf16 in place (new tensors: these keep the loaded full-precision values)
-    loaded = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad and p.dtype == torch.float32}
+    # DeepSpeed casts the model to bf16 in place (new tensors: these keep the loaded fp32 values, in host memory: on a
+    # GPU they would need 4 more bytes a parameter there while DeepSpeed makes its copies; on the CPU no copy is made)
+    loaded = {name: p.detach().cpu() for name, p in model.named_parameters()
+              if bf16 and p.requires_grad and p.dtype == torch.float32}
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     if bf16:
-        keep_loaded_masters(engine, loaded)
+        start_masters_off_grid(engine, loaded)
     if world_size == 1 and train_cfg.zero_stage == 0:
         # nothing to average over, but DeepSpeed would still flatten and all-reduce (~0.5 s at 135M); under ZeRO
         # the optimizer's gradient partitioning runs through this call, so it stays
@@ -96,32 +99,49 @@ def make_engine(model, train_cfg, batch_size: int, world_size: int = 1):
     return engine
 
 
-def keep_loaded_masters(engine, loaded: dict[str, torch.Tensor]) -> None:
-    """Make the fp32 master weights the loaded fp32 values, not their bf16 rounding (DeepSpeed copies its masters from
-    the bf16 module). From the rounded values every master starts on the bf16 grid, and a weight the model computes
-    with moves only once its updates add up to half a bf16 step: at lr 3e-5 on SmolLM2 (weights ~0.1, a bf16 step
-    ~5e-4) some 8 updates of one sign. The default experiment's policy then drifted from its reference 5-10x slower
-    than in fp32 and learned more slowly. From the loaded values the masters sit anywhere between grid points, and
-    rounding to the nearest moves the weights as much as the updates on average. Weights loaded as bf16 (or already
-    on the grid) keep that lag; ZeRO-3 loads each rank's shard in bf16, so nothing is kept there."""
+def start_masters_off_grid(engine, loaded: dict[str, torch.Tensor]) -> None:
+    """Start DeepSpeed's fp32 master weights from the loaded fp32 values, those that bf16 holds exactly dithered
+    (`dither_on_grid`), instead of DeepSpeed's copy of the bf16 module. From that copy every master sits on the bf16
+    grid, and a weight the model computes with moves only once its updates add up to half a bf16 step: at lr 3e-5 on
+    SmolLM2 (weights ~0.1, a bf16 step ~5e-4) some 8 updates of one sign, and an RMSNorm weight of 1.0 some 130. The
+    default experiment's policy then drifted from its reference 5-10x slower than in fp32 and learned more slowly.
+    Off the grid, rounding to the nearest moves the weights as much as the updates on average. The model computes
+    with the same bf16 weights either way. ZeRO-3 loads each rank's shard in bf16: its masters stay on the grid."""
     from deepspeed.utils import safe_set_full_fp32_param
+
+    def master(name: str) -> torch.Tensor:  # the same on every rank: a generator per parameter, seeded by its name
+        return dither_on_grid(loaded[name], torch.Generator().manual_seed(zlib.crc32(name.encode())))
 
     optimizer, kept = engine.optimizer, 0
     if hasattr(optimizer, "fp32_groups"):  # ZeRO 0 (FP16_UnfusedOptimizer over bf16): one fp32 master per param
         name_of = {id(param): name for name, param in engine.module.named_parameters()}
         for masters, params in zip(optimizer.fp32_groups, optimizer.fp16_groups):
-            for master, param in zip(masters, params):
+            for fp32, param in zip(masters, params):
                 if name_of[id(param)] in loaded:
-                    master.data.copy_(loaded[name_of[id(param)]])
+                    fp32.data.copy_(master(name_of[id(param)]).to(fp32.device))
                     kept += 1
     else:  # ZeRO 1-2: each rank's fragment of the partitioned masters
         for name, param in engine.module.named_parameters():
             if name in loaded and getattr(param, "_hp_mapping", None) is not None:
-                safe_set_full_fp32_param(param, loaded[name].to(param.device))
+                safe_set_full_fp32_param(param, master(name).to(param.device))
                 kept += 1
     if loaded and not kept:
-        log.warning("bf16: the fp32 master weights are the bf16 rounding of the loaded ones (%s): small updates "
-                    "lag", type(optimizer).__name__)
+        log.warning("bf16: the fp32 master weights are DeepSpeed's copy of the bf16 ones (%s): small updates lag",
+                    type(optimizer).__name__)
+
+
+def dither_on_grid(values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """`values` with each one that bf16 holds exactly (0 aside) moved by a uniform amount within half a bf16 step,
+    which leaves its bf16 rounding as it was. Such a weight then moves in bf16 after as many updates as an off-grid
+    one, on average as much as its updates add up to (a checkpoint stored in bf16 is all on the grid)."""
+    magnitude = values.abs()
+    on_grid = (values == values.bfloat16().float()) & (values != 0)
+    mantissa, exponent = torch.frexp(magnitude)
+    up = torch.ldexp(torch.ones_like(values), exponent - 8)  # bf16 keeps 8 significant bits
+    down = torch.where(mantissa == 0.5, up / 2, up)  # a power of two: the step below it is half the step above
+    u = (torch.rand(values.shape, generator=generator) - 0.5) * 0.999  # never a tie (values in host memory)
+    shifted = torch.sign(values) * (magnitude + torch.where(u >= 0, u * up, u * down))
+    return torch.where(on_grid, shifted, values)
 
 
 def backward_and_step(engine, loss: torch.Tensor, metrics: dict) -> None:
