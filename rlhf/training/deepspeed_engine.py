@@ -87,8 +87,9 @@ def make_engine(model, train_cfg, batch_size: int, world_size: int = 1):
     config = deepspeed_config(train_cfg, batch_size, world_size, bf16, device.type == "cuda")
     # DeepSpeed casts the model to bf16 in place (new tensors: these keep the loaded fp32 values, in host memory: on a
     # GPU they would need 4 more bytes a parameter there while DeepSpeed makes its copies; on the CPU no copy is made)
+    # (ZeRO-3: shards loaded in bf16, its masters stay on the grid)
     loaded = {name: p.detach().cpu() for name, p in model.named_parameters()
-              if bf16 and p.requires_grad and p.dtype == torch.float32}
+              if bf16 and train_cfg.zero_stage < 3 and p.requires_grad and p.dtype == torch.float32}
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     if bf16:
         start_masters_off_grid(engine, loaded)

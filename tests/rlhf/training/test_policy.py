@@ -90,7 +90,7 @@ def test_bf16_computes_in_bf16_over_fp32_master_weights_and_adam_state(tiny_mode
 def test_bf16_master_weights_start_off_the_bf16_grid(tiny_model, monkeypatch, stage):
     # DeepSpeed copies its masters from the bf16 module: every master would sit on the bf16 grid and a weight would
     # move only once its updates reached half a bf16 step (the default experiment's policy drifted 5-10x slower than
-    # in fp32). The masters are the loaded values, those on the grid dithered (BF16_Optimizer's per-param masters
+    # in fp32). The masters are the loaded values, those on the grid dithered (FP16_UnfusedOptimizer's per-param masters
     # at stage 0, ZeRO's partitions at 1); the module computes with the same bf16 weights
     from deepspeed.utils import safe_get_full_fp32_param
     from transformers import AutoModelForCausalLM
