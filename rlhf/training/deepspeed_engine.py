@@ -119,12 +119,12 @@ def start_masters_off_grid(engine, loaded: dict[str, torch.Tensor]) -> None:
         for masters, params in zip(optimizer.fp32_groups, optimizer.fp16_groups):
             for fp32, param in zip(masters, params):
                 if name_of[id(param)] in loaded:
-                    fp32.data.copy_(master(name_of[id(param)]).to(fp32.device))
+                    fp32.data.copy_(master(name_of[id(param)]))  # copy_ moves host values to the device
                     kept += 1
     else:  # ZeRO 1-2: each rank's fragment of the partitioned masters
         for name, param in engine.module.named_parameters():
             if name in loaded and getattr(param, "_hp_mapping", None) is not None:
-                safe_set_full_fp32_param(param, master(name).to(param.device))
+                safe_set_full_fp32_param(param, master(name))  # copies only this rank's fragment over
                 kept += 1
     if loaded and not kept:
         log.warning("bf16: the fp32 master weights are DeepSpeed's copy of the bf16 ones (%s): small updates lag",
