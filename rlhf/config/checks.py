@@ -12,6 +12,10 @@ from rlhf.rewards.aggregation import REWARD_AGGREGATIONS
 
 
 def validate(c: Config) -> None:
+    if c.model.path is not None and c.model.source != "path":  # else the folder is silently not the model trained
+        raise ValueError(f"model.path={c.model.path} is not read by model.source={c.model.source} (the model preset "
+                         f"'{c.model.source}'): to train or evaluate that folder, choose it with model=path "
+                         f"model.path={c.model.path}")
     _choice("rollout.engine", c.rollout.engine, {"vllm", "hf"})
     _choice("rollout.dtype", c.rollout.dtype, {"auto", "float32", "bfloat16"})
     _choice("algo.estimator.name", c.algo.estimator.name, ADVANTAGE_ESTIMATORS.names())

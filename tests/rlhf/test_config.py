@@ -41,6 +41,7 @@ def test_unknown_key_is_refused():
     ("algo.group_size=1", "one sample has no std"),
     ("rollout.top_p=1.5", "rollout.top_p"),
     ("steps=0", "steps=0 must be > 0"),
+    ("model.path=/abs/folder", "model.path=/abs/folder is not read by model.source=smollm2"),
     ("reward.weights=[0.5,0.5]", "reward.weights has 2 values for 1 objectives"),
     ("reward.aggregation=max", "reward.aggregation='max'"),
     ("reward.pama.granularity=sequence", "reward.pama.granularity"),
