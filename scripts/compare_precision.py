@@ -5,6 +5,8 @@ held-out evaluations and training reward, as a table and a figure (issue 35: the
     python scripts/compare_precision.py --from fp32=/runs/a bf16=/runs/b    # the table and figure of finished runs
     python scripts/compare_precision.py -- steps=14              # Hydra overrides for both runs after `--`
     python scripts/compare_precision.py --settings fp32 bf16 --seeds 0 1 2 --from fp32@0=/runs/a   # seeds: their spread
+    python scripts/compare_precision.py --seeds 0 1 2 --final-eval 256   # and each run's final weights on 256 fresh
+                                                                          # questions (learning, not decoding)
 
 Each run is `python -m rlhf.train` with `train.bf16=false` or `true` (the engine and the reference follow it); the
 wall time is the whole command's, start-up included. Writes docs/figures/precision_default_experiment.png and
@@ -25,6 +27,21 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 from training_runs import train  # noqa: E402 (after the path)
 
 SETTINGS = {"fp32": ["train.bf16=false"], "bf16": ["train.bf16=true"]}
+# --final-eval's questions: reasoning-gym's gsm_symbolic generated with seed 1 (the default data's is 0), so none was
+# trained on; scored by the same greedy BLEU, in fp32 whatever the run trained in (the same decoding for every run)
+FRESH = ["eval.data={{seed:1,size:{n}}}", "train.bf16=false"]
+
+
+def final_eval(run: Path, questions: int, metric: str, what: str) -> float:
+    """The run's final weights (`run`/final) on `questions` fresh questions, a steadier figure than the run's 32
+    held-out ones. The command trains one step it does not need (steps must be > 0); the figure is the evaluation
+    before it. Kept in `run`/final_eval-N and read from there when the run is read again."""
+    out = run / f"final_eval-{questions}"
+    if not (out / "metrics.jsonl").exists():
+        train(["model=path", f"model.path={run / 'final'}", "steps=1", "eval.every=1", "checkpoint.every=0",
+               *[o.format(n=questions) for o in FRESH]], out, f"{what}'s final evaluation")
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return next(h[metric] for h in history if h["step"] == 0 and metric in h)
 
 
 def summarise(history: list[dict], seconds: float | None, metric: str) -> dict:
@@ -47,10 +64,16 @@ def plot(results: dict, path: Path, metric: str) -> Path:
     35, was seen there first)."""
     from rlhf.tracking import _pyplot, _save
 
-    fig, (held_out, reward, kl) = _pyplot().subplots(1, 3, figsize=(16, 4))
+    finals = all("final_eval" in r for r in results.values())
+    fig, axes = _pyplot().subplots(1, 4 if finals else 3, figsize=(21 if finals else 16, 4))
+    held_out, reward, kl = axes[:3]
     for i, setting in enumerate(dict.fromkeys(setting_of(name) for name in results)):
         runs = [r for name, r in results.items() if setting_of(name) == setting]
         colour = f"C{i}"  # a setting's seeds and their mean in one colour
+        if finals:  # each run's final weights on the fresh questions, and the setting's mean
+            values = [r["final_eval"] for r in runs]
+            axes[3].scatter([i] * len(values), values, color=colour, alpha=0.5)
+            axes[3].plot([i - 0.2, i + 0.2], [statistics.mean(values)] * 2, color=colour, linewidth=2)
         steps = sorted(set.intersection(*(set(r["evals"]) for r in runs)))
         smoothed = [[statistics.mean(r["rewards"][max(0, i - 4):i + 1]) for i in range(len(r["rewards"]))]
                     for r in runs]
@@ -73,6 +96,11 @@ def plot(results: dict, path: Path, metric: str) -> Path:
     for ax in (held_out, reward, kl):
         ax.grid(alpha=0.3)
         ax.legend()
+    if finals:
+        names = list(dict.fromkeys(setting_of(name) for name in results))
+        axes[3].set(xticks=range(len(names)), xticklabels=names, xlim=(-0.5, len(names) - 0.5), ylabel=metric,
+                    title="final weights, fresh questions (fp32 greedy)")
+        axes[3].grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)  # written whole or not at all
 
@@ -86,6 +114,8 @@ def main() -> None:
                                                                   "run at the config's seed)")
     parser.add_argument("--metric", default="eval/bleu", help="the held-out figure to compare")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "compare_precision")
+    parser.add_argument("--final-eval", type=int, metavar="N", help="also score each run's final weights on N "
+                        "fresh questions in fp32 (~5 min for 256 on 2 cores; the runs need their final/ folder)")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
     folders = dict(item.split("=", 1) for item in args.runs)
@@ -95,14 +125,17 @@ def main() -> None:
         for seed in args.seeds or [None]:
             name = f"{setting}@{seed}" if several else setting
             if name in folders:
-                history = [json.loads(line) for line in (Path(folders[name]) / "metrics.jsonl").read_text().splitlines()]
+                folder = Path(folders[name]).resolve()  # the runs' commands start in the repository
+                history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
                 results[name] = summarise(history, None, args.metric)
-                continue
-            started = time.perf_counter()
-            seeded = [f"seed={seed}"] if seed is not None else []
-            folder = args.out / name.replace("+", "_").replace("@", "-seed")
-            history = train([*SETTINGS[setting], *seeded, *overrides], folder, f"the {name} run")
-            results[name] = summarise(history, time.perf_counter() - started, args.metric)
+            else:
+                started = time.perf_counter()
+                seeded = [f"seed={seed}"] if seed is not None else []
+                folder = args.out / name.replace("+", "_").replace("@", "-seed")
+                history = train([*SETTINGS[setting], *seeded, *overrides], folder, f"the {name} run")
+                results[name] = summarise(history, time.perf_counter() - started, args.metric)
+            if args.final_eval:
+                results[name]["final_eval"] = final_eval(folder, args.final_eval, args.metric, f"the {name} run")
 
     print(f"\n{'':10}{'wall':>8}{'s/step':>8}{'train':>8}{'generate':>9}{'gap':>8}  held-out {args.metric} by step")
     for name, r in results.items():
@@ -118,6 +151,9 @@ def main() -> None:
             print(f"{setting:10}mean ± sd over seeds {args.seeds}: " + ", ".join(
                 f"{s}: {statistics.mean(r['evals'][s] for r in runs):.4f} ± "
                 f"{statistics.stdev(r['evals'][s] for r in runs):.4f}" for s in steps))
+    if args.final_eval:
+        print(f"final weights, {args.final_eval} fresh questions, fp32 greedy {args.metric}: " + ", ".join(
+            f"{name} {r['final_eval']:.4f}" for name, r in results.items()))
     day, suffix = time.strftime("%Y%m%d"), "-seeds" if several else ""
     out = REPO / "docs" / "benchmarks" / f"precision-{day}{suffix}.json"
     out.write_text(json.dumps({"overrides": overrides, "seeds": args.seeds, "results": results}, indent=1))
