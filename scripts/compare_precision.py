@@ -38,6 +38,9 @@ def final_eval(run: Path, questions: int, metric: str, what: str) -> float:
     before it. Kept in `run`/final_eval-N and read from there when the run is read again."""
     out = run / f"final_eval-{questions}"
     if not (out / "metrics.jsonl").exists():
+        if not (run / "final" / "config.json").exists():
+            raise FileNotFoundError(f"{what}: no final weights in {run / 'final'} to evaluate (save_final=false, or "
+                                    "deleted)")
         train(["model=path", f"model.path={run / 'final'}", "steps=1", "eval.every=1", "checkpoint.every=0",
                *[o.format(n=questions) for o in FRESH]], out, f"{what}'s final evaluation")
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
