@@ -99,13 +99,6 @@ class Actors:
 # RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1): it would see every GPU of its node, DeepSpeed would move a "CPU" learner
 # to cuda:LOCAL_RANK and vLLM would put a "CPU" engine on GPU 0. DeepSpeed is told the CPU outright.
 NO_GPU_ENV = {"CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
-# keep_freed_memory: glibc hands a large freed block back to the kernel at once (munmap, heap trim), so a learner
-# faults its activations in again every step. On a VM that returns free pages to its host (virtio-balloon free page
-# reporting, as on this project's development machines) those faults grew ~4x dearer once the first checkpoint's
-# page cache had taken the pages the VM still held: a bf16 training phase went 4.1 -> 6.0 s. With neither mmap nor
-# trim the memory stays in the process (4.2 s), at the price of ~1 GiB more resident on the default model's learner.
-KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "1000000000000"}
-LEARNER_ROLES = ("policy", "critic", "reference")
 
 
 def _threads(n: int, cfg: Config) -> dict[str, str]:
@@ -122,11 +115,6 @@ def wait_policy(cfg: Config) -> str:
     if cfg.omp_wait_policy == "auto":
         return "passive" if cfg.rollout.mode != "sync" else "default"
     return cfg.omp_wait_policy
-
-
-def keeps_freed_memory(cfg: Config, role: str) -> bool:
-    """Whether a role computing on the CPU keeps the memory it frees (KEEP_FREED_MEMORY_ENV)."""
-    return cfg.keep_freed_memory and role in LEARNER_ROLES
 
 
 def needs_reference(cfg: Config) -> bool:
@@ -176,7 +164,7 @@ def launch_actors(cfg: Config, model_path: str, learners: bool = True) -> Actors
         # named, so that operators (and tests) can find e.g. "rollout-0-<tag>" in the cluster
         demand = placement.demands[role]
         if not demand.num_gpus:
-            env = {**env, **NO_GPU_ENV, **(KEEP_FREED_MEMORY_ENV if keeps_freed_memory(cfg, role) else {})}
+            env = {**env, **NO_GPU_ENV}
         env = {**env, **actor_environment(str(cfg.output_dir), role, index, cfg.logging.console)}
         return {"num_cpus": demand.num_cpus, "num_gpus": demand.num_gpus, "runtime_env": {"env_vars": env},
                 "name": f"{role}-{index}-{run_tag}", "scheduling_strategy": placement.strategy(role, index)}

@@ -387,7 +387,6 @@ class Config:
     output_dir: str = MISSING
     save_final: bool = MISSING
     omp_wait_policy: str = MISSING
-    keep_freed_memory: bool = MISSING
 
     def completion_budget(self) -> int:
         """Tokens after the prompt a sample may hold: a turn's budget, or a whole episode's."""
