@@ -118,8 +118,10 @@ def main() -> None:
     parser.add_argument("--metric", default="eval/bleu", help="the held-out figure to compare")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "compare_precision")
     parser.add_argument("--final-eval", type=int, metavar="N", help="also score each run's final weights on N "
-                        "fresh questions in fp32 (~5 min for 256 on 2 cores; the runs need their final/ folder)")
+                        "fresh questions in fp32 (~5 min for 256 on 2 cores; the runs need their final/ folder; the "
+                        "evaluation takes the default config, not the overrides after --)")
     args, overrides = parser.parse_known_args()
+    args.out = args.out.resolve()  # the runs' commands start in the repository
     overrides = [o for o in overrides if o != "--"]
     folders = dict(item.split("=", 1) for item in args.runs)
     several = args.seeds is not None and len(args.seeds) > 1
