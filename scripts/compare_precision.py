@@ -24,12 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
-from training_runs import train  # noqa: E402 (after the path)
+from training_runs import read_history, train  # noqa: E402 (after the path)
 
 SETTINGS = {"fp32": ["train.bf16=false"], "bf16": ["train.bf16=true"]}
-# --final-eval's questions: reasoning-gym's gsm_symbolic generated with seed 1 (the default data's is 0), so none was
-# trained on; scored by the same greedy BLEU, in fp32 whatever the run trained in (the same decoding for every run)
-FRESH = ["eval.data={{seed:1,size:{n}}}", "train.bf16=false"]
 
 
 def final_eval(run: Path, questions: int, metric: str, what: str) -> float:
@@ -41,10 +38,11 @@ def final_eval(run: Path, questions: int, metric: str, what: str) -> float:
         if not (run / "final" / "config.json").exists():
             raise FileNotFoundError(f"{what}: no final weights in {run / 'final'} to evaluate (save_final=false, or "
                                     "deleted)")
+        # reasoning-gym's gsm_symbolic generated with seed 1 (the default data's is 0): none was trained on; decoded
+        # in fp32 whatever the run trained in, the same for every run
         train(["model=path", f"model.path={run / 'final'}", "steps=1", "eval.every=1", "checkpoint.every=0",
-               *[o.format(n=questions) for o in FRESH]], out, f"{what}'s final evaluation")
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return next(h[metric] for h in history if h["step"] == 0 and metric in h)
+               f"eval.data={{seed:1,size:{questions}}}", "train.bf16=false"], out, f"{what}'s final evaluation")
+    return next(h[metric] for h in read_history(out) if h["step"] == 0 and metric in h)
 
 
 def summarise(history: list[dict], seconds: float | None, metric: str) -> dict:
@@ -131,8 +129,7 @@ def main() -> None:
             name = f"{setting}@{seed}" if several else setting
             if name in folders:
                 folder = Path(folders[name]).resolve()  # the runs' commands start in the repository
-                history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-                results[name] = summarise(history, None, args.metric)
+                results[name] = summarise(read_history(folder), None, args.metric)
             else:
                 started = time.perf_counter()
                 seeded = [f"seed={seed}"] if seed is not None else []

@@ -19,4 +19,9 @@ def train(overrides: list[str], out: Path, what: str) -> list[dict]:
                                f"hydra.run.dir={out}"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
         raise RuntimeError(f"{what}: the run failed (exit {code}); see {out / 'run.log'}")
+    return read_history(out)
+
+
+def read_history(out: Path) -> list[dict]:
+    """Every step's metrics of the run in `out`."""
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
