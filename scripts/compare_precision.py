@@ -15,6 +15,7 @@ docs/figures/precision_seeds.png (each seed's curve and their mean) and docs/ben
 """
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -53,6 +54,23 @@ def summarise(history: list[dict], seconds: float | None, metric: str) -> dict:
             "median_s": {k: statistics.median(h[k] for h in steps[1:] if k in h) for k in phases},
             "logprob_gap": statistics.mean(h["logprob_gap"] for h in steps),
             "rollout_kl_last": steps[-1].get("rollout_kl")}
+
+
+def seed_difference(first: tuple[str, list[float]], second: tuple[str, list[float]]) -> str:
+    """Whether two settings' seeds differ by more than their spread: the difference of means, its standard error
+    (Welch's), and an exact two-sided permutation test (every way of splitting the pooled seeds into groups of the
+    same sizes; a small p says the labels matter)."""
+    (a, xs), (b, ys) = first, second
+    difference = statistics.mean(ys) - statistics.mean(xs)
+    error = (statistics.variance(xs) / len(xs) + statistics.variance(ys) / len(ys)) ** 0.5
+    pooled = xs + ys
+    splits = list(itertools.combinations(range(len(pooled)), len(ys)))
+    as_far = sum(abs(statistics.mean(pooled[i] for i in chosen)
+                     - statistics.mean(pooled[i] for i in range(len(pooled)) if i not in chosen)) >= abs(difference) - 1e-12
+                 for chosen in splits)
+    return (f"{a} {statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f} (sd, {len(xs)} seeds), {b} "
+            f"{statistics.mean(ys):.4f} ± {statistics.stdev(ys):.4f} ({len(ys)}): {b} - {a} = {difference:+.4f} ± "
+            f"{error:.4f} (standard error); permutation p = {as_far / len(splits):.3f} ({len(splits)} splits)")
 
 
 def setting_of(name: str) -> str:
@@ -156,6 +174,9 @@ def main() -> None:
     if args.final_eval:
         print(f"final weights, {args.final_eval} fresh questions, fp32 greedy {args.metric}: " + ", ".join(
             f"{name} {r['final_eval']:.4f}" for name, r in results.items()))
+        finals = {s: [r["final_eval"] for name, r in results.items() if setting_of(name) == s] for s in args.settings}
+        if several and len(finals) == 2:
+            print(seed_difference(*finals.items()))
     day, suffix = time.strftime("%Y%m%d"), "-seeds" if several else ""
     out = REPO / "docs" / "benchmarks" / f"precision-{day}{suffix}.json"
     out.write_text(json.dumps({"overrides": overrides, "seeds": args.seeds, "results": results}, indent=1))
