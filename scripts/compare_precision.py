@@ -6,7 +6,8 @@ held-out evaluations and training reward, as a table and a figure (issue 35: the
     python scripts/compare_precision.py -- steps=14              # Hydra overrides for both runs after `--`
     python scripts/compare_precision.py --settings fp32 bf16 --seeds 0 1 2 --from fp32@0=/runs/a   # seeds: their spread
     python scripts/compare_precision.py --seeds 0 1 2 --final-eval 256   # and each run's final weights on 256 fresh
-                                                                          # questions (learning, not decoding)
+                                                                          # questions (learning, not decoding), and
+                                                                          # whether the settings differ beyond the seeds' spread
 
 Each run is `python -m rlhf.train` with `train.bf16=false` or `true` (the engine and the reference follow it); the
 wall time is the whole command's, start-up included. Writes docs/figures/precision_default_experiment.png and
