@@ -64,11 +64,9 @@ def seed_difference(first: tuple[str, list[float]], second: tuple[str, list[floa
     (a, xs), (b, ys) = first, second
     difference = statistics.mean(ys) - statistics.mean(xs)
     error = (statistics.variance(xs) / len(xs) + statistics.variance(ys) / len(ys)) ** 0.5
-    pooled = xs + ys
-    splits = list(itertools.combinations(range(len(pooled)), len(ys)))
-    as_far = sum(abs(statistics.mean(pooled[i] for i in chosen)
-                     - statistics.mean(pooled[i] for i in range(len(pooled)) if i not in chosen)) >= abs(difference) - 1e-12
-                 for chosen in splits)
+    pooled, total = xs + ys, sum(xs) + sum(ys)
+    splits = [sum(chosen) for chosen in itertools.combinations(pooled, len(ys))]  # each split's second-group sum
+    as_far = sum(abs(s / len(ys) - (total - s) / len(xs)) >= abs(difference) - 1e-12 for s in splits)
     return (f"{a} {statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f} (sd, {len(xs)} seeds), {b} "
             f"{statistics.mean(ys):.4f} ± {statistics.stdev(ys):.4f} ({len(ys)}): {b} - {a} = {difference:+.4f} ± "
             f"{error:.4f} (standard error); permutation p = {as_far / len(splits):.3f} ({len(splits)} splits)")
